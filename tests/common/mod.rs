@@ -1,0 +1,204 @@
+//! Shared integration-test harness: a fresh database per test on one shared throw-away cluster
+//! (or on `DATABASE_URL` when set), and private clusters for tests that stop or restart Postgres.
+//! Parallel-safe across threads and processes (nextest runs each test in its own process).
+//! It does not run migrations.
+#![allow(dead_code)]
+
+use std::fs::{File, OpenOptions};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::Once;
+
+use nix::fcntl::{Flock, FlockArg};
+use pgtaskd::pgcluster::{create_database, PgCluster};
+
+static COUNTER: AtomicU32 = AtomicU32::new(0);
+static CLEANUP: Once = Once::new();
+
+/// `<prefix>_<pid>_<counter>_<random>`: unique across threads, processes and runs.
+fn unique_name(prefix: &str) -> String {
+    format!(
+        "{prefix}_{}_{}_{:08x}",
+        std::process::id(),
+        COUNTER.fetch_add(1, Ordering::Relaxed),
+        rand::random::<u32>()
+    )
+}
+
+fn tmp_root() -> PathBuf {
+    PathBuf::from(env!("CARGO_TARGET_TMPDIR"))
+}
+
+/// Holds an exclusive `flock` on `path` until dropped (released when the file closes, so also
+/// when the test process dies). `nix::fcntl::Flock` rather than std `File::lock`, which needs
+/// Rust 1.89 while Cargo.toml declares rust-version 1.85.
+struct FileLock(Flock<File>);
+
+impl FileLock {
+    fn acquire(path: &Path) -> FileLock {
+        let file = OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(path)
+            .unwrap_or_else(|e| panic!("cannot open lock file {}: {e}", path.display()));
+        let lock = Flock::lock(file, FlockArg::LockExclusive)
+            .unwrap_or_else(|(_, e)| panic!("cannot lock {}: {e}", path.display()));
+        FileLock(lock)
+    }
+}
+
+/// Opens (initdb the first time) and starts the shared test cluster, under a cross-process lock.
+/// Done on every call (cheap when running) so a cluster killed between tests comes back.
+fn shared_cluster() -> PgCluster {
+    let root = tmp_root();
+    std::fs::create_dir_all(&root)
+        .unwrap_or_else(|e| panic!("cannot create {}: {e}", root.display()));
+    let _lock = FileLock::acquire(&root.join("pgtaskd-test-pg.lock"));
+    let dir = root.join("pgtaskd-test-pg");
+    let cluster = PgCluster::open_or_init(&dir).unwrap_or_else(|e| {
+        panic!(
+            "cannot initialise the test cluster in {}: {e}",
+            dir.display()
+        )
+    });
+    cluster
+        .start()
+        .unwrap_or_else(|e| panic!("cannot start the test cluster in {}: {e}", dir.display()));
+    cluster
+}
+
+/// Replaces the database name in a `postgres://` URL or a `key=value` connection string.
+fn with_dbname(url: &str, dbname: &str) -> String {
+    let Some(scheme_end) = url.find("://") else {
+        return format!("{url} dbname={dbname}");
+    };
+    let (head, query) = match url.find('?') {
+        Some(q) => url.split_at(q),
+        None => (url, ""),
+    };
+    let authority_start = scheme_end + 3;
+    let base = match head[authority_start..].find('/') {
+        Some(slash) => &head[..authority_start + slash],
+        None => head,
+    };
+    format!("{base}/{dbname}{query}")
+}
+
+async fn connect(url: &str) -> tokio_postgres::Client {
+    let (client, connection) = tokio_postgres::connect(url, tokio_postgres::NoTls)
+        .await
+        .unwrap_or_else(|e| panic!("cannot connect to {url}: {e}"));
+    tokio::spawn(async move {
+        let _ = connection.await;
+    });
+    client
+}
+
+/// Drops test databases left by earlier test processes that no longer exist (shared cluster only:
+/// a pid means nothing on a `DATABASE_URL` server that other machines may use). Once per process.
+async fn drop_stale_databases(admin_url: &str) {
+    let client = connect(admin_url).await;
+    let rows = client
+        .query(
+            "SELECT datname FROM pg_database WHERE datname LIKE 'pgtaskd_test_%'",
+            &[],
+        )
+        .await
+        .unwrap_or_else(|e| panic!("cannot list test databases: {e}"));
+    for row in rows {
+        let name: String = row.get(0);
+        let pid = name.split('_').nth(2).and_then(|p| p.parse::<i32>().ok());
+        let Some(pid) = pid.filter(|p| *p > 0) else {
+            continue;
+        };
+        let dead = matches!(
+            nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), None),
+            Err(nix::errno::Errno::ESRCH)
+        );
+        if dead {
+            // Best effort: another process may be dropping it at the same time.
+            let _ = client
+                .batch_execute(&format!("DROP DATABASE IF EXISTS \"{name}\" WITH (FORCE)"))
+                .await;
+        }
+    }
+}
+
+pub struct TestDb {
+    pub url: String,
+    pub name: String,
+}
+
+impl TestDb {
+    /// A fresh, empty database for one test. Uses `DATABASE_URL` (as the admin URL) when set;
+    /// otherwise the shared throw-away cluster under `CARGO_TARGET_TMPDIR/pgtaskd-test-pg`.
+    pub async fn new() -> TestDb {
+        let admin_url = match std::env::var("DATABASE_URL") {
+            Ok(url) if !url.is_empty() => url,
+            _ => {
+                let cluster = tokio::task::spawn_blocking(shared_cluster)
+                    .await
+                    .unwrap_or_else(|e| panic!("starting the shared test cluster panicked: {e}"));
+                let admin_url = cluster.url("postgres");
+                let mut first = false;
+                CLEANUP.call_once(|| first = true);
+                if first {
+                    drop_stale_databases(&admin_url).await;
+                }
+                admin_url
+            }
+        };
+        let name = unique_name("pgtaskd_test");
+        create_database(&admin_url, &name)
+            .await
+            .unwrap_or_else(|e| panic!("cannot create test database {name}: {e}"));
+        TestDb {
+            url: with_dbname(&admin_url, &name),
+            name,
+        }
+    }
+
+    /// A new connection to this database, its driver spawned on the current runtime.
+    pub async fn client(&self) -> tokio_postgres::Client {
+        connect(&self.url).await
+    }
+}
+
+/// A private cluster for tests that restart or stop Postgres, under
+/// `CARGO_TARGET_TMPDIR/pgtaskd-private-<unique>`; stopped and removed on Drop.
+pub struct PrivateCluster {
+    pub cluster: PgCluster,
+}
+
+impl PrivateCluster {
+    pub fn new() -> PrivateCluster {
+        let dir = tmp_root().join(unique_name("pgtaskd-private"));
+        let cluster = PgCluster::open_or_init(&dir)
+            .unwrap_or_else(|e| panic!("cannot initialise {}: {e}", dir.display()));
+        let private = PrivateCluster { cluster };
+        private
+            .cluster
+            .start()
+            .unwrap_or_else(|e| panic!("cannot start {}: {e}", dir.display()));
+        private
+    }
+
+    /// Creates database `name` (if missing) and returns its URL.
+    pub async fn database(&self, name: &str) -> String {
+        create_database(&self.cluster.url("postgres"), name)
+            .await
+            .unwrap_or_else(|e| panic!("cannot create database {name}: {e}"));
+        self.cluster.url(name)
+    }
+}
+
+impl Drop for PrivateCluster {
+    fn drop(&mut self) {
+        if let Err(e) = self.cluster.stop() {
+            eprintln!("warning: cannot stop private cluster: {e}");
+        }
+        let _ = std::fs::remove_dir_all(self.cluster.dir());
+        let _ = std::fs::remove_dir_all(self.cluster.socket_dir());
+    }
+}
