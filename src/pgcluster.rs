@@ -209,9 +209,9 @@ impl PgCluster {
             }
             // After a SIGKILL the old backends may still hold the shared memory or the lock
             // file for a moment; the server refuses to start until they are gone.
-            let stale = text.contains("pre-existing shared memory block")
-                || text.contains("lock file")
-                || text.contains("Is another postmaster");
+            // (Only that case: a busy port also hints "Is another postmaster ... running", and
+            // waiting would not help it.)
+            let stale = text.contains("pre-existing shared memory block");
             if stale && Instant::now() < deadline && !self.is_running() {
                 std::thread::sleep(Duration::from_millis(500));
                 continue;

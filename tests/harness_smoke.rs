@@ -90,3 +90,24 @@ async fn private_cluster_starts_after_postmaster_sigkill() {
     tokio::spawn(conn);
     client.simple_query("SELECT 1").await.expect("query");
 }
+
+#[test]
+fn start_failure_reports_the_server_log() {
+    let dir = std::path::PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join(format!(
+        "pgtaskd-startfail-{}-{:08x}",
+        std::process::id(),
+        rand::random::<u32>()
+    ));
+    let cluster = pgtaskd::pgcluster::PgCluster::open_or_init(&dir).expect("init");
+    // Someone else holds the cluster's port: the start must fail, quoting the server log.
+    let squatter = std::net::TcpListener::bind(("127.0.0.1", cluster.port())).expect("bind port");
+    let err = cluster.start().expect_err("start on an occupied port");
+    drop(squatter);
+    let text = err.to_string();
+    let _ = std::fs::remove_dir_all(&dir);
+    let _ = std::fs::remove_dir_all(cluster.socket_dir());
+    assert!(
+        text.contains("could not bind") || text.contains("in use"),
+        "error should quote the server log: {text}"
+    );
+}
