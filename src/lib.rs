@@ -1,1 +1,12 @@
+//! pgtaskd: a clustered task dispatcher and scheduler for PostgreSQL.
+//!
+//! Tasks are rows of `long_task.task`; nodes (`pgtaskd node`) claim them and run each as an OS
+//! process. See ARCHITECTURE.md for the code map and the invariants.
+
+pub mod actors;
+pub mod config;
+pub mod db;
+pub mod error;
+pub mod node;
 pub mod pgcluster;
+pub mod process;

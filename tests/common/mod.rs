@@ -1,7 +1,7 @@
 //! Shared integration-test harness: a fresh database per test on one shared throw-away cluster
 //! (or on `DATABASE_URL` when set), and private clusters for tests that stop or restart Postgres.
 //! Parallel-safe across threads and processes (nextest runs each test in its own process).
-//! It does not run migrations.
+//! `migrated_db` adds the pgtaskd schema.
 #![allow(dead_code)]
 
 use std::fs::{File, OpenOptions};
@@ -201,4 +201,16 @@ impl Drop for PrivateCluster {
         let _ = std::fs::remove_dir_all(self.cluster.dir());
         let _ = std::fs::remove_dir_all(self.cluster.socket_dir());
     }
+}
+
+pub mod node;
+
+/// A fresh database with the pgtaskd schema applied, and a connection to it.
+pub async fn migrated_db() -> (TestDb, tokio_postgres::Client) {
+    let db = TestDb::new().await;
+    let mut client = db.client().await;
+    pgtaskd::db::migrate::migrate(&mut client)
+        .await
+        .unwrap_or_else(|e| panic!("migrating {}: {e}", db.name));
+    (db, client)
 }

@@ -1,0 +1,285 @@
+//! The Dispatcher: claims waiting tasks of the node's group, as many as there are free slots
+//! (`max_task_count − running`), in one round trip, and starts one Process actor per task. It also
+//! writes outcomes in batches (each guarded by its run_id) and reconciles running tasks with the
+//! table when told that something changed (cancel, delete, reassignment).
+//!
+//! Reacts only to messages (notifications, finished processes, limit changes): no polling loop.
+//! Must never block its thread, and never claim more than the free slots.
+
+use std::sync::Arc;
+
+use actix::prelude::*;
+use tracing::{debug, info, warn};
+
+use super::backoff;
+use super::process::{KillReason, ProcessActor, ProcessMsg};
+use crate::db::queries::{self, RunOutcome, Verdict};
+use crate::node::{NodeContext, RunEntry};
+
+/// A process actor's report that its run ended.
+#[derive(Debug)]
+pub struct Finished {
+    pub task_id: i64,
+    /// The outcome to write, or None when the run was fenced/deleted/abandoned (nothing to write).
+    pub outcome: Option<RunOutcome>,
+}
+
+/// Messages of the Dispatcher.
+#[derive(Message)]
+#[rtype(result = "()")]
+pub enum DispatcherMsg {
+    /// Tasks may be waiting (a notification, a reconnect, start-up).
+    Wake,
+    /// Running tasks may have been cancelled, deleted or reassigned.
+    Reconcile,
+    /// The process limit changed.
+    SetLimit(u32),
+    /// Stop (true) or resume (false) claiming new tasks.
+    Pause(bool),
+    /// A run ended.
+    Finished(Finished),
+    /// Stop every running process for this reason.
+    KillAll(KillReason),
+    /// Reply once every queued outcome is written (or the write keeps failing past the deadline).
+    Flush(tokio::sync::oneshot::Sender<()>),
+}
+
+pub struct Dispatcher {
+    node: Arc<NodeContext>,
+    limit: u32,
+    paused: bool,
+    /// A claim should be made when a slot is free.
+    want_claim: bool,
+    claim_in_flight: bool,
+    claim_failures: u32,
+    reconcile_in_flight: bool,
+    want_reconcile: bool,
+    outcomes: Vec<RunOutcome>,
+    write_in_flight: bool,
+    write_failures: u32,
+    flush_waiters: Vec<tokio::sync::oneshot::Sender<()>>,
+}
+
+impl Dispatcher {
+    pub fn new(node: Arc<NodeContext>, limit: u32, paused: bool) -> Self {
+        Dispatcher {
+            node,
+            limit,
+            paused,
+            want_claim: true,
+            claim_in_flight: false,
+            claim_failures: 0,
+            reconcile_in_flight: false,
+            want_reconcile: true,
+            outcomes: Vec::new(),
+            write_in_flight: false,
+            write_failures: 0,
+            flush_waiters: Vec::new(),
+        }
+    }
+
+    fn free_slots(&self) -> u32 {
+        let running = self.node.running().len() as u32;
+        self.limit.saturating_sub(running)
+    }
+
+    fn maybe_claim(&mut self, ctx: &mut Context<Self>) {
+        if self.paused || self.claim_in_flight || !self.want_claim {
+            return;
+        }
+        let free = self.free_slots();
+        if free == 0 {
+            return; // a finishing run brings us back here
+        }
+        self.want_claim = false;
+        self.claim_in_flight = true;
+        let node = self.node.clone();
+        let n = i32::try_from(free).unwrap_or(i32::MAX);
+        let fut = async move {
+            queries::claim(&node.pool, node.worker_id, node.group_id, n).await
+        };
+        ctx.spawn(fut.into_actor(self).map(move |result, act, ctx| {
+            act.claim_in_flight = false;
+            match result {
+                Ok(tasks) => {
+                    act.claim_failures = 0;
+                    if tasks.len() as u32 >= free {
+                        act.want_claim = true; // there may be more
+                    }
+                    for task in tasks {
+                        act.start_process(task);
+                    }
+                    act.maybe_claim(ctx);
+                }
+                Err(e) => {
+                    act.claim_failures += 1;
+                    act.want_claim = true;
+                    let delay = backoff(act.claim_failures);
+                    warn!(error = %e, retry_in = ?delay, "claim failed");
+                    ctx.run_later(delay, |act, ctx| act.maybe_claim(ctx));
+                }
+            }
+        }));
+    }
+
+    fn start_process(&mut self, task: queries::ClaimedTask) {
+        let id = task.id;
+        let run_id = task.run_id;
+        let actor = ProcessActor::new(self.node.clone(), task).start();
+        self.node.running().insert(id, RunEntry { run_id, actor });
+    }
+
+    fn reconcile(&mut self, ctx: &mut Context<Self>) {
+        if self.reconcile_in_flight || !self.want_reconcile {
+            return;
+        }
+        let runs: Vec<(i64, uuid::Uuid)> = self
+            .node
+            .running()
+            .iter()
+            .map(|(id, e)| (*id, e.run_id))
+            .collect();
+        self.want_reconcile = false;
+        if runs.is_empty() {
+            return;
+        }
+        self.reconcile_in_flight = true;
+        let node = self.node.clone();
+        let fut = async move { queries::running_state(&node.pool, node.worker_id, &runs).await };
+        ctx.spawn(fut.into_actor(self).map(|result, act, ctx| {
+            act.reconcile_in_flight = false;
+            match result {
+                Ok(verdicts) => {
+                    for (id, run_id, verdict) in verdicts {
+                        let reason = match verdict {
+                            Verdict::Run => continue,
+                            Verdict::Cancel => KillReason::Cancelled,
+                            Verdict::Fenced => KillReason::Fenced,
+                            Verdict::Deleted => KillReason::Deleted,
+                        };
+                        let running = act.node.running();
+                        if let Some(entry) = running.get(&id).filter(|e| e.run_id == run_id) {
+                            entry.actor.do_send(ProcessMsg::Kill(reason));
+                        }
+                    }
+                }
+                Err(e) => {
+                    warn!(error = %e, "reconcile failed; retrying");
+                    act.want_reconcile = true;
+                    ctx.run_later(backoff(2), |act, ctx| act.reconcile(ctx));
+                    return;
+                }
+            }
+            act.reconcile(ctx);
+        }));
+    }
+
+    fn write_outcomes(&mut self, ctx: &mut Context<Self>) {
+        if self.write_in_flight {
+            return;
+        }
+        if self.outcomes.is_empty() {
+            for waiter in self.flush_waiters.drain(..) {
+                let _ = waiter.send(());
+            }
+            return;
+        }
+        self.write_in_flight = true;
+        let batch = std::mem::take(&mut self.outcomes);
+        let node = self.node.clone();
+        let fut = async move {
+            let result = queries::finish_runs(&node.pool, &batch).await;
+            (batch, result)
+        };
+        ctx.spawn(fut.into_actor(self).map(|(batch, result), act, ctx| {
+            act.write_in_flight = false;
+            match result {
+                Ok(written) => {
+                    act.write_failures = 0;
+                    for outcome in &batch {
+                        match written.iter().find(|(id, _)| *id == outcome.task_id) {
+                            Some((id, state)) => {
+                                debug!(task_id = id, run_id = %outcome.run_id, state = %state, "outcome written")
+                            }
+                            None => info!(
+                                task_id = outcome.task_id,
+                                run_id = %outcome.run_id,
+                                "outcome discarded: the task no longer belongs to this run (fenced)"
+                            ),
+                        }
+                    }
+                    act.write_outcomes(ctx);
+                }
+                Err(e) => {
+                    // Keep the outcomes (oldest first) and try again: an outcome is never dropped.
+                    act.write_failures += 1;
+                    let delay = backoff(act.write_failures);
+                    warn!(error = %e, pending = batch.len() + act.outcomes.len(), retry_in = ?delay, "writing outcomes failed");
+                    let newer = std::mem::replace(&mut act.outcomes, batch);
+                    act.outcomes.extend(newer);
+                    ctx.run_later(delay, |act, ctx| act.write_outcomes(ctx));
+                }
+            }
+        }));
+    }
+}
+
+impl Actor for Dispatcher {
+    type Context = Context<Self>;
+
+    fn started(&mut self, ctx: &mut Self::Context) {
+        ctx.set_mailbox_capacity(1024);
+        self.maybe_claim(ctx);
+        self.reconcile(ctx);
+    }
+}
+
+impl Handler<DispatcherMsg> for Dispatcher {
+    type Result = ();
+
+    fn handle(&mut self, msg: DispatcherMsg, ctx: &mut Self::Context) {
+        match msg {
+            DispatcherMsg::Wake => {
+                self.want_claim = true;
+                self.maybe_claim(ctx);
+            }
+            DispatcherMsg::Reconcile => {
+                self.want_reconcile = true;
+                self.reconcile(ctx);
+            }
+            DispatcherMsg::SetLimit(limit) => {
+                if limit != self.limit {
+                    info!(from = self.limit, to = limit, "process limit changed");
+                }
+                self.limit = limit;
+                self.want_claim = true;
+                self.maybe_claim(ctx);
+            }
+            DispatcherMsg::Pause(paused) => {
+                if paused != self.paused {
+                    info!(paused, "claiming {}", if paused { "paused" } else { "resumed" });
+                }
+                self.paused = paused;
+                self.want_claim = true;
+                self.maybe_claim(ctx);
+            }
+            DispatcherMsg::Finished(finished) => {
+                self.node.running().remove(&finished.task_id);
+                if let Some(outcome) = finished.outcome {
+                    self.outcomes.push(outcome);
+                    self.write_outcomes(ctx);
+                }
+                self.maybe_claim(ctx);
+            }
+            DispatcherMsg::KillAll(reason) => {
+                for entry in self.node.running().values() {
+                    entry.actor.do_send(ProcessMsg::Kill(reason));
+                }
+            }
+            DispatcherMsg::Flush(reply) => {
+                self.flush_waiters.push(reply);
+                self.write_outcomes(ctx);
+            }
+        }
+    }
+}

@@ -1,0 +1,155 @@
+//! Membership: the node's `worker` row and its liveness advisory lock, on a dedicated connection.
+//! Every `heartbeat_interval` it stamps `heartbeat_at = now()` (database clock) with the running
+//! count and reads back the live settings (`stop`, `max_task_count`), which it hands to the
+//! Supervisor and Dispatcher. A change notified on `long_task_worker` is read at once.
+//!
+//! On a lost connection it reconnects and takes the lock again. Must never run on a pooled
+//! connection (the lock is session-scoped).
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use actix::prelude::*;
+use tokio_postgres::Client;
+use tracing::{error, info, warn};
+
+use super::dispatcher::DispatcherMsg;
+use super::supervisor::SupervisorMsg;
+use crate::db::queries::{self, WorkerControl};
+use crate::db::{self, DbError};
+use crate::node::NodeContext;
+
+/// Messages of Membership.
+#[derive(Message, Debug)]
+#[rtype(result = "()")]
+pub enum MembershipMsg {
+    /// The worker row changed: heartbeat now to read it.
+    Refresh,
+}
+
+pub struct Membership {
+    node: Arc<NodeContext>,
+    client: Option<Arc<Client>>,
+    last: Option<WorkerControl>,
+    in_flight: bool,
+    again: bool,
+    failing_since: Option<std::time::Instant>,
+}
+
+impl Membership {
+    pub fn new(node: Arc<NodeContext>, client: Option<Client>, control: Option<WorkerControl>) -> Self {
+        Membership {
+            node,
+            client: client.map(Arc::new),
+            last: control,
+            in_flight: false,
+            again: false,
+            failing_since: None,
+        }
+    }
+
+    fn beat(&mut self, ctx: &mut Context<Self>) {
+        if self.in_flight {
+            self.again = true;
+            return;
+        }
+        self.in_flight = true;
+        let node = self.node.clone();
+        let client = self.client.clone();
+        let timeout = node.config.heartbeat_timeout / 2;
+        let fut = async move {
+            let client = match client {
+                Some(c) if !c.is_closed() => c,
+                _ => Arc::new(reconnect(&node).await?),
+            };
+            let running = i32::try_from(node.running().len()).unwrap_or(i32::MAX);
+            let lease = node.config.heartbeat_timeout;
+            let control = tokio::time::timeout(
+                timeout,
+                queries::heartbeat(&client, node.worker_id, running, lease),
+            )
+            .await
+            .map_err(|_| DbError::Timeout("heartbeat"))??;
+            Ok::<_, MembershipError>((client, control))
+        };
+        ctx.spawn(fut.into_actor(self).map(|result, act, ctx| {
+            act.in_flight = false;
+            match result {
+                Ok((client, control)) => {
+                    if act.failing_since.take().is_some() {
+                        info!("heartbeat restored");
+                    }
+                    act.client = Some(client);
+                    act.apply(control);
+                }
+                Err(e) => {
+                    act.client = None;
+                    let since = *act.failing_since.get_or_insert_with(std::time::Instant::now);
+                    warn!(error = %e, failing_for = ?since.elapsed(), "heartbeat failed");
+                    if let MembershipError::LockTaken = e {
+                        error!("another live session holds this node's liveness lock");
+                    }
+                }
+            }
+            if std::mem::take(&mut act.again) {
+                act.beat(ctx);
+            }
+        }));
+    }
+
+    fn apply(&mut self, control: WorkerControl) {
+        let previous = self.last.replace(control);
+        if previous.map(|p| p.max_task_count) != Some(control.max_task_count) {
+            if let Some(d) = self.node.dispatcher() {
+                d.do_send(DispatcherMsg::SetLimit(u32::try_from(control.max_task_count).unwrap_or(0)));
+            }
+        }
+        if previous.map(|p| p.stop) != Some(control.stop) {
+            if let Some(s) = self.node.supervisor() {
+                s.do_send(SupervisorMsg::StopCode(control.stop));
+            }
+        }
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+enum MembershipError {
+    #[error(transparent)]
+    Db(#[from] DbError),
+    #[error("the liveness lock is held by another session")]
+    LockTaken,
+}
+
+/// A fresh dedicated connection holding this node's liveness lock.
+async fn reconnect(node: &NodeContext) -> Result<Client, MembershipError> {
+    let client = db::connect_dedicated(&node.database_url, "membership").await?;
+    if !queries::try_liveness_lock(&client, node.worker_id).await? {
+        // Most likely our previous session is not yet gone on the server side; retried next beat.
+        return Err(MembershipError::LockTaken);
+    }
+    info!("membership connection re-established");
+    Ok(client)
+}
+
+impl Actor for Membership {
+    type Context = Context<Self>;
+
+    fn started(&mut self, ctx: &mut Self::Context) {
+        let interval: Duration = self.node.config.heartbeat_interval;
+        // report the settings read at registration (limit, pause) to the others
+        if let Some(control) = self.last.take() {
+            self.apply(control);
+        }
+        ctx.run_interval(interval, |act, ctx| act.beat(ctx));
+    }
+}
+
+impl Handler<MembershipMsg> for Membership {
+    type Result = ();
+
+    fn handle(&mut self, msg: MembershipMsg, ctx: &mut Self::Context) {
+        match msg {
+            MembershipMsg::Refresh => self.beat(ctx),
+        }
+    }
+}

@@ -1,0 +1,25 @@
+//! The actors of a node (DESIGN.md §3), one file each, each with its own message enum.
+//!
+//! | actor | owns |
+//! |---|---|
+//! | `supervisor` | start-up order, shutdown (signals, stop codes), the watchdog that recreates a crashed actor |
+//! | `membership` | the worker row, heartbeat and liveness lock on a dedicated connection |
+//! | `listener` | the LISTEN connection: notifications to typed messages, reconnect and resync |
+//! | `dispatcher` | claiming tasks up to the process limit, batching outcome writes, reconciling cancels |
+//! | `process` | one OS process: spawn, tails, timeout, kill, its outcome |
+//! | `scheduler` | firing due schedules (`next_start`) on time |
+
+pub mod dispatcher;
+pub mod listener;
+pub mod membership;
+pub mod process;
+pub mod scheduler;
+pub mod supervisor;
+
+use std::time::Duration;
+
+/// Exponential back-off for retrying a failed database call: 100 ms doubling to 5 s.
+pub(crate) fn backoff(failures: u32) -> Duration {
+    let ms = 100u64.saturating_mul(1u64 << failures.min(6));
+    Duration::from_millis(ms.min(5_000))
+}

@@ -1,0 +1,266 @@
+//! The Process actor: one per running task. Spawns the task's command as an OS process in its own
+//! process group, collects bounded output tails, enforces the task's timeout, kills the whole
+//! group when told (SIGTERM, then SIGKILL after the grace), and reports the outcome to the
+//! Dispatcher, which writes it guarded by the run_id.
+//!
+//! Must be started on a long-lived thread (the system arbiter): `PR_SET_PDEATHSIG` fires when the
+//! spawning thread exits. Must never write to the database itself.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use actix::prelude::*;
+use tracing::{debug, info, info_span, warn};
+
+use super::dispatcher::{DispatcherMsg, Finished};
+use crate::db::queries::{ClaimedTask, RunOutcome, TaskState};
+use crate::node::{NodeContext, WORKER_MARKER};
+use crate::process::{self, ExitOutcome, SpawnSpec};
+
+/// Why a process is being stopped; decides what is written afterwards.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum KillReason {
+    /// The task was cancelled (`AC`): the run ends `CC`.
+    Cancelled,
+    /// The task's timeout elapsed: the run ends `CF` with error `timeout`.
+    Timeout,
+    /// The run no longer owns the task (re-queued, reassigned, finished elsewhere): write nothing.
+    Fenced,
+    /// The task row was deleted: write nothing.
+    Deleted,
+    /// The node is shutting down: write nothing; the task is re-queued.
+    Shutdown,
+}
+
+/// Messages of a Process actor.
+#[derive(Message, Debug)]
+#[rtype(result = "()")]
+pub enum ProcessMsg {
+    Kill(KillReason),
+}
+
+pub struct ProcessActor {
+    node: Arc<NodeContext>,
+    task: ClaimedTask,
+    pgid: Option<i32>,
+    kill_reason: Option<KillReason>,
+    span: tracing::Span,
+}
+
+/// The argv of a task: `%TASK` elements become the task id.
+pub fn build_argv(command: &[String], task_id: i64) -> Vec<String> {
+    command
+        .iter()
+        .map(|arg| {
+            if arg == "%TASK" {
+                task_id.to_string()
+            } else {
+                arg.clone()
+            }
+        })
+        .collect()
+}
+
+/// The working directory of a task: absolute as given, relative to `root` otherwise.
+pub fn resolve_cwd(cwd: Option<&str>, root: Option<&Path>) -> Option<PathBuf> {
+    let cwd = cwd.filter(|c| !c.is_empty())?;
+    let path = PathBuf::from(cwd);
+    if path.is_absolute() {
+        return Some(path);
+    }
+    Some(match root {
+        Some(root) => root.join(path),
+        None => path,
+    })
+}
+
+impl ProcessActor {
+    pub fn new(node: Arc<NodeContext>, task: ClaimedTask) -> Self {
+        let span = info_span!("task", task_id = task.id, run_id = %task.run_id, attempt = task.attempt);
+        ProcessActor {
+            node,
+            task,
+            pgid: None,
+            kill_reason: None,
+            span,
+        }
+    }
+
+    fn spawn_spec(&self) -> SpawnSpec {
+        let config = &self.node.config;
+        SpawnSpec {
+            argv: build_argv(self.task.command.as_deref().unwrap_or(&[]), self.task.id),
+            cwd: resolve_cwd(self.task.cwd.as_deref(), config.cwd_root.as_deref()),
+            env: vec![
+                (WORKER_MARKER.to_owned(), self.node.worker_id.to_string()),
+                ("PGTASKD_TASK_ID".to_owned(), self.task.id.to_string()),
+                ("PGTASKD_RUN_ID".to_owned(), self.task.run_id.to_string()),
+            ],
+            tail_lines: config.tail_lines,
+            tail_bytes: config.tail_bytes,
+        }
+    }
+
+    fn kill(&mut self, reason: KillReason, ctx: &mut Context<Self>) {
+        if self.kill_reason.is_some() {
+            return; // the first reason decides the outcome
+        }
+        self.kill_reason = Some(reason);
+        let Some(pgid) = self.pgid else { return };
+        let _enter = self.span.enter();
+        info!(?reason, pgid, "stopping the task's process group");
+        let grace = self.node.config.kill_grace;
+        ctx.spawn(
+            async move { process::terminate_group(pgid, grace).await }
+                .into_actor(self)
+                .map(|_, _, _| ()),
+        );
+    }
+
+    fn outcome(&self, exit: Option<ExitOutcome>, spawn_error: Option<String>) -> Option<RunOutcome> {
+        let (state, error) = match (self.kill_reason, &exit, spawn_error) {
+            (_, _, Some(err)) => (TaskState::Failed, Some(err)),
+            (Some(KillReason::Fenced | KillReason::Deleted | KillReason::Shutdown), _, _) => {
+                return None
+            }
+            (Some(KillReason::Cancelled), _, _) => (TaskState::Cancelled, Some("cancelled".into())),
+            (Some(KillReason::Timeout), _, _) => (TaskState::Failed, Some("timeout".into())),
+            (None, Some(exit), None) => describe_exit(exit),
+            (None, None, None) => (TaskState::Failed, Some("process lost".into())),
+        };
+        Some(RunOutcome {
+            task_id: self.task.id,
+            run_id: self.task.run_id,
+            state,
+            error,
+            exit_code: exit.as_ref().and_then(|e| e.exit_code),
+            exit_signal: exit.as_ref().and_then(|e| e.signal),
+            stdout_tail: exit.as_ref().map(|e| e.stdout_tail.clone()),
+            stderr_tail: exit.as_ref().map(|e| e.stderr_tail.clone()),
+        })
+    }
+
+    fn finish(&mut self, outcome: Option<RunOutcome>, ctx: &mut Context<Self>) {
+        if let Some(o) = &outcome {
+            let _enter = self.span.enter();
+            debug!(state = o.state.code(), error = ?o.error, "run ended");
+        }
+        if let Some(dispatcher) = self.node.dispatcher() {
+            dispatcher.do_send(DispatcherMsg::Finished(Finished {
+                task_id: self.task.id,
+                outcome,
+            }));
+        } else {
+            warn!(task_id = self.task.id, "no dispatcher to report to; the task will be recovered");
+        }
+        ctx.stop();
+    }
+}
+
+/// The state and error text of a process that ended by itself.
+fn describe_exit(exit: &ExitOutcome) -> (TaskState, Option<String>) {
+    match (exit.exit_code, exit.signal) {
+        (Some(0), _) => (TaskState::Succeeded, None),
+        (Some(code), _) => (TaskState::Failed, Some(format!("exited with code {code}"))),
+        (None, Some(sig)) => {
+            let name = nix::sys::signal::Signal::try_from(sig)
+                .map(|s| s.as_str().to_owned())
+                .unwrap_or_else(|_| format!("signal {sig}"));
+            (TaskState::Failed, Some(format!("killed by {name}")))
+        }
+        (None, None) => (TaskState::Failed, Some("ended without a status".into())),
+    }
+}
+
+impl Actor for ProcessActor {
+    type Context = Context<Self>;
+
+    fn started(&mut self, ctx: &mut Self::Context) {
+        let spec = self.spawn_spec();
+        let spawned = {
+            let _enter = self.span.enter();
+            process::spawn(&spec)
+        };
+        let running = match spawned {
+            Ok(running) => running,
+            Err(e) => {
+                self.span.in_scope(|| warn!(error = %e, "cannot start the task's process"));
+                let outcome = self.outcome(None, Some(e.to_string()));
+                self.finish(outcome, ctx);
+                return;
+            }
+        };
+        let pgid = running.pid;
+        self.pgid = Some(pgid);
+        if let Some(guardian) = &self.node.guardian {
+            guardian.register(pgid);
+        }
+        {
+            let _enter = self.span.enter();
+            debug!(pgid, argv = ?spec.argv, "process started");
+        }
+        if let Some(secs) = self.task.timeout_secs.filter(|s| s.is_finite() && *s > 0.0) {
+            ctx.run_later(Duration::from_secs_f64(secs), |act, ctx| {
+                act.kill(KillReason::Timeout, ctx)
+            });
+        }
+        // spawn, not wait: the mailbox must stay open for Kill while the process runs
+        ctx.spawn(running.wait().into_actor(self).map(move |exit, act, ctx| {
+            if let Some(guardian) = &act.node.guardian {
+                guardian.unregister(pgid);
+            }
+            let outcome = act.outcome(Some(exit), None);
+            act.finish(outcome, ctx);
+        }));
+    }
+}
+
+impl Handler<ProcessMsg> for ProcessActor {
+    type Result = ();
+
+    fn handle(&mut self, msg: ProcessMsg, ctx: &mut Self::Context) {
+        match msg {
+            ProcessMsg::Kill(reason) => self.kill(reason, ctx),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn task_placeholder_becomes_the_id() {
+        let argv = build_argv(&["echo".into(), "%TASK".into(), "x%TASK".into()], 42);
+        assert_eq!(argv, vec!["echo", "42", "x%TASK"]);
+    }
+
+    #[test]
+    fn relative_cwd_is_under_the_root() {
+        let root = Path::new("/srv/tasks");
+        assert_eq!(resolve_cwd(Some("a/b"), Some(root)), Some(PathBuf::from("/srv/tasks/a/b")));
+        assert_eq!(resolve_cwd(Some("/tmp"), Some(root)), Some(PathBuf::from("/tmp")));
+        assert_eq!(resolve_cwd(Some(""), Some(root)), None);
+        assert_eq!(resolve_cwd(None, Some(root)), None);
+    }
+
+    #[test]
+    fn exit_statuses_are_described() {
+        let exit = |code, signal| ExitOutcome {
+            exit_code: code,
+            signal,
+            stdout_tail: String::new(),
+            stderr_tail: String::new(),
+        };
+        assert_eq!(describe_exit(&exit(Some(0), None)).0, TaskState::Succeeded);
+        assert_eq!(
+            describe_exit(&exit(Some(3), None)),
+            (TaskState::Failed, Some("exited with code 3".into()))
+        );
+        assert_eq!(
+            describe_exit(&exit(None, Some(9))),
+            (TaskState::Failed, Some("killed by SIGKILL".into()))
+        );
+    }
+}

@@ -1,0 +1,243 @@
+//! Node configuration: one documented struct, read from a TOML file, overridden by environment
+//! variables and flags (flags beat env beat file beat defaults; the binary's edge does the layering).
+//!
+//! Owns validation of every value, so a bad setting is a clear error naming its key before the node
+//! touches the database. Must never read the database or start anything.
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+
+/// Errors of reading or validating a configuration.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read config file {path}: {source}")]
+    Read { path: PathBuf, source: std::io::Error },
+    #[error("config file {path}: {message}")]
+    Parse { path: PathBuf, message: String },
+    #[error("invalid value for `{key}`: {message}")]
+    Invalid { key: &'static str, message: String },
+    #[error("no database given: set DATABASE_URL, pass --database-url, or use `pgtaskd dev` for an embedded cluster")]
+    NoDatabase,
+}
+
+/// How log lines are written.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    #[default]
+    Pretty,
+    Json,
+}
+
+/// Everything a node needs to know. Field names are the TOML keys.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct NodeConfig {
+    /// PostgreSQL connection string (also `DATABASE_URL`).
+    pub database_url: Option<String>,
+    /// This node's id in `long_task.worker`; a free id is allocated when unset.
+    pub worker_id: Option<i64>,
+    /// The task group this node serves.
+    pub group_id: i32,
+    /// Process limit: at most this many tasks run at once (live-adjustable via `worker.max_task_count`).
+    pub max_tasks: u32,
+    /// Name shown in `worker.node_name` (default: the host name).
+    pub node_name: Option<String>,
+    /// How often the node proves it is alive.
+    #[serde(with = "humantime_serde")]
+    pub heartbeat_interval: Duration,
+    /// A node whose heartbeat is older than this counts as dead.
+    #[serde(with = "humantime_serde")]
+    pub heartbeat_timeout: Duration,
+    /// Time between SIGTERM and SIGKILL when a task's process group is stopped.
+    #[serde(with = "humantime_serde")]
+    pub kill_grace: Duration,
+    /// On SIGTERM/SIGINT, how long running tasks may finish before they are killed and re-queued.
+    #[serde(with = "humantime_serde")]
+    pub shutdown_grace: Duration,
+    /// How often the listener checks its own connection (notifications are only hints).
+    #[serde(with = "humantime_serde")]
+    pub listener_check_interval: Duration,
+    /// Lines of stdout and of stderr kept per run.
+    pub tail_lines: usize,
+    /// Bytes kept at most per output tail.
+    pub tail_bytes: usize,
+    /// Base directory for relative task `cwd` values (default: the node's working directory).
+    pub cwd_root: Option<PathBuf>,
+    /// Size of the shared database pool.
+    pub pool_size: u32,
+    /// Apply pending migrations at start-up (several nodes may start at once: it is locked).
+    pub auto_migrate: bool,
+    /// Log output format.
+    pub log_format: LogFormat,
+}
+
+impl Default for NodeConfig {
+    fn default() -> Self {
+        NodeConfig {
+            database_url: None,
+            worker_id: None,
+            group_id: 0,
+            max_tasks: default_max_tasks(),
+            node_name: None,
+            heartbeat_interval: Duration::from_secs(2),
+            heartbeat_timeout: Duration::from_secs(5),
+            kill_grace: Duration::from_secs(5),
+            shutdown_grace: Duration::from_secs(30),
+            listener_check_interval: Duration::from_secs(10),
+            tail_lines: 20,
+            tail_bytes: 8 * 1024,
+            cwd_root: None,
+            pool_size: 8,
+            auto_migrate: true,
+            log_format: LogFormat::Pretty,
+        }
+    }
+}
+
+fn default_max_tasks() -> u32 {
+    std::thread::available_parallelism()
+        .map(|n| n.get() as u32)
+        .unwrap_or(4)
+}
+
+impl NodeConfig {
+    /// Reads a TOML file; missing keys take their defaults, unknown keys are an error.
+    pub fn from_file(path: &Path) -> Result<NodeConfig, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.to_owned(),
+            source,
+        })?;
+        Self::from_toml(&text).map_err(|message| ConfigError::Parse {
+            path: path.to_owned(),
+            message,
+        })
+    }
+
+    /// Parses TOML text (the `[node]` table when present, else the top level).
+    pub fn from_toml(text: &str) -> Result<NodeConfig, String> {
+        let value: toml::Table = toml::from_str(text).map_err(|e| e.message().to_owned())?;
+        let table = match value.get("node") {
+            Some(toml::Value::Table(node)) if value.len() == 1 => node.clone(),
+            _ => value,
+        };
+        table
+            .try_into::<NodeConfig>()
+            .map_err(|e| e.message().to_owned())
+    }
+
+    /// Checks every value; the first bad one is named.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        fn invalid(key: &'static str, message: impl Into<String>) -> ConfigError {
+            ConfigError::Invalid {
+                key,
+                message: message.into(),
+            }
+        }
+        if let Some(id) = self.worker_id {
+            if !(1..=i64::from(i32::MAX)).contains(&id) {
+                return Err(invalid(
+                    "worker_id",
+                    format!("{id} is out of range 1..={}", i32::MAX),
+                ));
+            }
+        }
+        if self.heartbeat_interval < Duration::from_millis(100) {
+            return Err(invalid("heartbeat_interval", "must be at least 100ms"));
+        }
+        if self.heartbeat_timeout < self.heartbeat_interval * 2 {
+            return Err(invalid(
+                "heartbeat_timeout",
+                "must be at least twice heartbeat_interval",
+            ));
+        }
+        if self.listener_check_interval < Duration::from_millis(100) {
+            return Err(invalid("listener_check_interval", "must be at least 100ms"));
+        }
+        if self.tail_bytes == 0 && self.tail_lines > 0 {
+            return Err(invalid("tail_bytes", "must be > 0 when tail_lines > 0"));
+        }
+        if self.pool_size < 2 {
+            return Err(invalid("pool_size", "must be at least 2"));
+        }
+        if let Some(root) = &self.cwd_root {
+            if !root.is_absolute() {
+                return Err(invalid("cwd_root", "must be an absolute path"));
+            }
+        }
+        if let Some(url) = &self.database_url {
+            url.parse::<tokio_postgres::Config>()
+                .map_err(|e| invalid("database_url", e.to_string()))?;
+        }
+        Ok(())
+    }
+
+    /// The database URL, which a node cannot do without.
+    pub fn require_database_url(&self) -> Result<&str, ConfigError> {
+        self.database_url.as_deref().ok_or(ConfigError::NoDatabase)
+    }
+
+    /// The node's display name.
+    pub fn node_name(&self) -> String {
+        self.node_name.clone().unwrap_or_else(host_name)
+    }
+}
+
+/// This machine's host name (best effort).
+pub fn host_name() -> String {
+    nix::unistd::gethostname()
+        .ok()
+        .and_then(|h| h.into_string().ok())
+        .unwrap_or_else(|| "localhost".to_owned())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn defaults_are_valid() {
+        NodeConfig::default().validate().expect("defaults valid");
+    }
+
+    #[test]
+    fn unknown_key_is_named() {
+        let err = NodeConfig::from_toml("max_taks = 3").unwrap_err();
+        assert!(err.contains("max_taks"), "{err}");
+    }
+
+    #[test]
+    fn bad_duration_is_rejected() {
+        let err = NodeConfig::from_toml("heartbeat_interval = \"soon\"").unwrap_err();
+        assert!(err.contains("heartbeat_interval") || err.contains("soon"), "{err}");
+    }
+
+    #[test]
+    fn node_table_and_durations_parse() {
+        let cfg = NodeConfig::from_toml(
+            "[node]\ngroup_id = 3\nmax_tasks = 16\nheartbeat_interval = \"500ms\"\nheartbeat_timeout = \"2s\"",
+        )
+        .expect("parses");
+        assert_eq!(cfg.group_id, 3);
+        assert_eq!(cfg.max_tasks, 16);
+        assert_eq!(cfg.heartbeat_interval, Duration::from_millis(500));
+        cfg.validate().expect("valid");
+    }
+
+    #[test]
+    fn validation_names_the_key() {
+        let cfg = NodeConfig {
+            heartbeat_timeout: Duration::from_millis(300),
+            ..NodeConfig::default()
+        };
+        let err = cfg.validate().unwrap_err().to_string();
+        assert!(err.contains("heartbeat_timeout"), "{err}");
+        let cfg = NodeConfig {
+            worker_id: Some(0),
+            ..NodeConfig::default()
+        };
+        assert!(cfg.validate().unwrap_err().to_string().contains("worker_id"));
+    }
+}

@@ -1,0 +1,142 @@
+//! The database layer: connection settings, the shared pool, dedicated connections, migrations and
+//! every SQL statement a node sends (in `queries`).
+//!
+//! Owns how connections are made (keepalives, timeouts, application name) so that a dead peer is
+//! noticed within seconds. Must never hold a pooled connection across an await on anything but
+//! the database, and never LISTEN or take a session lock on a pooled connection (bb8 drops
+//! notifications and recycles sessions).
+
+pub mod migrate;
+pub mod queries;
+
+use std::time::Duration;
+
+use bb8_postgres::PostgresConnectionManager;
+use tokio_postgres::{AsyncMessage, Client, NoTls};
+
+/// The shared connection pool.
+pub type Pool = bb8::Pool<PostgresConnectionManager<NoTls>>;
+
+/// Errors of talking to the database.
+#[derive(Debug, thiserror::Error)]
+pub enum DbError {
+    #[error("invalid database URL: {0}")]
+    Url(#[source] tokio_postgres::Error),
+    #[error("cannot connect to the database: {0}")]
+    Connect(#[source] tokio_postgres::Error),
+    #[error("no database connection available: {0}")]
+    Pool(String),
+    #[error("{context}: {source}")]
+    Query {
+        context: &'static str,
+        #[source]
+        source: tokio_postgres::Error,
+    },
+    #[error("{0}: the database did not answer in time")]
+    Timeout(&'static str),
+}
+
+impl DbError {
+    /// Wraps a query error with what was being done.
+    pub fn query(context: &'static str) -> impl FnOnce(tokio_postgres::Error) -> DbError {
+        move |source| DbError::Query { context, source }
+    }
+}
+
+impl From<bb8::RunError<tokio_postgres::Error>> for DbError {
+    fn from(e: bb8::RunError<tokio_postgres::Error>) -> Self {
+        match e {
+            bb8::RunError::User(source) => DbError::Connect(source),
+            bb8::RunError::TimedOut => DbError::Pool("timed out waiting for a connection".into()),
+        }
+    }
+}
+
+/// Connection settings for every connection a node opens: the server drops a silent peer after
+/// ~3 s (`tcp_keepalives_*`, `tcp_user_timeout`), and the client notices a dead server by TCP
+/// keepalives too.
+pub fn connection_config(url: &str, purpose: &str) -> Result<tokio_postgres::Config, DbError> {
+    let mut cfg: tokio_postgres::Config = url.parse().map_err(DbError::Url)?;
+    let session = "-c tcp_keepalives_idle=2 -c tcp_keepalives_interval=1 -c tcp_keepalives_count=2 -c tcp_user_timeout=3000";
+    let options = match cfg.get_options() {
+        Some(existing) if !existing.is_empty() => format!("{existing} {session}"),
+        _ => session.to_owned(),
+    };
+    cfg.options(&options);
+    if cfg.get_application_name().is_none() {
+        cfg.application_name(&format!("pgtaskd {purpose}"));
+    }
+    if cfg.get_connect_timeout().is_none() {
+        cfg.connect_timeout(Duration::from_secs(5));
+    }
+    cfg.keepalives(true)
+        .keepalives_idle(Duration::from_secs(2))
+        .keepalives_interval(Duration::from_secs(1))
+        .keepalives_retries(2);
+    Ok(cfg)
+}
+
+/// Creates the shared pool. Connections are made lazily; a broken one is dropped when returned.
+pub fn create_pool(url: &str, size: u32) -> Result<Pool, DbError> {
+    let cfg = connection_config(url, "pool")?;
+    let manager = PostgresConnectionManager::new(cfg, NoTls);
+    Ok(bb8::Pool::builder()
+        .max_size(size)
+        .min_idle(Some(0))
+        .test_on_check_out(false)
+        .connection_timeout(Duration::from_secs(5))
+        .build_unchecked(manager))
+}
+
+/// Opens a dedicated connection whose driver runs on the current runtime; notifications and
+/// notices are dropped. For session-scoped work (advisory locks, migrations).
+pub async fn connect_dedicated(url: &str, purpose: &str) -> Result<Client, DbError> {
+    let cfg = connection_config(url, purpose)?;
+    let (client, connection) = cfg.connect(NoTls).await.map_err(DbError::Connect)?;
+    let purpose = purpose.to_owned();
+    tokio::spawn(async move {
+        if let Err(e) = connection.await {
+            tracing::debug!(%purpose, error = %e, "dedicated connection ended");
+        }
+    });
+    Ok(client)
+}
+
+/// A notification received on a listening connection.
+#[derive(Debug, Clone)]
+pub struct Notice {
+    pub channel: String,
+    pub payload: String,
+}
+
+/// Opens a connection that delivers notifications into `tx`. The returned client is used to
+/// LISTEN and to check the connection; when the connection ends, `tx` gets nothing more and the
+/// returned receiver of the end signal resolves.
+pub async fn connect_listening(
+    url: &str,
+    tx: tokio::sync::mpsc::UnboundedSender<Notice>,
+) -> Result<(Client, tokio::sync::oneshot::Receiver<String>), DbError> {
+    let cfg = connection_config(url, "listener")?;
+    let (client, mut connection) = cfg.connect(NoTls).await.map_err(DbError::Connect)?;
+    let (ended_tx, ended_rx) = tokio::sync::oneshot::channel();
+    tokio::spawn(async move {
+        let reason = loop {
+            match futures_util::future::poll_fn(|cx| connection.poll_message(cx)).await {
+                Some(Ok(AsyncMessage::Notification(n))) => {
+                    let notice = Notice {
+                        channel: n.channel().to_owned(),
+                        payload: n.payload().to_owned(),
+                    };
+                    if tx.send(notice).is_err() {
+                        break "listener gone".to_owned();
+                    }
+                }
+                Some(Ok(_)) => {}
+                Some(Err(e)) => break e.to_string(),
+                None => break "connection closed".to_owned(),
+            }
+        };
+        let _ = ended_tx.send(reason);
+    });
+    Ok((client, ended_rx))
+}

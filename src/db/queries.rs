@@ -1,0 +1,342 @@
+//! Every statement a node sends, with typed inputs and outputs. The heavy lifting lives in SQL
+//! functions of the schema (one round trip each); this module only calls them.
+//!
+//! Must never hold a pooled connection longer than one statement.
+
+use tokio_postgres::types::ToSql;
+use tokio_postgres::{Client, Row};
+use uuid::Uuid;
+
+use super::{DbError, Pool};
+
+/// Advisory lock namespace (first int of the two-int key) of node liveness locks.
+pub const NS_NODE: i32 = 0x7074_6e01;
+
+/// Task states, as stored in `long_task.task.state_id`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub enum TaskState {
+    Draft,
+    Waiting,
+    Executing,
+    CancelRequested,
+    Succeeded,
+    Failed,
+    Cancelled,
+}
+
+impl TaskState {
+    pub const ALL: [TaskState; 7] = [
+        TaskState::Draft,
+        TaskState::Waiting,
+        TaskState::Executing,
+        TaskState::CancelRequested,
+        TaskState::Succeeded,
+        TaskState::Failed,
+        TaskState::Cancelled,
+    ];
+
+    /// The two-letter code.
+    pub fn code(self) -> &'static str {
+        match self {
+            TaskState::Draft => "DR",
+            TaskState::Waiting => "AW",
+            TaskState::Executing => "AE",
+            TaskState::CancelRequested => "AC",
+            TaskState::Succeeded => "CS",
+            TaskState::Failed => "CF",
+            TaskState::Cancelled => "CC",
+        }
+    }
+
+    /// Parses a code (`char(2)` values may come padded).
+    pub fn from_code(code: &str) -> Option<TaskState> {
+        let code = code.trim();
+        TaskState::ALL.into_iter().find(|s| s.code() == code)
+    }
+}
+
+/// A task a node claimed: what it needs to run it.
+#[derive(Debug, Clone)]
+pub struct ClaimedTask {
+    pub id: i64,
+    pub run_id: Uuid,
+    pub command: Option<Vec<String>>,
+    pub cwd: Option<String>,
+    pub timeout_secs: Option<f64>,
+    pub attempt: i32,
+}
+
+/// The outcome of one run, to be written under its run_id.
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
+pub struct RunOutcome {
+    pub task_id: i64,
+    pub run_id: Uuid,
+    pub state: TaskState,
+    pub error: Option<String>,
+    pub exit_code: Option<i32>,
+    pub exit_signal: Option<i32>,
+    pub stdout_tail: Option<String>,
+    pub stderr_tail: Option<String>,
+}
+
+/// What the database says a node should do with a task it is running.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Verdict {
+    /// Keep running.
+    Run,
+    /// The task was cancelled: kill it and report CC.
+    Cancel,
+    /// The task is no longer this run's (re-queued, reassigned, finished by someone else): kill it, write nothing.
+    Fenced,
+    /// The row is gone: kill it, write nothing.
+    Deleted,
+}
+
+/// Live settings of this node's `worker` row.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct WorkerControl {
+    pub stop: i16,
+    pub max_task_count: i32,
+}
+
+async fn query(
+    pool: &Pool,
+    context: &'static str,
+    sql: &str,
+    params: &[&(dyn ToSql + Sync)],
+) -> Result<Vec<Row>, DbError> {
+    let conn = pool.get().await?;
+    conn.query(sql, params).await.map_err(DbError::query(context))
+}
+
+/// Claims up to `n` waiting tasks of `group_id` for this node (priority, then FIFO).
+pub async fn claim(
+    pool: &Pool,
+    worker_id: i64,
+    group_id: i32,
+    n: i32,
+) -> Result<Vec<ClaimedTask>, DbError> {
+    let rows = query(
+        pool,
+        "claiming tasks",
+        "SELECT id, run_id, command::text[], cwd::text, timeout, attempt FROM long_task.claim($1, $2, $3)",
+        &[&worker_id, &group_id, &n],
+    )
+    .await?;
+    Ok(rows
+        .iter()
+        .map(|r| ClaimedTask {
+            id: r.get(0),
+            run_id: r.get(1),
+            command: r.get(2),
+            cwd: r.get(3),
+            timeout_secs: r.get(4),
+            attempt: r.get(5),
+        })
+        .collect())
+}
+
+/// Writes outcomes, each guarded by its run_id. Returns the ids whose write took effect with the
+/// state written; an outcome missing from the result was fenced (a stale run).
+pub async fn finish_runs(
+    pool: &Pool,
+    outcomes: &[RunOutcome],
+) -> Result<Vec<(i64, String)>, DbError> {
+    let ids: Vec<i64> = outcomes.iter().map(|o| o.task_id).collect();
+    let run_ids: Vec<Uuid> = outcomes.iter().map(|o| o.run_id).collect();
+    let states: Vec<&str> = outcomes.iter().map(|o| o.state.code()).collect();
+    let errors: Vec<Option<&str>> = outcomes.iter().map(|o| o.error.as_deref()).collect();
+    let codes: Vec<Option<i32>> = outcomes.iter().map(|o| o.exit_code).collect();
+    let signals: Vec<Option<i32>> = outcomes.iter().map(|o| o.exit_signal).collect();
+    let stdout: Vec<Option<&str>> = outcomes.iter().map(|o| o.stdout_tail.as_deref()).collect();
+    let stderr: Vec<Option<&str>> = outcomes.iter().map(|o| o.stderr_tail.as_deref()).collect();
+    let rows = query(
+        pool,
+        "writing task outcomes",
+        "SELECT id, state_id::text FROM long_task.finish_runs($1, $2, $3, $4, $5, $6, $7, $8)",
+        &[
+            &ids, &run_ids, &states, &errors, &codes, &signals, &stdout, &stderr,
+        ],
+    )
+    .await?;
+    Ok(rows.iter().map(|r| (r.get(0), r.get(1))).collect())
+}
+
+/// Asks what to do with the runs this node has in hand.
+pub async fn running_state(
+    pool: &Pool,
+    worker_id: i64,
+    runs: &[(i64, Uuid)],
+) -> Result<Vec<(i64, Uuid, Verdict)>, DbError> {
+    let ids: Vec<i64> = runs.iter().map(|r| r.0).collect();
+    let run_ids: Vec<Uuid> = runs.iter().map(|r| r.1).collect();
+    let rows = query(
+        pool,
+        "checking running tasks",
+        "SELECT id, run_id, verdict FROM long_task.running_state($1, $2, $3)",
+        &[&worker_id, &ids, &run_ids],
+    )
+    .await?;
+    Ok(rows
+        .iter()
+        .map(|r| {
+            let verdict = match r.get::<_, &str>(2) {
+                "cancel" => Verdict::Cancel,
+                "fenced" => Verdict::Fenced,
+                "deleted" => Verdict::Deleted,
+                _ => Verdict::Run,
+            };
+            (r.get(0), r.get(1), verdict)
+        })
+        .collect())
+}
+
+/// Fires the due schedules of a group; returns how many fired and the seconds until the next one.
+pub async fn fire_schedules(pool: &Pool, group_id: i32) -> Result<(i32, Option<f64>), DbError> {
+    let rows = query(
+        pool,
+        "firing schedules",
+        "SELECT fired, next_due_in FROM long_task.fire_schedules($1)",
+        &[&group_id],
+    )
+    .await?;
+    Ok(rows
+        .first()
+        .map_or((0, None), |r| (r.get::<_, i32>(0), r.get(1))))
+}
+
+/// Registers (or re-registers) this node in `long_task.worker` and returns its id and live settings.
+/// A restart clears stop codes 2 and 3 (they asked the previous run to exit) and keeps 1 (paused).
+pub async fn register_worker(
+    client: &Client,
+    worker_id: Option<i64>,
+    group_id: i32,
+    max_tasks: i32,
+    node_name: &str,
+    host: &str,
+) -> Result<(i64, WorkerControl), DbError> {
+    let row = client
+        .query_one(
+            "INSERT INTO long_task.worker AS w
+                 (id, group_id, max_task_count, node_name, host, pid, version, active, started_at, heartbeat_at, stop)
+             VALUES (coalesce($1, nextval('long_task.worker_id_seq')), $2, $3, $4, $5, $6, $7, true, now(), now(), 0)
+             ON CONFLICT (id) DO UPDATE
+                SET group_id = EXCLUDED.group_id, max_task_count = EXCLUDED.max_task_count,
+                    node_name = EXCLUDED.node_name, host = EXCLUDED.host, pid = EXCLUDED.pid,
+                    version = EXCLUDED.version, active = true, started_at = now(), heartbeat_at = now(),
+                    stopped_at = NULL, task_count = 0,
+                    stop = CASE WHEN w.stop = 1 THEN 1 ELSE 0 END
+             RETURNING id, stop, max_task_count",
+            &[
+                &worker_id,
+                &group_id,
+                &max_tasks,
+                &node_name,
+                &host,
+                &(std::process::id() as i32),
+                &env!("CARGO_PKG_VERSION"),
+            ],
+        )
+        .await
+        .map_err(DbError::query("registering the node"))?;
+    Ok((
+        row.get(0),
+        WorkerControl {
+            stop: row.get(1),
+            max_task_count: row.get(2),
+        },
+    ))
+}
+
+/// Takes this node's liveness lock on its session; false when another live session holds it.
+pub async fn try_liveness_lock(client: &Client, worker_id: i64) -> Result<bool, DbError> {
+    let key = i32::try_from(worker_id).unwrap_or(i32::MAX);
+    let row = client
+        .query_one("SELECT pg_try_advisory_lock($1, $2)", &[&NS_NODE, &key])
+        .await
+        .map_err(DbError::query("taking the liveness lock"))?;
+    Ok(row.get(0))
+}
+
+/// Records a heartbeat and reads back the live settings.
+pub async fn heartbeat(
+    client: &Client,
+    worker_id: i64,
+    running: i32,
+    lease: std::time::Duration,
+) -> Result<WorkerControl, DbError> {
+    let lease_secs = lease.as_secs_f64();
+    let row = client
+        .query_opt(
+            "UPDATE long_task.worker
+                SET heartbeat_at = now(), task_count = $2,
+                    locked_until = now() + make_interval(secs => $3), active = true
+              WHERE id = $1
+          RETURNING stop, max_task_count",
+            &[&worker_id, &running, &lease_secs],
+        )
+        .await
+        .map_err(DbError::query("sending the heartbeat"))?;
+    match row {
+        Some(row) => Ok(WorkerControl {
+            stop: row.get(0),
+            max_task_count: row.get(1),
+        }),
+        // The row was deleted by an operator: treat as "drain then exit".
+        None => Ok(WorkerControl {
+            stop: 2,
+            max_task_count: 0,
+        }),
+    }
+}
+
+/// Marks the node stopped (the row stays: a restart needs it, and pinned tasks refer to it).
+pub async fn mark_stopped(client: &Client, worker_id: i64) -> Result<(), DbError> {
+    client
+        .execute(
+            "UPDATE long_task.worker SET active = false, task_count = 0, stopped_at = now(), locked_until = NULL WHERE id = $1",
+            &[&worker_id],
+        )
+        .await
+        .map_err(DbError::query("marking the node stopped"))?;
+    Ok(())
+}
+
+/// Puts back what this node left behind: running tasks are re-queued (pinned ones stay pinned),
+/// cancel requests end CC. Returns (requeued, cancelled).
+pub async fn recover_worker(
+    client: &Client,
+    worker_id: i64,
+    reason: &str,
+) -> Result<(i64, i64), DbError> {
+    let row = client
+        .query_one(
+            "SELECT requeued, cancelled FROM long_task.recover_worker($1, $2)",
+            &[&worker_id, &reason],
+        )
+        .await
+        .map_err(DbError::query("recovering the node's tasks"))?;
+    Ok((row.get(0), row.get(1)))
+}
+
+/// The notification channel of a group (must match `long_task.channel()` in the schema).
+pub fn group_channel(group_id: i32) -> String {
+    format!("long_task_g{group_id}")
+}
+
+/// The channel on which worker rows announce changes.
+pub const WORKER_CHANNEL: &str = "long_task_worker";
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn state_codes_round_trip() {
+        for s in TaskState::ALL {
+            assert_eq!(TaskState::from_code(s.code()), Some(s));
+        }
+        assert_eq!(TaskState::from_code("XX"), None);
+        assert_eq!(TaskState::from_code("CS "), Some(TaskState::Succeeded));
+    }
+}

@@ -1,0 +1,204 @@
+//! A node's start-up and its shared context: connect, migrate, register the worker row, take the
+//! liveness lock, clean up what a previous run of this node left behind, then start the actors on
+//! an actix `System` that owns a multi-thread tokio runtime.
+//!
+//! Owns `NodeContext`, the state every actor shares (configuration, pool, ids, the registry of
+//! running processes, the current address of each actor). Must never run tasks itself.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex, MutexGuard};
+
+use actix::prelude::*;
+use tokio_postgres::Client;
+use tracing::{info, warn};
+use uuid::Uuid;
+
+use crate::actors::dispatcher::Dispatcher;
+use crate::actors::membership::Membership;
+use crate::actors::process::ProcessActor;
+use crate::actors::scheduler::Scheduler;
+use crate::actors::supervisor::Supervisor;
+use crate::config::{host_name, NodeConfig};
+use crate::db::queries::{self, WorkerControl};
+use crate::db::{self, migrate, Pool};
+use crate::error::Error;
+use crate::process::{kill_leftovers, Guardian};
+
+/// Environment variable carrying the worker id into every task process (used to find leftovers).
+pub const WORKER_MARKER: &str = "PGTASKD_WORKER_ID";
+
+/// One running task as the node sees it.
+#[derive(Debug, Clone)]
+pub struct RunEntry {
+    pub run_id: Uuid,
+    pub actor: Addr<ProcessActor>,
+}
+
+/// The current address of each long-lived actor (replaced when the supervisor recreates one).
+#[derive(Default)]
+pub struct Peers {
+    pub dispatcher: Option<Addr<Dispatcher>>,
+    pub scheduler: Option<Addr<Scheduler>>,
+    pub membership: Option<Addr<Membership>>,
+    pub supervisor: Option<Addr<Supervisor>>,
+}
+
+/// What every actor of a node shares.
+pub struct NodeContext {
+    pub config: NodeConfig,
+    pub database_url: String,
+    pub pool: Pool,
+    pub worker_id: i64,
+    pub group_id: i32,
+    pub guardian: Option<Guardian>,
+    running: Mutex<HashMap<i64, RunEntry>>,
+    peers: Mutex<Peers>,
+}
+
+impl NodeContext {
+    /// The running tasks (task id → run). Poisoning is survivable: the map stays consistent.
+    pub fn running(&self) -> MutexGuard<'_, HashMap<i64, RunEntry>> {
+        self.running.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    pub fn peers(&self) -> MutexGuard<'_, Peers> {
+        self.peers.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    pub fn dispatcher(&self) -> Option<Addr<Dispatcher>> {
+        self.peers().dispatcher.clone()
+    }
+
+    pub fn scheduler(&self) -> Option<Addr<Scheduler>> {
+        self.peers().scheduler.clone()
+    }
+
+    pub fn membership(&self) -> Option<Addr<Membership>> {
+        self.peers().membership.clone()
+    }
+
+    pub fn supervisor(&self) -> Option<Addr<Supervisor>> {
+        self.peers().supervisor.clone()
+    }
+}
+
+/// A node that is connected, registered and holds its liveness lock, ready to start its actors.
+pub struct PreparedNode {
+    pub context: Arc<NodeContext>,
+    pub membership_client: Client,
+    pub control: WorkerControl,
+}
+
+/// Connects, migrates (or checks the schema), registers and locks the worker row, and cleans up
+/// what a previous run of this worker id left behind.
+pub async fn prepare(config: NodeConfig) -> Result<PreparedNode, Error> {
+    config.validate()?;
+    let database_url = config.require_database_url()?.to_owned();
+
+    let mut admin = db::connect_dedicated(&database_url, "migrate").await?;
+    if config.auto_migrate {
+        let report = migrate::migrate(&mut admin).await?;
+        if !report.applied.is_empty() {
+            info!(applied = ?report.applied, "schema migrated");
+        }
+    } else {
+        migrate::check(&admin).await?;
+    }
+    drop(admin);
+
+    let membership_client = db::connect_dedicated(&database_url, "membership").await?;
+    let max_tasks = i32::try_from(config.max_tasks).unwrap_or(i32::MAX);
+    let node_name = config.node_name();
+    let (worker_id, control) = queries::register_worker(
+        &membership_client,
+        config.worker_id,
+        config.group_id,
+        max_tasks,
+        &node_name,
+        &host_name(),
+    )
+    .await?;
+    if !queries::try_liveness_lock(&membership_client, worker_id).await? {
+        return Err(Error::WorkerIdInUse(worker_id));
+    }
+
+    // A previous run of this worker id may have died with tasks in hand: their processes go, and
+    // the tasks go back to the queue.
+    let killed = kill_leftovers(WORKER_MARKER, &worker_id.to_string());
+    if killed > 0 {
+        warn!(worker_id, killed, "killed processes left by a previous run of this node");
+    }
+    let (requeued, cancelled) =
+        queries::recover_worker(&membership_client, worker_id, "node restarted").await?;
+    if requeued + cancelled > 0 {
+        warn!(worker_id, requeued, cancelled, "recovered tasks left by a previous run of this node");
+    }
+
+    let guardian = match std::env::current_exe() {
+        Ok(exe) => Some(Guardian::start(&exe).map_err(|e| Error::Guardian(e.to_string()))?),
+        Err(e) => {
+            warn!(error = %e, "cannot find our own executable; task processes may outlive a killed node");
+            None
+        }
+    };
+
+    let pool = db::create_pool(&database_url, config.pool_size)?;
+    let group_id = config.group_id;
+    let context = Arc::new(NodeContext {
+        config,
+        database_url,
+        pool,
+        worker_id,
+        group_id,
+        guardian,
+        running: Mutex::new(HashMap::new()),
+        peers: Mutex::new(Peers::default()),
+    });
+    Ok(PreparedNode {
+        context,
+        membership_client,
+        control,
+    })
+}
+
+/// Runs a node until it is told to stop (signal or stop code). Owns the runtime.
+pub fn run(config: NodeConfig) -> Result<(), Error> {
+    let system = System::with_tokio_rt(|| {
+        tokio::runtime::Builder::new_multi_thread()
+            .enable_all()
+            .thread_name("pgtaskd-worker")
+            .build()
+            .unwrap_or_else(|e| panic!("cannot build the tokio runtime: {e}"))
+    });
+    let result = Arc::new(Mutex::new(Ok(())));
+    let slot = result.clone();
+    system.block_on(async move {
+        match prepare(config).await {
+            Ok(prepared) => {
+                let span = tracing::info_span!(
+                    "node",
+                    worker_id = prepared.context.worker_id,
+                    group_id = prepared.context.group_id
+                );
+                let _guard = span.enter();
+                info!(
+                    max_tasks = prepared.control.max_task_count,
+                    "node started"
+                );
+                Supervisor::new(prepared).start();
+            }
+            Err(e) => {
+                *slot.lock().unwrap_or_else(|p| p.into_inner()) = Err(e);
+                System::current().stop();
+            }
+        }
+    });
+    system
+        .run()
+        .map_err(|source| Error::Io {
+            context: "running the actor system".into(),
+            source,
+        })?;
+    let mut guard = result.lock().unwrap_or_else(|p| p.into_inner());
+    std::mem::replace(&mut *guard, Ok(()))
+}

@@ -1,0 +1,185 @@
+//! Test support: run real `pgtaskd node` processes against a test database and watch task rows.
+
+#![allow(dead_code)]
+
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use tokio_postgres::Client;
+
+/// A node process; killed (SIGKILL) on drop so a failing test leaves nothing behind.
+pub struct NodeProcess {
+    pub child: Child,
+    pub worker_id: i64,
+}
+
+/// Fast settings for tests (seconds matter in a test suite).
+pub const FAST: &[&str] = &[
+    "--heartbeat-interval",
+    "200ms",
+    "--heartbeat-timeout",
+    "1s",
+    "--kill-grace",
+    "500ms",
+    "--shutdown-grace",
+    "5s",
+];
+
+impl NodeProcess {
+    /// Starts `pgtaskd node --database-url URL --worker-id ID EXTRA...` with fast timings.
+    pub fn start(url: &str, worker_id: i64, extra: &[&str]) -> NodeProcess {
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_pgtaskd"));
+        cmd.arg("node")
+            .arg("--database-url")
+            .arg(url)
+            .arg("--worker-id")
+            .arg(worker_id.to_string())
+            .args(FAST)
+            .args(extra)
+            .env("RUST_LOG", std::env::var("TEST_NODE_LOG").unwrap_or_else(|_| "warn".into()))
+            .stdin(Stdio::null());
+        let child = cmd.spawn().expect("spawn pgtaskd node");
+        NodeProcess { child, worker_id }
+    }
+
+    pub fn pid(&self) -> i32 {
+        self.child.id() as i32
+    }
+
+    pub fn signal(&self, sig: nix::sys::signal::Signal) {
+        nix::sys::signal::kill(nix::unistd::Pid::from_raw(self.pid()), sig).expect("signal node");
+    }
+
+    /// Waits for the process to exit by itself; panics after `limit`.
+    pub fn wait_exit(&mut self, limit: Duration) -> std::process::ExitStatus {
+        let deadline = Instant::now() + limit;
+        loop {
+            if let Some(status) = self.child.try_wait().expect("try_wait") {
+                return status;
+            }
+            assert!(Instant::now() < deadline, "node did not exit within {limit:?}");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    pub fn is_running(&mut self) -> bool {
+        matches!(self.child.try_wait(), Ok(None))
+    }
+}
+
+impl Drop for NodeProcess {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Waits until the node's worker row is active with a fresh heartbeat.
+pub async fn wait_node_ready(client: &Client, worker_id: i64) {
+    wait_until(Duration::from_secs(20), || async {
+        client
+            .query_opt(
+                "SELECT 1 FROM long_task.worker WHERE id = $1 AND active AND heartbeat_at > now() - interval '5 seconds'",
+                &[&worker_id],
+            )
+            .await
+            .ok()
+            .flatten()
+            .is_some()
+    })
+    .await
+    .unwrap_or_else(|_| panic!("node {worker_id} did not become ready"));
+}
+
+/// Polls `cond` every 20 ms until it holds; Err after `limit`.
+pub async fn wait_until<F, Fut>(limit: Duration, mut cond: F) -> Result<(), ()>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let deadline = Instant::now() + limit;
+    loop {
+        if cond().await {
+            return Ok(());
+        }
+        if Instant::now() >= deadline {
+            return Err(());
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// The state code of a task.
+pub async fn state(client: &Client, id: i64) -> String {
+    let row = client
+        .query_one("SELECT state_id::text FROM long_task.task WHERE id = $1", &[&id])
+        .await
+        .expect("task exists");
+    row.get(0)
+}
+
+/// Waits until the task is in `want`; panics with the row after `limit`.
+pub async fn wait_state(client: &Client, id: i64, want: &str, limit: Duration) {
+    if wait_until(limit, || async { state(client, id).await == want })
+        .await
+        .is_err()
+    {
+        let row = client
+            .query_one(
+                "SELECT state_id::text, error, exit_code, exit_signal, stdout_tail, stderr_tail FROM long_task.task WHERE id = $1",
+                &[&id],
+            )
+            .await
+            .expect("task exists");
+        panic!(
+            "task {id} did not reach {want} within {limit:?}: state {:?} error {:?} exit {:?}/{:?} stdout {:?} stderr {:?}",
+            row.get::<_, String>(0),
+            row.get::<_, Option<String>>(1),
+            row.get::<_, Option<i32>>(2),
+            row.get::<_, Option<i32>>(3),
+            row.get::<_, Option<String>>(4),
+            row.get::<_, Option<String>>(5),
+        );
+    }
+}
+
+/// Inserts a waiting task with this argv; returns its id.
+pub async fn queue(client: &Client, argv: &[&str]) -> i64 {
+    let argv: Vec<String> = argv.iter().map(|s| s.to_string()).collect();
+    client
+        .query_one(
+            "INSERT INTO long_task.task (group_id, state_id, command) VALUES (0, 'AW', $1) RETURNING id",
+            &[&argv],
+        )
+        .await
+        .expect("insert task")
+        .get(0)
+}
+
+/// Live (non-zombie) processes whose environment carries `key=value`.
+pub fn processes_with_env(key: &str, value: &str) -> Vec<i32> {
+    let needle = format!("{key}={value}");
+    let mut found = Vec::new();
+    let Ok(entries) = std::fs::read_dir("/proc") else {
+        return found;
+    };
+    for entry in entries.flatten() {
+        let Ok(pid) = entry.file_name().to_string_lossy().parse::<i32>() else {
+            continue;
+        };
+        let Ok(environ) = std::fs::read(format!("/proc/{pid}/environ")) else {
+            continue;
+        };
+        if !environ.split(|b| *b == 0).any(|kv| kv == needle.as_bytes()) {
+            continue;
+        }
+        let zombie = std::fs::read_to_string(format!("/proc/{pid}/stat"))
+            .ok()
+            .and_then(|s| s.rsplit_once(')').map(|(_, rest)| rest.trim_start().starts_with('Z')))
+            .unwrap_or(true);
+        if !zombie {
+            found.push(pid);
+        }
+    }
+    found
+}
