@@ -109,18 +109,23 @@ pub async fn prepare(config: NodeConfig) -> Result<PreparedNode, Error> {
     let membership_client = db::connect_dedicated(&database_url, "membership").await?;
     let max_tasks = i32::try_from(config.max_tasks).unwrap_or(i32::MAX);
     let node_name = config.node_name();
-    let (worker_id, control) = queries::register_worker(
+    // Lock first, register second: a refused duplicate must not touch the live node's row.
+    let worker_id = match config.worker_id {
+        Some(id) => id,
+        None => queries::allocate_worker_id(&membership_client).await?,
+    };
+    if !queries::try_liveness_lock(&membership_client, worker_id).await? {
+        return Err(Error::WorkerIdInUse(worker_id));
+    }
+    let control = queries::register_worker(
         &membership_client,
-        config.worker_id,
+        worker_id,
         config.group_id,
         max_tasks,
         &node_name,
         &host_name(),
     )
     .await?;
-    if !queries::try_liveness_lock(&membership_client, worker_id).await? {
-        return Err(Error::WorkerIdInUse(worker_id));
-    }
 
     // A previous run of this worker id may have died with tasks in hand: their processes go, and
     // the tasks go back to the queue.

@@ -205,28 +205,37 @@ pub async fn fire_schedules(pool: &Pool, group_id: i32) -> Result<(i32, Option<f
         .map_or((0, None), |r| (r.get::<_, i32>(0), r.get(1))))
 }
 
-/// Registers (or re-registers) this node in `long_task.worker` and returns its id and live settings.
+/// A fresh worker id for a node started without one.
+pub async fn allocate_worker_id(client: &Client) -> Result<i64, DbError> {
+    let row = client
+        .query_one("SELECT nextval('long_task.worker_id_seq')", &[])
+        .await
+        .map_err(DbError::query("allocating a worker id"))?;
+    Ok(row.get(0))
+}
+
+/// Registers (or re-registers) this node in `long_task.worker` and returns its live settings.
 /// A restart clears stop codes 2 and 3 (they asked the previous run to exit) and keeps 1 (paused).
 pub async fn register_worker(
     client: &Client,
-    worker_id: Option<i64>,
+    worker_id: i64,
     group_id: i32,
     max_tasks: i32,
     node_name: &str,
     host: &str,
-) -> Result<(i64, WorkerControl), DbError> {
+) -> Result<WorkerControl, DbError> {
     let row = client
         .query_one(
             "INSERT INTO long_task.worker AS w
                  (id, group_id, max_task_count, node_name, host, pid, version, active, started_at, heartbeat_at, stop)
-             VALUES (coalesce($1, nextval('long_task.worker_id_seq')), $2, $3, $4, $5, $6, $7, true, now(), now(), 0)
+             VALUES ($1, $2, $3, $4, $5, $6, $7, true, now(), now(), 0)
              ON CONFLICT (id) DO UPDATE
                 SET group_id = EXCLUDED.group_id, max_task_count = EXCLUDED.max_task_count,
                     node_name = EXCLUDED.node_name, host = EXCLUDED.host, pid = EXCLUDED.pid,
                     version = EXCLUDED.version, active = true, started_at = now(), heartbeat_at = now(),
                     stopped_at = NULL, task_count = 0,
                     stop = CASE WHEN w.stop = 1 THEN 1 ELSE 0 END
-             RETURNING id, stop, max_task_count",
+             RETURNING stop, max_task_count",
             &[
                 &worker_id,
                 &group_id,
@@ -239,13 +248,10 @@ pub async fn register_worker(
         )
         .await
         .map_err(DbError::query("registering the node"))?;
-    Ok((
-        row.get(0),
-        WorkerControl {
-            stop: row.get(1),
-            max_task_count: row.get(2),
-        },
-    ))
+    Ok(WorkerControl {
+        stop: row.get(0),
+        max_task_count: row.get(1),
+    })
 }
 
 /// Takes this node's liveness lock on its session; false when another live session holds it.
