@@ -1,0 +1,20 @@
+//! Task processes: spawning with bounded output tails, signalling process
+//! groups, the per-node guardian that kills task groups when the node dies,
+//! and the start-up sweep of leftovers from a previous incarnation.
+//!
+//! Owns: everything that touches OS processes for tasks.
+//! Must never: talk to the database, know about task states, or run a
+//! command through a shell.
+
+mod guardian;
+mod kill;
+mod leftovers;
+mod spawn;
+mod tail;
+#[cfg(test)]
+mod testutil;
+
+pub use guardian::{guardian_main, run_guardian, Guardian, GuardianError, GUARDIAN_ARG};
+pub use kill::{group_alive, signal_group, terminate_group, KillError, Termination};
+pub use leftovers::kill_leftovers;
+pub use spawn::{spawn, ExitOutcome, RunningProcess, SpawnError, SpawnSpec};

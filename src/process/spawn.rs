@@ -1,0 +1,334 @@
+//! Starting one task as an OS process and collecting its outcome.
+//!
+//! Owns: building the command (no shell, stdin null, stdout/stderr piped,
+//! its own process group, `PR_SET_PDEATHSIG=SIGKILL`), the bounded
+//! stdout/stderr tails, and `wait()`: exit status, then SIGKILL of the whole
+//! group (leftover grandchildren die with the task), then the tails, waiting
+//! at most ~500 ms for the pipes to close.
+//! Must never: run through a shell, buffer unbounded output, block on a pipe
+//! an escaped grandchild holds open, or leave a process running untracked
+//! (dropping a `RunningProcess` or its `wait()` future before completion
+//! SIGKILLs the group; cancel gracefully with `terminate_group(pid, ..)`
+//! while `wait()` is polled elsewhere, e.g. in a spawned task).
+//!
+//! Callers: `spawn` needs a tokio runtime context and must run on a
+//! long-lived thread (a runtime worker or a dedicated thread, never
+//! `spawn_blocking`/`block_in_place`): `PR_SET_PDEATHSIG` fires when the
+//! *thread* that forked the child exits, not the process.
+
+use std::io;
+use std::os::unix::process::ExitStatusExt;
+use std::path::PathBuf;
+use std::process::Stdio;
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::Duration;
+
+use nix::sys::signal::Signal;
+use serde::{Deserialize, Serialize};
+use tokio::io::{AsyncRead, AsyncReadExt};
+use tokio::process::{Child, Command};
+use tokio::task::JoinHandle;
+
+use super::kill::signal_group;
+use super::tail::Tail;
+
+/// How long `wait()` waits for the output readers after the process exited.
+const READER_GRACE: Duration = Duration::from_millis(500);
+const READ_CHUNK: usize = 8192;
+
+/// What to run.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SpawnSpec {
+    /// `argv[0]` is the program (looked up in `PATH` unless it has a `/`).
+    pub argv: Vec<String>,
+    pub cwd: Option<PathBuf>,
+    /// Extra environment variables, on top of the node's environment.
+    pub env: Vec<(String, String)>,
+    /// Keep the last N lines of stdout and of stderr...
+    pub tail_lines: usize,
+    /// ...and at most this many bytes per tail (cut at a char boundary).
+    pub tail_bytes: usize,
+}
+
+impl SpawnSpec {
+    /// A spec with no cwd, no extra env, and tails of 100 lines / 64 KiB.
+    pub fn new<I, S>(argv: I) -> SpawnSpec
+    where
+        I: IntoIterator<Item = S>,
+        S: Into<String>,
+    {
+        SpawnSpec {
+            argv: argv.into_iter().map(Into::into).collect(),
+            cwd: None,
+            env: Vec::new(),
+            tail_lines: 100,
+            tail_bytes: 64 * 1024,
+        }
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum SpawnError {
+    #[error("command is empty")]
+    EmptyCommand,
+    #[error("program '{0}' not found")]
+    ProgramNotFound(String),
+    #[error("program '{program}' is not executable: {reason}")]
+    NotExecutable { program: String, reason: String },
+    #[error("working directory '{0}' does not exist")]
+    CwdNotFound(PathBuf),
+    #[error("working directory '{0}' is not a directory")]
+    CwdNotDirectory(PathBuf),
+    #[error("failed to start '{program}': {source}")]
+    Io { program: String, source: io::Error },
+}
+
+/// How a task process ended, with the last of its output.
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
+pub struct ExitOutcome {
+    /// Exit code when it exited normally.
+    pub exit_code: Option<i32>,
+    /// Signal number when a signal ended it.
+    pub signal: Option<i32>,
+    pub stdout_tail: String,
+    pub stderr_tail: String,
+}
+
+struct Reader {
+    handle: JoinHandle<()>,
+    tail: Arc<Mutex<Tail>>,
+}
+
+/// A started task process. `pid` is also its process group id.
+pub struct RunningProcess {
+    pub pid: i32,
+    child: Child,
+    stdout: Option<Reader>,
+    stderr: Option<Reader>,
+    /// Set once `wait()` has reaped the child and killed the group.
+    finished: bool,
+}
+
+impl std::fmt::Debug for RunningProcess {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RunningProcess")
+            .field("pid", &self.pid)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Starts `spec` in its own process group. See the module header for the
+/// threading requirement.
+pub fn spawn(spec: &SpawnSpec) -> Result<RunningProcess, SpawnError> {
+    let Some(program) = spec.argv.first() else {
+        return Err(SpawnError::EmptyCommand);
+    };
+    if program.is_empty() {
+        return Err(SpawnError::EmptyCommand);
+    }
+    if let Some(cwd) = &spec.cwd {
+        check_cwd(cwd)?;
+    }
+
+    let mut cmd = Command::new(program);
+    cmd.args(&spec.argv[1..])
+        .envs(spec.env.iter().map(|(k, v)| (k, v)))
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .process_group(0)
+        .kill_on_drop(false);
+    if let Some(cwd) = &spec.cwd {
+        cmd.current_dir(cwd);
+    }
+    let parent = nix::unistd::getpid().as_raw();
+    // SAFETY: the closure runs in the forked child before exec and only
+    // calls async-signal-safe functions (prctl, getppid); it allocates
+    // nothing.
+    unsafe {
+        cmd.pre_exec(move || {
+            if libc::prctl(
+                libc::PR_SET_PDEATHSIG,
+                libc::SIGKILL as libc::c_ulong,
+                0,
+                0,
+                0,
+            ) != 0
+            {
+                return Err(io::Error::last_os_error());
+            }
+            // The parent may have died between fork and prctl: then no
+            // signal will come, so give up now.
+            if libc::getppid() != parent {
+                libc::_exit(1);
+            }
+            Ok(())
+        });
+    }
+
+    let mut child = cmd.spawn().map_err(|e| classify(program, spec, e))?;
+    let Some(pid) = child.id().and_then(|p| i32::try_from(p).ok()) else {
+        // Cannot happen for a freshly spawned child; treat as an I/O error.
+        return Err(SpawnError::Io {
+            program: program.clone(),
+            source: io::Error::other("spawned child has no pid"),
+        });
+    };
+    let stdout = child
+        .stdout
+        .take()
+        .map(|s| start_reader(s, spec.tail_lines, spec.tail_bytes));
+    let stderr = child
+        .stderr
+        .take()
+        .map(|s| start_reader(s, spec.tail_lines, spec.tail_bytes));
+    Ok(RunningProcess {
+        pid,
+        child,
+        stdout,
+        stderr,
+        finished: false,
+    })
+}
+
+fn check_cwd(cwd: &std::path::Path) -> Result<(), SpawnError> {
+    match std::fs::metadata(cwd) {
+        Ok(m) if m.is_dir() => Ok(()),
+        Ok(_) => Err(SpawnError::CwdNotDirectory(cwd.to_path_buf())),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => {
+            Err(SpawnError::CwdNotFound(cwd.to_path_buf()))
+        }
+        // Exists but unreadable metadata (e.g. EACCES on a parent): let the
+        // spawn itself report the precise error.
+        Err(_) => Ok(()),
+    }
+}
+
+fn classify(program: &str, spec: &SpawnSpec, e: io::Error) -> SpawnError {
+    let program = program.to_owned();
+    match e.kind() {
+        io::ErrorKind::NotFound => {
+            // The cwd may have vanished since the check.
+            if let Some(cwd) = &spec.cwd {
+                if !cwd.exists() {
+                    return SpawnError::CwdNotFound(cwd.clone());
+                }
+            }
+            SpawnError::ProgramNotFound(program)
+        }
+        io::ErrorKind::PermissionDenied => SpawnError::NotExecutable {
+            program,
+            reason: "permission denied".into(),
+        },
+        _ if e.raw_os_error() == Some(libc::ENOEXEC) => SpawnError::NotExecutable {
+            program,
+            reason: "not an executable format".into(),
+        },
+        _ => SpawnError::Io { program, source: e },
+    }
+}
+
+fn start_reader<R>(stream: R, lines: usize, bytes: usize) -> Reader
+where
+    R: AsyncRead + Unpin + Send + 'static,
+{
+    let tail = Arc::new(Mutex::new(Tail::new(lines, bytes)));
+    let handle = tokio::spawn(read_into(stream, Arc::clone(&tail)));
+    Reader { handle, tail }
+}
+
+async fn read_into<R: AsyncRead + Unpin>(mut stream: R, tail: Arc<Mutex<Tail>>) {
+    let mut buf = vec![0u8; READ_CHUNK];
+    loop {
+        match stream.read(&mut buf).await {
+            Ok(0) => break,
+            Ok(n) => tail
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .push(&buf[..n]),
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+            Err(e) => {
+                tracing::debug!(error = %e, "task output read failed");
+                break;
+            }
+        }
+    }
+}
+
+/// Waits for the reader up to `deadline`, then stops it; returns the tail
+/// read so far.
+async fn collect(reader: Option<Reader>, deadline: tokio::time::Instant) -> String {
+    let Some(mut reader) = reader else {
+        return String::new();
+    };
+    if tokio::time::timeout_at(deadline, &mut reader.handle)
+        .await
+        .is_err()
+    {
+        // An escaped grandchild holds the pipe open: use what we have.
+        reader.handle.abort();
+    }
+    let text = reader
+        .tail
+        .lock()
+        .unwrap_or_else(PoisonError::into_inner)
+        .render();
+    text
+}
+
+impl RunningProcess {
+    /// Waits for the process to exit, SIGKILLs its whole group, and returns
+    /// the exit status with the output tails (readers get at most ~500 ms
+    /// after the exit).
+    pub async fn wait(mut self) -> ExitOutcome {
+        let status = self.child.wait().await;
+        self.kill_group();
+        self.finished = true;
+        let deadline = tokio::time::Instant::now() + READER_GRACE;
+        let stdout_tail = collect(self.stdout.take(), deadline).await;
+        let mut stderr_tail = collect(self.stderr.take(), deadline).await;
+        match status {
+            Ok(status) => ExitOutcome {
+                exit_code: status.code(),
+                signal: status.signal(),
+                stdout_tail,
+                stderr_tail,
+            },
+            Err(e) => {
+                tracing::warn!(pid = self.pid, error = %e, "waiting for task process failed");
+                if !stderr_tail.is_empty() {
+                    stderr_tail.push('\n');
+                }
+                stderr_tail.push_str(&format!("pgtaskd: waiting for the process failed: {e}"));
+                ExitOutcome {
+                    exit_code: None,
+                    signal: None,
+                    stdout_tail,
+                    stderr_tail,
+                }
+            }
+        }
+    }
+
+    fn kill_group(&self) {
+        if let Err(e) = signal_group(self.pid, Signal::SIGKILL) {
+            tracing::warn!(pgid = self.pid, error = %e, "could not kill task process group");
+        }
+    }
+}
+
+impl Drop for RunningProcess {
+    fn drop(&mut self) {
+        if !self.finished {
+            // Never leave a task running untracked.
+            self.kill_group();
+        }
+        for r in [&self.stdout, &self.stderr].into_iter().flatten() {
+            r.handle.abort();
+        }
+    }
+}
+
+#[cfg(test)]
+#[path = "spawn_tests.rs"]
+mod tests;

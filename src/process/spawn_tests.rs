@@ -1,0 +1,182 @@
+//! Tests for `spawn.rs`: real processes, real pipes, real signals.
+
+use std::os::unix::fs::PermissionsExt;
+use std::time::Duration;
+
+use super::*;
+use crate::process::testutil::{live_members, wait_group_dead};
+
+async fn run(argv: &[&str]) -> ExitOutcome {
+    spawn(&SpawnSpec::new(argv.iter().copied()))
+        .expect("spawn")
+        .wait()
+        .await
+}
+
+#[tokio::test]
+async fn echo_exit_codes_and_signals() {
+    let out = run(&["echo", "hello"]).await;
+    assert_eq!(out.exit_code, Some(0));
+    assert_eq!(out.signal, None);
+    assert_eq!(out.stdout_tail, "hello");
+    assert_eq!(out.stderr_tail, "");
+
+    let out = run(&["sh", "-c", "exit 3"]).await;
+    assert_eq!(out.exit_code, Some(3));
+
+    let out = run(&["sh", "-c", "kill -9 $$"]).await;
+    assert_eq!(out.exit_code, None);
+    assert_eq!(out.signal, Some(9));
+
+    let out = run(&["sh", "-c", "echo oops >&2; exit 1"]).await;
+    assert_eq!(out.stderr_tail, "oops");
+    assert_eq!(out.stdout_tail, "");
+}
+
+#[tokio::test]
+async fn tail_keeps_exactly_last_lines() {
+    let mut spec = SpawnSpec::new(["seq", "1", "100000"]);
+    spec.tail_lines = 5;
+    let out = spawn(&spec).expect("spawn").wait().await;
+    assert_eq!(out.exit_code, Some(0));
+    assert_eq!(out.stdout_tail, "99996\n99997\n99998\n99999\n100000");
+}
+
+#[tokio::test]
+async fn long_line_without_newline_is_bounded() {
+    let mut spec = SpawnSpec::new(["sh", "-c", "head -c 1000000 /dev/zero | tr '\\0' a"]);
+    spec.tail_bytes = 1000;
+    let out = spawn(&spec).expect("spawn").wait().await;
+    assert_eq!(out.exit_code, Some(0));
+    assert!(out.stdout_tail.len() <= 1000);
+    assert_eq!(out.stdout_tail, "a".repeat(1000));
+}
+
+#[tokio::test]
+async fn spawn_errors_have_clear_messages() {
+    let err = spawn(&SpawnSpec::new(Vec::<String>::new())).expect_err("empty");
+    assert!(matches!(err, SpawnError::EmptyCommand));
+    assert_eq!(err.to_string(), "command is empty");
+
+    let err = spawn(&SpawnSpec::new(["no-such-program-pgtaskd"])).expect_err("missing");
+    assert!(matches!(err, SpawnError::ProgramNotFound(_)), "{err:?}");
+    assert_eq!(
+        err.to_string(),
+        "program 'no-such-program-pgtaskd' not found"
+    );
+
+    let mut spec = SpawnSpec::new(["true"]);
+    spec.cwd = Some("/no/such/dir-pgtaskd".into());
+    let err = spawn(&spec).expect_err("bad cwd");
+    assert!(matches!(err, SpawnError::CwdNotFound(_)), "{err:?}");
+    assert_eq!(
+        err.to_string(),
+        "working directory '/no/such/dir-pgtaskd' does not exist"
+    );
+
+    let dir = tempfile::tempdir().expect("tempdir");
+    let script = dir.path().join("not-exec.sh");
+    std::fs::write(&script, "#!/bin/sh\necho hi\n").expect("write");
+    std::fs::set_permissions(&script, std::fs::Permissions::from_mode(0o644)).expect("chmod");
+    let path = script.to_string_lossy().into_owned();
+    let err = spawn(&SpawnSpec::new([path.clone()])).expect_err("not executable");
+    assert!(matches!(err, SpawnError::NotExecutable { .. }), "{err:?}");
+    assert_eq!(
+        err.to_string(),
+        format!("program '{path}' is not executable: permission denied")
+    );
+
+    let mut spec = SpawnSpec::new(["true"]);
+    spec.cwd = Some(script.clone());
+    let err = spawn(&spec).expect_err("cwd is a file");
+    assert!(matches!(err, SpawnError::CwdNotDirectory(_)), "{err:?}");
+}
+
+#[tokio::test]
+async fn cwd_and_env_are_applied() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let real = std::fs::canonicalize(dir.path()).expect("canonicalize");
+    let mut spec = SpawnSpec::new(["pwd"]);
+    spec.cwd = Some(real.clone());
+    let out = spawn(&spec).expect("spawn").wait().await;
+    assert_eq!(out.stdout_tail, real.to_string_lossy());
+
+    let mut spec = SpawnSpec::new(["sh", "-c", "echo $X-$PGTASKD_TASK_ID"]);
+    spec.env = vec![
+        ("X".into(), "forty two".into()),
+        ("PGTASKD_TASK_ID".into(), "17".into()),
+    ];
+    let out = spawn(&spec).expect("spawn").wait().await;
+    assert_eq!(out.stdout_tail, "forty two-17");
+}
+
+#[test]
+fn own_group_and_pdeathsig_when_spawning_thread_exits() {
+    // Spawn from a short-lived thread and leak the handle: when the thread
+    // exits, PR_SET_PDEATHSIG must kill the child.
+    let pgid = std::thread::spawn(|| {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .expect("runtime");
+        rt.block_on(async {
+            let proc = spawn(&SpawnSpec::new(["sleep", "1000"])).expect("spawn");
+            let pgid = proc.pid;
+            std::mem::forget(proc); // no Drop kill: only PDEATHSIG may kill it
+            pgid
+        })
+    })
+    .join()
+    .expect("thread");
+    assert_ne!(pgid, nix::unistd::getpgrp().as_raw());
+    let deadline = std::time::Instant::now() + Duration::from_secs(3);
+    while !live_members(pgid).is_empty() && std::time::Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    assert!(
+        live_members(pgid).is_empty(),
+        "child survived its spawning thread"
+    );
+    // Reap the zombie (it is our child).
+    let _ = nix::sys::wait::waitpid(nix::unistd::Pid::from_raw(pgid), None);
+}
+
+#[tokio::test]
+async fn wait_kills_background_grandchild() {
+    let proc = spawn(&SpawnSpec::new(["sh", "-c", "sleep 1000 & echo started"])).expect("spawn");
+    let pgid = proc.pid;
+    let started = std::time::Instant::now();
+    let out = proc.wait().await;
+    assert_eq!(out.exit_code, Some(0));
+    assert_eq!(out.stdout_tail, "started");
+    // The sleep held stdout open; it was killed, so the pipe closed well
+    // within the reader grace.
+    assert!(started.elapsed() < Duration::from_secs(5));
+    assert!(
+        wait_group_dead(pgid, Duration::from_secs(3)).await,
+        "left: {:?}",
+        live_members(pgid)
+    );
+}
+
+#[tokio::test]
+async fn escaped_grandchild_holding_pipe_does_not_block_wait() {
+    // setsid moves the sleep out of the task's group, so the group kill
+    // misses it and it keeps stdout open.
+    let proc = spawn(&SpawnSpec::new(["sh", "-c", "setsid sleep 5 & echo bye"])).expect("spawn");
+    let started = std::time::Instant::now();
+    let out = proc.wait().await;
+    let took = started.elapsed();
+    assert_eq!(out.exit_code, Some(0));
+    assert_eq!(out.stdout_tail, "bye");
+    assert!(took < Duration::from_secs(2), "wait took {took:?}");
+}
+
+#[tokio::test]
+async fn dropping_unwaited_process_kills_group() {
+    let proc = spawn(&SpawnSpec::new(["sleep", "1000"])).expect("spawn");
+    let pgid = proc.pid;
+    assert_eq!(live_members(pgid), vec![pgid]);
+    drop(proc);
+    assert!(wait_group_dead(pgid, Duration::from_secs(3)).await);
+}
