@@ -34,6 +34,15 @@ INSERT INTO long_task.period (id, name, step) VALUES
     ('WEE', 'week',   interval '7 days'),
     ('MON', 'month',  interval '1 month');
 
+-- This database's identity: scopes what a node leaves on its host (process markers, spools), so two
+-- installations on one host never mistake each other's processes for their own.
+CREATE TABLE long_task.installation (
+    id         uuid        PRIMARY KEY DEFAULT gen_random_uuid(),
+    created_at timestamptz NOT NULL DEFAULT now(),
+    singleton  boolean     NOT NULL DEFAULT true UNIQUE CHECK (singleton)
+);
+INSERT INTO long_task.installation DEFAULT VALUES;
+
 -- ---------------------------------------------------------------------------------------------
 -- Nodes (the reference calls them workers)
 -- ---------------------------------------------------------------------------------------------

@@ -13,7 +13,10 @@ use serde::{Deserialize, Serialize};
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
     #[error("cannot read config file {path}: {source}")]
-    Read { path: PathBuf, source: std::io::Error },
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
     #[error("config file {path}: {message}")]
     Parse { path: PathBuf, message: String },
     #[error("invalid value for `{key}`: {message}")]
@@ -211,7 +214,10 @@ mod tests {
     #[test]
     fn bad_duration_is_rejected() {
         let err = NodeConfig::from_toml("heartbeat_interval = \"soon\"").unwrap_err();
-        assert!(err.contains("heartbeat_interval") || err.contains("soon"), "{err}");
+        assert!(
+            err.contains("heartbeat_interval") || err.contains("soon"),
+            "{err}"
+        );
     }
 
     #[test]
@@ -238,6 +244,10 @@ mod tests {
             worker_id: Some(0),
             ..NodeConfig::default()
         };
-        assert!(cfg.validate().unwrap_err().to_string().contains("worker_id"));
+        assert!(cfg
+            .validate()
+            .unwrap_err()
+            .to_string()
+            .contains("worker_id"));
     }
 }

@@ -24,8 +24,9 @@ use crate::db::{self, migrate, Pool};
 use crate::error::Error;
 use crate::process::{kill_leftovers, Guardian};
 
-/// Environment variable carrying the worker id into every task process (used to find leftovers).
-pub const WORKER_MARKER: &str = "PGTASKD_WORKER_ID";
+/// Environment variable carrying `<installation id>/<worker id>` into every task process, so a
+/// restarted node finds what its previous run left behind, and nothing of another installation.
+pub const NODE_MARKER: &str = "PGTASKD_NODE";
 
 /// One running task as the node sees it.
 #[derive(Debug, Clone)]
@@ -50,6 +51,8 @@ pub struct NodeContext {
     pub pool: Pool,
     pub worker_id: i64,
     pub group_id: i32,
+    /// The value of `NODE_MARKER` in this node's task processes.
+    pub node_marker: String,
     pub guardian: Option<Guardian>,
     running: Mutex<HashMap<i64, RunEntry>>,
     peers: Mutex<Peers>,
@@ -129,14 +132,22 @@ pub async fn prepare(config: NodeConfig) -> Result<PreparedNode, Error> {
 
     // A previous run of this worker id may have died with tasks in hand: their processes go, and
     // the tasks go back to the queue.
-    let killed = kill_leftovers(WORKER_MARKER, &worker_id.to_string());
+    let installation = queries::installation_id(&membership_client).await?;
+    let node_marker = format!("{installation}/{worker_id}");
+    let killed = kill_leftovers(NODE_MARKER, &node_marker);
     if killed > 0 {
-        warn!(worker_id, killed, "killed processes left by a previous run of this node");
+        warn!(
+            worker_id,
+            killed, "killed processes left by a previous run of this node"
+        );
     }
     let (requeued, cancelled) =
         queries::recover_worker(&membership_client, worker_id, "node restarted").await?;
     if requeued + cancelled > 0 {
-        warn!(worker_id, requeued, cancelled, "recovered tasks left by a previous run of this node");
+        warn!(
+            worker_id,
+            requeued, cancelled, "recovered tasks left by a previous run of this node"
+        );
     }
 
     let guardian = match std::env::current_exe() {
@@ -155,6 +166,7 @@ pub async fn prepare(config: NodeConfig) -> Result<PreparedNode, Error> {
         pool,
         worker_id,
         group_id,
+        node_marker,
         guardian,
         running: Mutex::new(HashMap::new()),
         peers: Mutex::new(Peers::default()),
@@ -186,10 +198,7 @@ pub fn run(config: NodeConfig) -> Result<(), Error> {
                     group_id = prepared.context.group_id
                 );
                 let _guard = span.enter();
-                info!(
-                    max_tasks = prepared.control.max_task_count,
-                    "node started"
-                );
+                info!(max_tasks = prepared.control.max_task_count, "node started");
                 Supervisor::new(prepared).start();
             }
             Err(e) => {
@@ -198,12 +207,10 @@ pub fn run(config: NodeConfig) -> Result<(), Error> {
             }
         }
     });
-    system
-        .run()
-        .map_err(|source| Error::Io {
-            context: "running the actor system".into(),
-            source,
-        })?;
+    system.run().map_err(|source| Error::Io {
+        context: "running the actor system".into(),
+        source,
+    })?;
     let mut guard = result.lock().unwrap_or_else(|p| p.into_inner());
     std::mem::replace(&mut *guard, Ok(()))
 }

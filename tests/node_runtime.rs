@@ -6,7 +6,9 @@ mod common;
 use std::time::Duration;
 
 use common::migrated_db;
-use common::node::{processes_with_env, queue, state, wait_node_ready, wait_state, wait_until, NodeProcess};
+use common::node::{
+    processes_with_env, queue, state, wait_node_ready, wait_state, wait_until, NodeProcess,
+};
 
 const LONG: Duration = Duration::from_secs(20);
 
@@ -42,8 +44,26 @@ async fn process_limit_is_never_exceeded_and_order_is_priority_then_fifo() {
         .await
         .expect("pause");
     tokio::time::sleep(Duration::from_millis(300)).await;
-    let argv = |name: &str| vec!["sh".to_owned(), "-c".to_owned(), script.clone(), "sh".to_owned(), name.to_owned()];
-    for (name, priority) in [("a", 5), ("b", 1), ("c", 5), ("d", 0), ("e", 9), ("f", 1), ("g", 5), ("h", 5), ("i", 5)] {
+    let argv = |name: &str| {
+        vec![
+            "sh".to_owned(),
+            "-c".to_owned(),
+            script.clone(),
+            "sh".to_owned(),
+            name.to_owned(),
+        ]
+    };
+    for (name, priority) in [
+        ("a", 5),
+        ("b", 1),
+        ("c", 5),
+        ("d", 0),
+        ("e", 9),
+        ("f", 1),
+        ("g", 5),
+        ("h", 5),
+        ("i", 5),
+    ] {
         client
             .execute(
                 "INSERT INTO long_task.task (group_id, state_id, priority, command) VALUES (0, 'AW', $1, $2)",
@@ -58,7 +78,10 @@ async fn process_limit_is_never_exceeded_and_order_is_priority_then_fifo() {
         .expect("resume");
     wait_until(LONG, || async {
         client
-            .query_one("SELECT count(*) FROM long_task.task WHERE state_id = 'CS'", &[])
+            .query_one(
+                "SELECT count(*) FROM long_task.task WHERE state_id = 'CS'",
+                &[],
+            )
             .await
             .expect("count")
             .get::<_, i64>(0)
@@ -89,10 +112,19 @@ async fn process_limit_is_never_exceeded_and_order_is_priority_then_fifo() {
         .iter()
         .map(|r| r.get(0))
         .collect();
-    assert_eq!(&started[..3].iter().cloned().collect::<std::collections::BTreeSet<_>>(),
-               &["b", "d", "f"].iter().map(|s| s.to_string()).collect(),
-               "the first batch is the three lowest priority values: {started:?}");
-    assert_eq!(started.last().map(String::as_str), Some("e"), "priority 9 runs last: {started:?}");
+    assert_eq!(
+        &started[..3]
+            .iter()
+            .cloned()
+            .collect::<std::collections::BTreeSet<_>>(),
+        &["b", "d", "f"].iter().map(|s| s.to_string()).collect(),
+        "the first batch is the three lowest priority values: {started:?}"
+    );
+    assert_eq!(
+        started.last().map(String::as_str),
+        Some("e"),
+        "priority 9 runs last: {started:?}"
+    );
 }
 
 #[tokio::test]
@@ -101,13 +133,22 @@ async fn cancel_kills_the_whole_process_tree_even_when_sigterm_is_ignored() {
     let _node = NodeProcess::start(&db.url, 1, &[]);
     wait_node_ready(&client, 1).await;
     // Ignores SIGTERM and has a child that ignores it too.
-    let id = queue(&client, &["sh", "-c", "trap '' TERM; sleep 1000 & sleep 1000 & wait"]).await;
+    let id = queue(
+        &client,
+        &["sh", "-c", "trap '' TERM; sleep 1000 & sleep 1000 & wait"],
+    )
+    .await;
     wait_state(&client, id, "AE", LONG).await;
-    wait_until(LONG, || async { processes_with_env("PGTASKD_TASK_ID", &id.to_string()).len() >= 3 })
-        .await
-        .expect("the task and its children run");
+    wait_until(LONG, || async {
+        processes_with_env("PGTASKD_TASK_ID", &id.to_string()).len() >= 3
+    })
+    .await
+    .expect("the task and its children run");
     client
-        .execute("UPDATE long_task.task SET state_id='AC' WHERE id = $1 AND state_id like 'A%'", &[&id])
+        .execute(
+            "UPDATE long_task.task SET state_id='AC' WHERE id = $1 AND state_id like 'A%'",
+            &[&id],
+        )
         .await
         .expect("cancel");
     wait_state(&client, id, "CC", LONG).await;
@@ -116,8 +157,15 @@ async fn cancel_kills_the_whole_process_tree_even_when_sigterm_is_ignored() {
     })
     .await
     .expect("no process of the cancelled task survives");
-    assert_eq!(row_text(&client, id, "error").await.as_deref(), Some("cancelled"));
-    assert_eq!(row_text(&client, id, "exit_signal").await.as_deref(), Some("9"), "SIGTERM ignored, so SIGKILL ended it");
+    assert_eq!(
+        row_text(&client, id, "error").await.as_deref(),
+        Some("cancelled")
+    );
+    assert_eq!(
+        row_text(&client, id, "exit_signal").await.as_deref(),
+        Some("9"),
+        "SIGTERM ignored, so SIGKILL ended it"
+    );
 }
 
 #[tokio::test]
@@ -136,18 +184,36 @@ async fn task_placeholder_cwd_timeout_and_output_tails() {
         .expect("insert")
         .get(0);
     wait_state(&client, id, "CS", LONG).await;
-    assert_eq!(row_text(&client, id, "stdout_tail").await, Some(format!("task {id} in /tmp\n")));
-    assert_eq!(row_text(&client, id, "stderr_tail").await.as_deref(), Some("oops\n"));
-    assert_eq!(row_text(&client, id, "exit_code").await.as_deref(), Some("0"));
+    assert_eq!(
+        row_text(&client, id, "stdout_tail").await,
+        Some(format!("task {id} in /tmp"))
+    );
+    assert_eq!(
+        row_text(&client, id, "stderr_tail").await.as_deref(),
+        Some("oops")
+    );
+    assert_eq!(
+        row_text(&client, id, "exit_code").await.as_deref(),
+        Some("0")
+    );
 
     let tail = queue(&client, &["seq", "1", "1000"]).await;
     wait_state(&client, tail, "CS", LONG).await;
-    assert_eq!(row_text(&client, tail, "stdout_tail").await.as_deref(), Some("998\n999\n1000\n"));
+    assert_eq!(
+        row_text(&client, tail, "stdout_tail").await.as_deref(),
+        Some("998\n999\n1000")
+    );
 
     let failing = queue(&client, &["sh", "-c", "echo bad >&2; exit 7"]).await;
     wait_state(&client, failing, "CF", LONG).await;
-    assert_eq!(row_text(&client, failing, "exit_code").await.as_deref(), Some("7"));
-    assert_eq!(row_text(&client, failing, "error").await.as_deref(), Some("exited with code 7"));
+    assert_eq!(
+        row_text(&client, failing, "exit_code").await.as_deref(),
+        Some("7")
+    );
+    assert_eq!(
+        row_text(&client, failing, "error").await.as_deref(),
+        Some("exited with code 7")
+    );
 
     let slow: i64 = client
         .query_one(
@@ -158,7 +224,10 @@ async fn task_placeholder_cwd_timeout_and_output_tails() {
         .expect("insert")
         .get(0);
     wait_state(&client, slow, "CF", LONG).await;
-    assert_eq!(row_text(&client, slow, "error").await.as_deref(), Some("timeout"));
+    assert_eq!(
+        row_text(&client, slow, "error").await.as_deref(),
+        Some("timeout")
+    );
     assert!(processes_with_env("PGTASKD_TASK_ID", &slow.to_string()).is_empty());
 }
 
@@ -173,7 +242,10 @@ async fn malformed_commands_fail_clearly_and_the_node_keeps_running() {
         .expect("insert")
         .get(0);
     let null: i64 = client
-        .query_one("INSERT INTO long_task.task (group_id, state_id) VALUES (0, 'AW') RETURNING id", &[])
+        .query_one(
+            "INSERT INTO long_task.task (group_id, state_id) VALUES (0, 'AW') RETURNING id",
+            &[],
+        )
         .await
         .expect("insert")
         .get(0);
@@ -194,7 +266,10 @@ async fn malformed_commands_fail_clearly_and_the_node_keeps_running() {
     ] {
         wait_state(&client, id, "CF", LONG).await;
         let error = row_text(&client, id, "error").await.unwrap_or_default();
-        assert!(error.contains(needle), "task {id}: error {error:?} should say {needle:?}");
+        assert!(
+            error.contains(needle),
+            "task {id}: error {error:?} should say {needle:?}"
+        );
     }
     let ok = queue(&client, &["true"]).await;
     wait_state(&client, ok, "CS", LONG).await;
@@ -219,7 +294,10 @@ async fn node_survives_terminated_backends_and_misses_no_task() {
             .await
             .expect("terminate")
             .get(0);
-        assert!(killed >= 2, "round {round}: the node's listener and membership sessions were terminated ({killed})");
+        assert!(
+            killed >= 2,
+            "round {round}: the node's listener and membership sessions were terminated ({killed})"
+        );
         // Queued while the node has no listener: found by the resync after reconnect.
         let id = queue(&client, &["true"]).await;
         wait_state(&client, id, "CS", LONG).await;
@@ -234,9 +312,11 @@ async fn sigkilled_node_leaves_no_process_and_its_task_is_rerun_on_restart() {
     wait_node_ready(&client, 1).await;
     let id = queue(&client, &["sh", "-c", "sleep 1000 & sleep 1000 & wait"]).await;
     wait_state(&client, id, "AE", LONG).await;
-    wait_until(LONG, || async { processes_with_env("PGTASKD_TASK_ID", &id.to_string()).len() >= 3 })
-        .await
-        .expect("task tree runs");
+    wait_until(LONG, || async {
+        processes_with_env("PGTASKD_TASK_ID", &id.to_string()).len() >= 3
+    })
+    .await
+    .expect("task tree runs");
     node.signal(nix::sys::signal::Signal::SIGKILL);
     node.wait_exit(Duration::from_secs(5));
     wait_until(Duration::from_secs(5), || async {
@@ -244,11 +324,18 @@ async fn sigkilled_node_leaves_no_process_and_its_task_is_rerun_on_restart() {
     })
     .await
     .expect("no task process outlives a SIGKILLed node");
-    assert_eq!(state(&client, id).await, "AE", "nobody else has taken it yet");
+    assert_eq!(
+        state(&client, id).await,
+        "AE",
+        "nobody else has taken it yet"
+    );
 
     // The same worker restarted hands the task back to the queue and runs it again.
     client
-        .execute("UPDATE long_task.task SET command = '{true}' WHERE id = $1", &[&id])
+        .execute(
+            "UPDATE long_task.task SET command = '{true}' WHERE id = $1",
+            &[&id],
+        )
         .await
         .expect("shorten");
     let _node = NodeProcess::start(&db.url, 1, &[]);
@@ -272,5 +359,8 @@ async fn a_second_node_with_the_same_worker_id_is_refused() {
         .expect("run");
     assert!(!output.status.success());
     let stderr = String::from_utf8_lossy(&output.stderr);
-    assert!(stderr.contains("worker id 1 is in use by a live node"), "{stderr}");
+    assert!(
+        stderr.contains("worker id 1 is in use by a live node"),
+        "{stderr}"
+    );
 }

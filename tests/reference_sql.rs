@@ -26,7 +26,10 @@ RETURNING id;",
 
 async fn exec(client: &tokio_postgres::Client, sql: &str, id: i64) -> u64 {
     let sql = sql.replace("<id>", &id.to_string());
-    client.execute(sql.as_str(), &[]).await.expect("reference statement")
+    client
+        .execute(sql.as_str(), &[])
+        .await
+        .expect("reference statement")
 }
 
 const QUEUE_DRAFT: &str = "UPDATE long_task.task
@@ -79,7 +82,10 @@ async fn draft_queue_requeue_and_cancel_examples() {
     assert_eq!(exec(&client, REQUEUE_COMPLETED, id).await, 1);
     wait_until(LONG, || async {
         let row = client
-            .query_one("SELECT state_id::text, started FROM long_task.task WHERE id = $1", &[&id])
+            .query_one(
+                "SELECT state_id::text, started FROM long_task.task WHERE id = $1",
+                &[&id],
+            )
             .await
             .expect("row");
         row.get::<_, String>(0).starts_with('C')
@@ -89,12 +95,19 @@ async fn draft_queue_requeue_and_cancel_examples() {
     .expect("re-queued task runs again");
     // The re-queue statement matches nothing while the task is active.
     client
-        .execute("UPDATE long_task.task SET command = '{sleep,30}' WHERE id = $1", &[&id])
+        .execute(
+            "UPDATE long_task.task SET command = '{sleep,30}' WHERE id = $1",
+            &[&id],
+        )
         .await
         .expect("change command");
     assert_eq!(exec(&client, REQUEUE_COMPLETED, id).await, 1);
     wait_state(&client, id, "AE", LONG).await;
-    assert_eq!(exec(&client, REQUEUE_COMPLETED, id).await, 0, "an active task is not re-queued");
+    assert_eq!(
+        exec(&client, REQUEUE_COMPLETED, id).await,
+        0,
+        "an active task is not re-queued"
+    );
 
     // Cancel an executing task: it ends CC and its process is gone.
     assert_eq!(exec(&client, CANCEL, id).await, 1);
@@ -126,7 +139,10 @@ async fn schedule_every_two_hours_runs_now_then_waits() {
     wait_node_ready(&client, 1).await;
     let id = create_draft(&client).await;
     client
-        .execute("UPDATE long_task.task SET command = '{true}' WHERE id = $1", &[&id])
+        .execute(
+            "UPDATE long_task.task SET command = '{true}' WHERE id = $1",
+            &[&id],
+        )
         .await
         .expect("portable command");
     exec(&client, EVERY_2_HOURS, id).await;
@@ -140,7 +156,10 @@ async fn schedule_every_two_hours_runs_now_then_waits() {
         .await
         .expect("row");
     let secs: f64 = row.get(0);
-    assert!((7100.0..=7200.0).contains(&secs), "next start in ~2h, got {secs}s");
+    assert!(
+        (7100.0..=7200.0).contains(&secs),
+        "next start in ~2h, got {secs}s"
+    );
     assert_eq!(row.get::<_, i32>(1), 1);
 
     // While the task is active, a due run is skipped (not queued twice).
@@ -155,16 +174,26 @@ async fn schedule_every_two_hours_runs_now_then_waits() {
     exec(&client, EVERY_2_HOURS, id).await; // due now again
     wait_until(LONG, || async {
         client
-            .query_one("SELECT next_start > now() + interval '1 hour' FROM long_task.task WHERE id = $1", &[&id])
+            .query_one(
+                "SELECT next_start > now() + interval '1 hour' FROM long_task.task WHERE id = $1",
+                &[&id],
+            )
             .await
             .expect("row")
             .get::<_, bool>(0)
     })
     .await
     .expect("the schedule moved on");
-    assert_eq!(state(&client, id).await, "AE", "the running task was not disturbed");
+    assert_eq!(
+        state(&client, id).await,
+        "AE",
+        "the running task was not disturbed"
+    );
     let clones: i64 = client
-        .query_one("SELECT count(*) FROM long_task.task WHERE shed_parent_id = $1", &[&id])
+        .query_one(
+            "SELECT count(*) FROM long_task.task WHERE shed_parent_id = $1",
+            &[&id],
+        )
         .await
         .expect("count")
         .get(0);
@@ -199,7 +228,10 @@ async fn schedule_every_ten_seconds_reruns_without_drift() {
     // The second run starts about 10 s after the first planned time (anchored, no drift).
     wait_until(Duration::from_secs(25), || async {
         client
-            .query_one("SELECT started > $2 FROM long_task.task WHERE id = $1", &[&id, &first])
+            .query_one(
+                "SELECT started > $2 FROM long_task.task WHERE id = $1",
+                &[&id, &first],
+            )
             .await
             .expect("row")
             .get::<_, bool>(0)
@@ -207,7 +239,10 @@ async fn schedule_every_ten_seconds_reruns_without_drift() {
     .await
     .expect("a second run within 25 s");
     let row = client
-        .query_one("SELECT next_start, started FROM long_task.task WHERE id = $1", &[&id])
+        .query_one(
+            "SELECT next_start, started FROM long_task.task WHERE id = $1",
+            &[&id],
+        )
         .await
         .expect("row");
     let next: chrono::DateTime<chrono::Utc> = row.get(0);
@@ -245,10 +280,17 @@ async fn clone_schedule_inserts_waiting_copies() {
     })
     .await
     .expect("clones are queued and run");
-    assert_eq!(state(&client, id).await, "DR", "the template itself stays a draft");
+    assert_eq!(
+        state(&client, id).await,
+        "DR",
+        "the template itself stays a draft"
+    );
     // No burst: stop the schedule and check that clones were at most one per second.
     client
-        .execute("UPDATE long_task.task SET next_start = NULL WHERE id = $1", &[&id])
+        .execute(
+            "UPDATE long_task.task SET next_start = NULL WHERE id = $1",
+            &[&id],
+        )
         .await
         .expect("unschedule");
     let row = client
@@ -259,5 +301,8 @@ async fn clone_schedule_inserts_waiting_copies() {
         .await
         .expect("stats");
     let (n, span): (i64, f64) = (row.get(0), row.get(1));
-    assert!(n as f64 <= span + 1.5, "{n} clones in {span:.1}s: at most one per second");
+    assert!(
+        n as f64 <= span + 1.5,
+        "{n} clones in {span:.1}s: at most one per second"
+    );
 }

@@ -17,7 +17,10 @@ async fn insert(client: &tokio_postgres::Client, state: &str) -> i64 {
 
 async fn set_state(client: &tokio_postgres::Client, id: i64, state: &str) -> Result<u64, String> {
     client
-        .execute("UPDATE long_task.task SET state_id = $2 WHERE id = $1", &[&id, &state])
+        .execute(
+            "UPDATE long_task.task SET state_id = $2 WHERE id = $1",
+            &[&id, &state],
+        )
         .await
         .map_err(|e| {
             let db = e.as_db_error().expect("a database error");
@@ -31,13 +34,19 @@ async fn illegal_transitions_are_rejected_with_a_clear_error() {
     let id = insert(&client, "DR").await;
 
     let err = set_state(&client, id, "CS").await.unwrap_err();
-    assert!(err.contains("illegal task state transition DR -> CS"), "{err}");
+    assert!(
+        err.contains("illegal task state transition DR -> CS"),
+        "{err}"
+    );
     assert!(err.contains("from DR a task may go to: AW, CC"), "{err}");
 
     // AE only through a node's claim
     set_state(&client, id, "AW").await.expect("DR -> AW");
     let err = set_state(&client, id, "AE").await.unwrap_err();
-    assert!(err.contains("only enter AE through a node's claim"), "{err}");
+    assert!(
+        err.contains("only enter AE through a node's claim"),
+        "{err}"
+    );
 
     // a final task cannot be cancelled or executed
     set_state(&client, id, "CC").await.expect("AW -> CC");
@@ -45,7 +54,11 @@ async fn illegal_transitions_are_rejected_with_a_clear_error() {
         let err = set_state(&client, id, bad).await.unwrap_err();
         assert!(err.contains(&format!("CC -> {bad}")), "{err}");
     }
-    assert_eq!(common::node::state(&client, id).await, "CC", "rejected updates change nothing");
+    assert_eq!(
+        common::node::state(&client, id).await,
+        "CC",
+        "rejected updates change nothing"
+    );
 }
 
 #[tokio::test]
@@ -67,10 +80,17 @@ async fn unknown_state_codes_and_periods_are_rejected() {
     assert!(err.contains("unknown task state 'ZZ'"), "{err}");
 
     let err = client
-        .execute("UPDATE long_task.task SET shed_period_id = 'YRS' WHERE id = $1", &[&id])
+        .execute(
+            "UPDATE long_task.task SET shed_period_id = 'YRS' WHERE id = $1",
+            &[&id],
+        )
         .await
         .unwrap_err();
-    assert!(err.as_db_error().expect("db").message().contains("unknown schedule period 'YRS'"));
+    assert!(err
+        .as_db_error()
+        .expect("db")
+        .message()
+        .contains("unknown schedule period 'YRS'"));
 
     let err = client
         .execute(
@@ -79,7 +99,11 @@ async fn unknown_state_codes_and_periods_are_rejected() {
         )
         .await
         .unwrap_err();
-    assert!(err.as_db_error().expect("db").message().contains("must start in state DR or AW"));
+    assert!(err
+        .as_db_error()
+        .expect("db")
+        .message()
+        .contains("must start in state DR or AW"));
 }
 
 #[tokio::test]
@@ -87,15 +111,24 @@ async fn cancelling_a_waiting_task_ends_it_at_once() {
     let (_db, client) = migrated_db().await;
     let id = insert(&client, "AW").await;
     client
-        .execute("UPDATE long_task.task SET state_id='AC' WHERE id = $1 AND state_id like 'A%'", &[&id])
+        .execute(
+            "UPDATE long_task.task SET state_id='AC' WHERE id = $1 AND state_id like 'A%'",
+            &[&id],
+        )
         .await
         .expect("cancel");
     let row = client
-        .query_one("SELECT state_id::text, error, finished IS NOT NULL FROM long_task.task WHERE id = $1", &[&id])
+        .query_one(
+            "SELECT state_id::text, error, finished IS NOT NULL FROM long_task.task WHERE id = $1",
+            &[&id],
+        )
         .await
         .expect("row");
     assert_eq!(row.get::<_, String>(0), "CC");
-    assert_eq!(row.get::<_, Option<String>>(1).as_deref(), Some("cancelled before start"));
+    assert_eq!(
+        row.get::<_, Option<String>>(1).as_deref(),
+        Some("cancelled before start")
+    );
     assert!(row.get::<_, bool>(2));
 }
 
@@ -110,7 +143,10 @@ async fn a_stale_run_cannot_overwrite_a_newer_attempt() {
         .get(0);
     // re-queued (e.g. by an operator) and claimed again by another node
     client
-        .execute("UPDATE long_task.task SET state_id = 'AW', worker_id = NULL WHERE id = $1", &[&id])
+        .execute(
+            "UPDATE long_task.task SET state_id = 'AW', worker_id = NULL WHERE id = $1",
+            &[&id],
+        )
         .await
         .expect("requeue");
     let second: uuid::Uuid = client
@@ -126,14 +162,24 @@ async fn a_stale_run_cannot_overwrite_a_newer_attempt() {
         )
         .await
         .expect("finish");
-    assert!(written.is_empty(), "the stale run's outcome must be discarded");
+    assert!(
+        written.is_empty(),
+        "the stale run's outcome must be discarded"
+    );
     let row = client
-        .query_one("SELECT state_id::text, worker_id, attempt FROM long_task.task WHERE id = $1", &[&id])
+        .query_one(
+            "SELECT state_id::text, worker_id, attempt FROM long_task.task WHERE id = $1",
+            &[&id],
+        )
         .await
         .expect("row");
     assert_eq!(row.get::<_, String>(0), "AE");
     assert_eq!(row.get::<_, Option<i64>>(1), Some(2));
-    assert_eq!(row.get::<_, i32>(2), 2, "a re-queue of a running task counts the next claim as attempt 2");
+    assert_eq!(
+        row.get::<_, i32>(2),
+        2,
+        "a re-queue of a running task counts the next claim as attempt 2"
+    );
 }
 
 #[tokio::test]
@@ -160,7 +206,11 @@ async fn claim_order_is_priority_then_fifo_and_respects_pins() {
         .expect("claim");
     let mut got: Vec<i32> = rows.iter().map(|r| r.get(0)).collect();
     got.sort();
-    assert_eq!(got, vec![1, 2, 3], "group 1 and the task pinned to worker 99 are not ours");
+    assert_eq!(
+        got,
+        vec![1, 2, 3],
+        "group 1 and the task pinned to worker 99 are not ours"
+    );
     // order: claim 1 at a time
     client
         .batch_execute("UPDATE long_task.task SET state_id = 'CS' WHERE state_id = 'AE'; UPDATE long_task.task SET state_id = 'AW' WHERE state_id = 'CS'")
@@ -178,7 +228,11 @@ async fn claim_order_is_priority_then_fifo_and_respects_pins() {
             .get(0);
         order.push(n);
     }
-    assert_eq!(order, vec![2, 1, 3], "lowest priority value first, then first in first out");
+    assert_eq!(
+        order,
+        vec![2, 1, 3],
+        "lowest priority value first, then first in first out"
+    );
     let pinned: i32 = client
         .query_one(
             "SELECT (t.params->>'n')::int FROM long_task.claim(99, 0, 1) c JOIN long_task.task t ON t.id = c.id",
@@ -187,5 +241,8 @@ async fn claim_order_is_priority_then_fifo_and_respects_pins() {
         .await
         .expect("pinned claim")
         .get(0);
-    assert_eq!(pinned, 5, "the pinned task goes to its worker first (priority 0)");
+    assert_eq!(
+        pinned, 5,
+        "the pinned task goes to its worker first (priority 0)"
+    );
 }

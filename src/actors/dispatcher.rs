@@ -95,9 +95,7 @@ impl Dispatcher {
         self.claim_in_flight = true;
         let node = self.node.clone();
         let n = i32::try_from(free).unwrap_or(i32::MAX);
-        let fut = async move {
-            queries::claim(&node.pool, node.worker_id, node.group_id, n).await
-        };
+        let fut = async move { queries::claim(&node.pool, node.worker_id, node.group_id, n).await };
         ctx.spawn(fut.into_actor(self).map(move |result, act, ctx| {
             act.claim_in_flight = false;
             match result {
@@ -257,7 +255,11 @@ impl Handler<DispatcherMsg> for Dispatcher {
             }
             DispatcherMsg::Pause(paused) => {
                 if paused != self.paused {
-                    info!(paused, "claiming {}", if paused { "paused" } else { "resumed" });
+                    info!(
+                        paused,
+                        "claiming {}",
+                        if paused { "paused" } else { "resumed" }
+                    );
                 }
                 self.paused = paused;
                 self.want_claim = true;

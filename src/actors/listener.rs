@@ -174,7 +174,9 @@ impl Listener {
                     s.do_send(SchedulerMsg::Reload);
                 }
             }
-            other => warn!(channel = %notice.channel, payload = other, "unknown notification ignored"),
+            other => {
+                warn!(channel = %notice.channel, payload = other, "unknown notification ignored")
+            }
         }
     }
 }

@@ -37,7 +37,11 @@ pub struct Membership {
 }
 
 impl Membership {
-    pub fn new(node: Arc<NodeContext>, client: Option<Client>, control: Option<WorkerControl>) -> Self {
+    pub fn new(
+        node: Arc<NodeContext>,
+        client: Option<Client>,
+        control: Option<WorkerControl>,
+    ) -> Self {
         Membership {
             node,
             client: client.map(Arc::new),
@@ -84,7 +88,9 @@ impl Membership {
                 }
                 Err(e) => {
                     act.client = None;
-                    let since = *act.failing_since.get_or_insert_with(std::time::Instant::now);
+                    let since = *act
+                        .failing_since
+                        .get_or_insert_with(std::time::Instant::now);
                     warn!(error = %e, failing_for = ?since.elapsed(), "heartbeat failed");
                     if let MembershipError::LockTaken = e {
                         error!("another live session holds this node's liveness lock");
@@ -101,7 +107,9 @@ impl Membership {
         let previous = self.last.replace(control);
         if previous.map(|p| p.max_task_count) != Some(control.max_task_count) {
             if let Some(d) = self.node.dispatcher() {
-                d.do_send(DispatcherMsg::SetLimit(u32::try_from(control.max_task_count).unwrap_or(0)));
+                d.do_send(DispatcherMsg::SetLimit(
+                    u32::try_from(control.max_task_count).unwrap_or(0),
+                ));
             }
         }
         if previous.map(|p| p.stop) != Some(control.stop) {

@@ -15,7 +15,7 @@ use tracing::{debug, info, info_span, warn};
 
 use super::dispatcher::{DispatcherMsg, Finished};
 use crate::db::queries::{ClaimedTask, RunOutcome, TaskState};
-use crate::node::{NodeContext, WORKER_MARKER};
+use crate::node::{NodeContext, NODE_MARKER};
 use crate::process::{self, ExitOutcome, SpawnSpec};
 
 /// Why a process is being stopped; decides what is written afterwards.
@@ -77,7 +77,8 @@ pub fn resolve_cwd(cwd: Option<&str>, root: Option<&Path>) -> Option<PathBuf> {
 
 impl ProcessActor {
     pub fn new(node: Arc<NodeContext>, task: ClaimedTask) -> Self {
-        let span = info_span!("task", task_id = task.id, run_id = %task.run_id, attempt = task.attempt);
+        let span =
+            info_span!("task", task_id = task.id, run_id = %task.run_id, attempt = task.attempt);
         ProcessActor {
             node,
             task,
@@ -93,7 +94,11 @@ impl ProcessActor {
             argv: build_argv(self.task.command.as_deref().unwrap_or(&[]), self.task.id),
             cwd: resolve_cwd(self.task.cwd.as_deref(), config.cwd_root.as_deref()),
             env: vec![
-                (WORKER_MARKER.to_owned(), self.node.worker_id.to_string()),
+                (NODE_MARKER.to_owned(), self.node.node_marker.clone()),
+                (
+                    "PGTASKD_WORKER_ID".to_owned(),
+                    self.node.worker_id.to_string(),
+                ),
                 ("PGTASKD_TASK_ID".to_owned(), self.task.id.to_string()),
                 ("PGTASKD_RUN_ID".to_owned(), self.task.run_id.to_string()),
             ],
@@ -118,7 +123,11 @@ impl ProcessActor {
         );
     }
 
-    fn outcome(&self, exit: Option<ExitOutcome>, spawn_error: Option<String>) -> Option<RunOutcome> {
+    fn outcome(
+        &self,
+        exit: Option<ExitOutcome>,
+        spawn_error: Option<String>,
+    ) -> Option<RunOutcome> {
         let (state, error) = match (self.kill_reason, &exit, spawn_error) {
             (_, _, Some(err)) => (TaskState::Failed, Some(err)),
             (Some(KillReason::Fenced | KillReason::Deleted | KillReason::Shutdown), _, _) => {
@@ -152,7 +161,10 @@ impl ProcessActor {
                 outcome,
             }));
         } else {
-            warn!(task_id = self.task.id, "no dispatcher to report to; the task will be recovered");
+            warn!(
+                task_id = self.task.id,
+                "no dispatcher to report to; the task will be recovered"
+            );
         }
         ctx.stop();
     }
@@ -185,7 +197,8 @@ impl Actor for ProcessActor {
         let running = match spawned {
             Ok(running) => running,
             Err(e) => {
-                self.span.in_scope(|| warn!(error = %e, "cannot start the task's process"));
+                self.span
+                    .in_scope(|| warn!(error = %e, "cannot start the task's process"));
                 let outcome = self.outcome(None, Some(e.to_string()));
                 self.finish(outcome, ctx);
                 return;
@@ -239,8 +252,14 @@ mod tests {
     #[test]
     fn relative_cwd_is_under_the_root() {
         let root = Path::new("/srv/tasks");
-        assert_eq!(resolve_cwd(Some("a/b"), Some(root)), Some(PathBuf::from("/srv/tasks/a/b")));
-        assert_eq!(resolve_cwd(Some("/tmp"), Some(root)), Some(PathBuf::from("/tmp")));
+        assert_eq!(
+            resolve_cwd(Some("a/b"), Some(root)),
+            Some(PathBuf::from("/srv/tasks/a/b"))
+        );
+        assert_eq!(
+            resolve_cwd(Some("/tmp"), Some(root)),
+            Some(PathBuf::from("/tmp"))
+        );
         assert_eq!(resolve_cwd(Some(""), Some(root)), None);
         assert_eq!(resolve_cwd(None, Some(root)), None);
     }

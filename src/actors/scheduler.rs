@@ -68,7 +68,9 @@ impl Scheduler {
                     match next_due_in {
                         // A full batch may leave more due: go again at once.
                         Some(secs) if secs <= 0.0 => Some(Duration::ZERO),
-                        Some(secs) => Some(Duration::from_secs_f64(secs.min(MAX_SLEEP.as_secs_f64()))),
+                        Some(secs) => {
+                            Some(Duration::from_secs_f64(secs.min(MAX_SLEEP.as_secs_f64())))
+                        }
                         None => None,
                     }
                 }

@@ -123,9 +123,10 @@ impl Supervisor {
     fn watch_signals(&self, ctx: &mut Context<Self>) {
         let addr = ctx.address();
         actix::spawn(async move {
-            let (Ok(mut term), Ok(mut int)) =
-                (signal(SignalKind::terminate()), signal(SignalKind::interrupt()))
-            else {
+            let (Ok(mut term), Ok(mut int)) = (
+                signal(SignalKind::terminate()),
+                signal(SignalKind::interrupt()),
+            ) else {
                 error!("cannot install signal handlers");
                 return;
             };
@@ -164,7 +165,10 @@ impl Supervisor {
         let running = self.node.running().len();
         if let Some(Shutdown::Drain(Some(deadline))) = self.shutdown {
             if running > 0 && Instant::now() >= deadline {
-                warn!(running, "shutdown grace over: killing the remaining tasks (they are re-queued)");
+                warn!(
+                    running,
+                    "shutdown grace over: killing the remaining tasks (they are re-queued)"
+                );
                 self.begin_shutdown(Shutdown::Now, ctx);
             }
         }
@@ -178,9 +182,13 @@ impl Supervisor {
             if let Some(d) = dispatcher {
                 let (tx, rx) = tokio::sync::oneshot::channel();
                 if d.send(DispatcherMsg::Flush(tx)).await.is_ok()
-                    && tokio::time::timeout(Duration::from_secs(10), rx).await.is_err()
+                    && tokio::time::timeout(Duration::from_secs(10), rx)
+                        .await
+                        .is_err()
                 {
-                    warn!("could not write every outcome before exiting; the tasks will be re-queued");
+                    warn!(
+                        "could not write every outcome before exiting; the tasks will be re-queued"
+                    );
                 }
             }
             finish_worker_row(&node).await;
@@ -204,7 +212,9 @@ async fn finish_worker_row(node: &NodeContext) {
     match result {
         Ok((0, 0)) => {}
         Ok((requeued, cancelled)) => info!(requeued, cancelled, "abandoned tasks handed back"),
-        Err(e) => warn!(error = %e, "could not mark the node stopped; it will be recovered at restart"),
+        Err(e) => {
+            warn!(error = %e, "could not mark the node stopped; it will be recovered at restart")
+        }
     }
 }
 
@@ -213,7 +223,10 @@ impl Actor for Supervisor {
 
     fn started(&mut self, ctx: &mut Self::Context) {
         self.node.peers().supervisor = Some(ctx.address());
-        let paused = self.membership_setup.as_ref().is_some_and(|(_, c)| c.stop == 1);
+        let paused = self
+            .membership_setup
+            .as_ref()
+            .is_some_and(|(_, c)| c.stop == 1);
         self.start_dispatcher(paused);
         self.start_scheduler();
         self.start_membership();
@@ -247,10 +260,17 @@ impl Handler<SupervisorMsg> for Supervisor {
             SupervisorMsg::Signal(name) => {
                 if self.shutdown.is_none() {
                     let grace = self.node.config.shutdown_grace;
-                    info!(signal = name, ?grace, "shutting down: no new tasks, waiting for running ones");
+                    info!(
+                        signal = name,
+                        ?grace,
+                        "shutting down: no new tasks, waiting for running ones"
+                    );
                     self.begin_shutdown(Shutdown::Drain(Some(Instant::now() + grace)), ctx);
                 } else {
-                    warn!(signal = name, "second signal: killing running tasks now (they are re-queued)");
+                    warn!(
+                        signal = name,
+                        "second signal: killing running tasks now (they are re-queued)"
+                    );
                     self.begin_shutdown(Shutdown::Now, ctx);
                 }
             }

@@ -52,7 +52,9 @@ async fn run_async(args: DevArgs, log_format: Option<LogFormat>) -> anyhow::Resu
                 .with_context(|| format!("resolving {}", args.dir.display()))?;
             let cluster = PgCluster::open_or_init(&dir.join("pg"))
                 .context("preparing the embedded PostgreSQL cluster")?;
-            cluster.start().context("starting the embedded PostgreSQL cluster")?;
+            cluster
+                .start()
+                .context("starting the embedded PostgreSQL cluster")?;
             create_database(&cluster.url("postgres"), DEV_DATABASE)
                 .await
                 .context("creating the pgtaskd database")?;
@@ -62,7 +64,9 @@ async fn run_async(args: DevArgs, log_format: Option<LogFormat>) -> anyhow::Resu
     let result = run_nodes(&args, &url, log_format).await;
     if let Some(cluster) = cluster {
         eprintln!("stopping the embedded PostgreSQL cluster");
-        cluster.stop().context("stopping the embedded PostgreSQL cluster")?;
+        cluster
+            .stop()
+            .context("stopping the embedded PostgreSQL cluster")?;
     }
     result
 }

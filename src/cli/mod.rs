@@ -36,7 +36,9 @@ pub enum Command {
     ///
     /// The reference's positional form works too: `pgtaskd node 1 0 4 alpha` is
     /// `--worker-id 1 --group-id 0 --max-tasks 4 --node-name alpha`.
-    #[command(after_help = "Examples:\n  DATABASE_URL=postgresql://app@db/app pgtaskd node --worker-id 1 --max-tasks 8\n  pgtaskd node 1 0 4 alpha --database-url postgresql://app@db/app\n  pgtaskd node --config cluster-configs/node.toml")]
+    #[command(
+        after_help = "Examples:\n  DATABASE_URL=postgresql://app@db/app pgtaskd node --worker-id 1 --max-tasks 8\n  pgtaskd node 1 0 4 alpha --database-url postgresql://app@db/app\n  pgtaskd node --config cluster-configs/node.toml"
+    )]
     Node(NodeArgs),
     /// Start a local PostgreSQL cluster under ./.pgtaskd (unless DATABASE_URL is set) and nodes on it.
     Dev(dev::DevArgs),

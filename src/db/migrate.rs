@@ -132,7 +132,11 @@ async fn migrate_locked(client: &mut Client) -> Result<MigrateReport, MigrateErr
         tx.batch_execute(migration.sql).await.map_err(failed)?;
         tx.execute(
             "INSERT INTO long_task.schema_migrations (version, name, checksum) VALUES ($1, $2, $3)",
-            &[&migration.version, &migration.name, &checksum(migration.sql)],
+            &[
+                &migration.version,
+                &migration.name,
+                &checksum(migration.sql),
+            ],
         )
         .await
         .map_err(failed)?;

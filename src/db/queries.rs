@@ -106,7 +106,9 @@ async fn query(
     params: &[&(dyn ToSql + Sync)],
 ) -> Result<Vec<Row>, DbError> {
     let conn = pool.get().await?;
-    conn.query(sql, params).await.map_err(DbError::query(context))
+    conn.query(sql, params)
+        .await
+        .map_err(DbError::query(context))
 }
 
 /// Claims up to `n` waiting tasks of `group_id` for this node (priority, then FIFO).
@@ -203,6 +205,15 @@ pub async fn fire_schedules(pool: &Pool, group_id: i32) -> Result<(i32, Option<f
     Ok(rows
         .first()
         .map_or((0, None), |r| (r.get::<_, i32>(0), r.get(1))))
+}
+
+/// This database's installation id (scopes host-local markers).
+pub async fn installation_id(client: &Client) -> Result<Uuid, DbError> {
+    let row = client
+        .query_one("SELECT id FROM long_task.installation", &[])
+        .await
+        .map_err(DbError::query("reading the installation id"))?;
+    Ok(row.get(0))
 }
 
 /// A fresh worker id for a node started without one.

@@ -36,7 +36,10 @@ impl NodeProcess {
             .arg(worker_id.to_string())
             .args(FAST)
             .args(extra)
-            .env("RUST_LOG", std::env::var("TEST_NODE_LOG").unwrap_or_else(|_| "warn".into()))
+            .env(
+                "RUST_LOG",
+                std::env::var("TEST_NODE_LOG").unwrap_or_else(|_| "warn".into()),
+            )
             .stdin(Stdio::null());
         let child = cmd.spawn().expect("spawn pgtaskd node");
         NodeProcess { child, worker_id }
@@ -57,7 +60,10 @@ impl NodeProcess {
             if let Some(status) = self.child.try_wait().expect("try_wait") {
                 return status;
             }
-            assert!(Instant::now() < deadline, "node did not exit within {limit:?}");
+            assert!(
+                Instant::now() < deadline,
+                "node did not exit within {limit:?}"
+            );
             std::thread::sleep(Duration::from_millis(20));
         }
     }
@@ -112,7 +118,10 @@ where
 /// The state code of a task.
 pub async fn state(client: &Client, id: i64) -> String {
     let row = client
-        .query_one("SELECT state_id::text FROM long_task.task WHERE id = $1", &[&id])
+        .query_one(
+            "SELECT state_id::text FROM long_task.task WHERE id = $1",
+            &[&id],
+        )
         .await
         .expect("task exists");
     row.get(0)
@@ -175,7 +184,10 @@ pub fn processes_with_env(key: &str, value: &str) -> Vec<i32> {
         }
         let zombie = std::fs::read_to_string(format!("/proc/{pid}/stat"))
             .ok()
-            .and_then(|s| s.rsplit_once(')').map(|(_, rest)| rest.trim_start().starts_with('Z')))
+            .and_then(|s| {
+                s.rsplit_once(')')
+                    .map(|(_, rest)| rest.trim_start().starts_with('Z'))
+            })
             .unwrap_or(true);
         if !zombie {
             found.push(pid);
