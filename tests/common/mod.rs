@@ -85,7 +85,7 @@ fn with_dbname(url: &str, dbname: &str) -> String {
     format!("{base}/{dbname}{query}")
 }
 
-async fn connect(url: &str) -> tokio_postgres::Client {
+pub async fn connect(url: &str) -> tokio_postgres::Client {
     let (client, connection) = tokio_postgres::connect(url, tokio_postgres::NoTls)
         .await
         .unwrap_or_else(|e| panic!("cannot connect to {url}: {e}"));

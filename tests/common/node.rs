@@ -21,8 +21,6 @@ pub const FAST: &[&str] = &[
     "1s",
     "--kill-grace",
     "500ms",
-    "--shutdown-grace",
-    "5s",
 ];
 
 impl NodeProcess {
