@@ -161,14 +161,25 @@ async fn wait_kills_background_grandchild() {
 
 #[tokio::test]
 async fn escaped_grandchild_holding_pipe_does_not_block_wait() {
-    // setsid moves the sleep out of the task's group, so the group kill
+    // setsid moves the sleep out of the task's group (the 0.3 s pause lets
+    // it get there before the shell exits), so the group kill
     // misses it and it keeps stdout open.
-    let proc = spawn(&SpawnSpec::new(["sh", "-c", "setsid sleep 5 & echo bye"])).expect("spawn");
+    let proc = spawn(&SpawnSpec::new([
+        "sh",
+        "-c",
+        "setsid sleep 5 & sleep 0.3; echo bye",
+    ]))
+    .expect("spawn");
     let started = std::time::Instant::now();
     let out = proc.wait().await;
     let took = started.elapsed();
     assert_eq!(out.exit_code, Some(0));
     assert_eq!(out.stdout_tail, "bye");
+    // At least 0.3 s + the ~500 ms reader grace: the pipe really was held.
+    assert!(
+        took >= Duration::from_millis(700),
+        "nothing escaped: {took:?}"
+    );
     assert!(took < Duration::from_secs(2), "wait took {took:?}");
 }
 
