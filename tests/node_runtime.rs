@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use common::migrated_db;
 use common::node::{
-    processes_with_env, queue, state, wait_node_ready, wait_state, wait_until, NodeProcess,
+    queue, state, task_processes, wait_node_ready, wait_state, wait_until, NodeProcess,
 };
 
 const LONG: Duration = Duration::from_secs(20);
@@ -140,7 +140,7 @@ async fn cancel_kills_the_whole_process_tree_even_when_sigterm_is_ignored() {
     .await;
     wait_state(&client, id, "AE", LONG).await;
     wait_until(LONG, || async {
-        processes_with_env("PGTASKD_TASK_ID", &id.to_string()).len() >= 3
+        task_processes(&client, id).await.len() >= 3
     })
     .await
     .expect("the task and its children run");
@@ -153,7 +153,7 @@ async fn cancel_kills_the_whole_process_tree_even_when_sigterm_is_ignored() {
         .expect("cancel");
     wait_state(&client, id, "CC", LONG).await;
     wait_until(Duration::from_secs(5), || async {
-        processes_with_env("PGTASKD_TASK_ID", &id.to_string()).is_empty()
+        task_processes(&client, id).await.is_empty()
     })
     .await
     .expect("no process of the cancelled task survives");
@@ -228,7 +228,11 @@ async fn task_placeholder_cwd_timeout_and_output_tails() {
         row_text(&client, slow, "error").await.as_deref(),
         Some("timeout")
     );
-    assert!(processes_with_env("PGTASKD_TASK_ID", &slow.to_string()).is_empty());
+    wait_until(Duration::from_secs(2), || async {
+        task_processes(&client, slow).await.is_empty()
+    })
+    .await
+    .expect("no process of the timed-out task survives");
 }
 
 #[tokio::test]
@@ -313,14 +317,14 @@ async fn sigkilled_node_leaves_no_process_and_its_task_is_rerun_on_restart() {
     let id = queue(&client, &["sh", "-c", "sleep 1000 & sleep 1000 & wait"]).await;
     wait_state(&client, id, "AE", LONG).await;
     wait_until(LONG, || async {
-        processes_with_env("PGTASKD_TASK_ID", &id.to_string()).len() >= 3
+        task_processes(&client, id).await.len() >= 3
     })
     .await
     .expect("task tree runs");
     node.signal(nix::sys::signal::Signal::SIGKILL);
     node.wait_exit(Duration::from_secs(5));
     wait_until(Duration::from_secs(5), || async {
-        processes_with_env("PGTASKD_TASK_ID", &id.to_string()).is_empty()
+        task_processes(&client, id).await.is_empty()
     })
     .await
     .expect("no task process outlives a SIGKILLed node");

@@ -6,7 +6,7 @@ mod common;
 use std::time::Duration;
 
 use common::migrated_db;
-use common::node::{state, wait_node_ready, wait_state, wait_until, NodeProcess};
+use common::node::{state, task_processes, wait_node_ready, wait_state, wait_until, NodeProcess};
 
 const LONG: Duration = Duration::from_secs(20);
 
@@ -113,7 +113,7 @@ async fn draft_queue_requeue_and_cancel_examples() {
     assert_eq!(exec(&client, CANCEL, id).await, 1);
     wait_state(&client, id, "CC", LONG).await;
     wait_until(LONG, || async {
-        common::node::processes_with_env("PGTASKD_TASK_ID", &id.to_string()).is_empty()
+        task_processes(&client, id).await.is_empty()
     })
     .await
     .expect("the cancelled task's process is gone");

@@ -63,7 +63,7 @@ impl Listener {
         self.connecting = true;
         let url = self.node.database_url.clone();
         let tx = self.tx.clone();
-        let channels = vec![group_channel(self.node.group_id), WORKER_CHANNEL.to_owned()];
+        let channels = [group_channel(self.node.group_id), WORKER_CHANNEL.to_owned()];
         let fut = async move {
             let (client, ended) = db::connect_listening(&url, tx).await?;
             let listen: String = channels

@@ -68,7 +68,7 @@ impl Supervisor {
     }
 
     fn start_dispatcher(&self, paused: bool) {
-        let limit = u32::try_from(self.node.config.max_tasks).unwrap_or(u32::MAX);
+        let limit = self.node.config.max_tasks;
         let addr = Dispatcher::new(self.node.clone(), limit, paused).start();
         self.node.peers().dispatcher = Some(addr);
     }

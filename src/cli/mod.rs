@@ -39,7 +39,7 @@ pub enum Command {
     #[command(
         after_help = "Examples:\n  DATABASE_URL=postgresql://app@db/app pgtaskd node --worker-id 1 --max-tasks 8\n  pgtaskd node 1 0 4 alpha --database-url postgresql://app@db/app\n  pgtaskd node --config cluster-configs/node.toml"
     )]
-    Node(NodeArgs),
+    Node(Box<NodeArgs>),
     /// Start a local PostgreSQL cluster under ./.pgtaskd (unless DATABASE_URL is set) and nodes on it.
     Dev(dev::DevArgs),
 }

@@ -64,7 +64,7 @@ pub fn connection_config(url: &str, purpose: &str) -> Result<tokio_postgres::Con
     };
     cfg.options(&options);
     if cfg.get_application_name().is_none() {
-        cfg.application_name(&format!("pgtaskd {purpose}"));
+        cfg.application_name(format!("pgtaskd {purpose}"));
     }
     if cfg.get_connect_timeout().is_none() {
         cfg.connect_timeout(Duration::from_secs(5));

@@ -163,6 +163,28 @@ pub async fn queue(client: &Client, argv: &[&str]) -> i64 {
         .get(0)
 }
 
+/// Live processes of task `id` of this database (task ids repeat across test databases, so the
+/// installation id in the node marker tells them apart).
+pub async fn task_processes(client: &Client, id: i64) -> Vec<i32> {
+    let installation: uuid::Uuid = client
+        .query_one("SELECT id FROM long_task.installation", &[])
+        .await
+        .expect("installation id")
+        .get(0);
+    let node_prefix = format!("PGTASKD_NODE={installation}/");
+    processes_with_env("PGTASKD_TASK_ID", &id.to_string())
+        .into_iter()
+        .filter(|pid| {
+            std::fs::read(format!("/proc/{pid}/environ"))
+                .map(|env| {
+                    env.split(|b| *b == 0)
+                        .any(|kv| kv.starts_with(node_prefix.as_bytes()))
+                })
+                .unwrap_or(false)
+        })
+        .collect()
+}
+
 /// Live (non-zombie) processes whose environment carries `key=value`.
 pub fn processes_with_env(key: &str, value: &str) -> Vec<i32> {
     let needle = format!("{key}={value}");
