@@ -121,11 +121,19 @@ impl NodeConfig {
 
     /// Parses TOML text (the `[node]` table when present, else the top level).
     pub fn from_toml(text: &str) -> Result<NodeConfig, String> {
-        let value: toml::Table = toml::from_str(text).map_err(|e| e.message().to_owned())?;
-        let table = match value.get("node") {
-            Some(toml::Value::Table(node)) if value.len() == 1 => node.clone(),
-            _ => value,
+        let value: toml::Table = toml::from_str(text).map_err(|e| e.to_string())?;
+        let (table, prefix) = match value.get("node") {
+            Some(toml::Value::Table(node)) if value.len() == 1 => (node.clone(), "node."),
+            _ => (value, ""),
         };
+        // Values are checked one key at a time so that an error names its key.
+        for (key, item) in &table {
+            let mut single = toml::Table::new();
+            single.insert(key.clone(), item.clone());
+            if let Err(e) = single.try_into::<NodeConfig>() {
+                return Err(format!("`{prefix}{key}`: {}", e.message()));
+            }
+        }
         table
             .try_into::<NodeConfig>()
             .map_err(|e| e.message().to_owned())

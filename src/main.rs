@@ -18,8 +18,25 @@ fn main() -> ExitCode {
     match cli::run(args) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
-            eprintln!("pgtaskd: error: {e:#}");
+            eprintln!("pgtaskd: error: {}", describe(&e));
             ExitCode::from(1)
         }
     }
+}
+
+/// The error and its causes on one line, skipping a cause whose text its parent already shows
+/// (many library errors print their source inside their own message).
+fn describe(error: &anyhow::Error) -> String {
+    let mut text = String::new();
+    for cause in error.chain() {
+        let part = cause.to_string();
+        if text.contains(&part) {
+            continue;
+        }
+        if !text.is_empty() {
+            text.push_str(": ");
+        }
+        text.push_str(&part);
+    }
+    text
 }

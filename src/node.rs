@@ -179,6 +179,9 @@ pub async fn prepare(config: NodeConfig) -> Result<PreparedNode, Error> {
 }
 
 /// Runs a node until it is told to stop (signal or stop code). Owns the runtime.
+///
+/// Every actor lives on the system arbiter (this thread), so the node span entered here is the
+/// parent of every log line the actors write.
 pub fn run(config: NodeConfig) -> Result<(), Error> {
     let system = System::with_tokio_rt(|| {
         tokio::runtime::Builder::new_multi_thread()
@@ -187,30 +190,19 @@ pub fn run(config: NodeConfig) -> Result<(), Error> {
             .build()
             .unwrap_or_else(|e| panic!("cannot build the tokio runtime: {e}"))
     });
-    let result = Arc::new(Mutex::new(Ok(())));
-    let slot = result.clone();
+    let prepared = system.block_on(prepare(config))?;
+    let span = tracing::info_span!(
+        "node",
+        worker_id = prepared.context.worker_id,
+        group_id = prepared.context.group_id
+    );
+    let _entered = span.enter();
+    info!(max_tasks = prepared.control.max_task_count, "node started");
     system.block_on(async move {
-        match prepare(config).await {
-            Ok(prepared) => {
-                let span = tracing::info_span!(
-                    "node",
-                    worker_id = prepared.context.worker_id,
-                    group_id = prepared.context.group_id
-                );
-                let _guard = span.enter();
-                info!(max_tasks = prepared.control.max_task_count, "node started");
-                Supervisor::new(prepared).start();
-            }
-            Err(e) => {
-                *slot.lock().unwrap_or_else(|p| p.into_inner()) = Err(e);
-                System::current().stop();
-            }
-        }
+        Supervisor::new(prepared).start();
     });
     system.run().map_err(|source| Error::Io {
         context: "running the actor system".into(),
         source,
-    })?;
-    let mut guard = result.lock().unwrap_or_else(|p| p.into_inner());
-    std::mem::replace(&mut *guard, Ok(()))
+    })
 }

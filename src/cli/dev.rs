@@ -106,7 +106,7 @@ async fn run_nodes(args: &DevArgs, url: &str, log_format: Option<LogFormat>) -> 
     println!("  connect:  psql '{url}'");
     println!("  queue a task:");
     println!("    INSERT INTO long_task.task (group_id, state_id, priority, command)");
-    println!("    VALUES (0, 'AW', 0, '{{echo,hello from task %TASK}}') RETURNING id;");
+    println!("    VALUES (0, 'AW', 0, '{{echo,hello from task,%TASK}}') RETURNING id;");
     println!("  watch it: SELECT id, state_id, exit_code, stdout_tail FROM long_task.task ORDER BY id DESC LIMIT 5;");
     println!("Press Ctrl-C to stop.");
     println!();
