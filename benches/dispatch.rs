@@ -1,1 +1,587 @@
-fn main() {}
+//! Dispatch benchmark: one real `pgtaskd node` process against a throw-away PostgreSQL (or
+//! `DATABASE_URL`), measuring what a user of the dispatcher feels. Prints figures, asserts none.
+//!
+//! 1. dispatch latency: commit of one `AW` row → the task's process running (`date +%s.%N`);
+//! 2. throughput: N `/bin/true` tasks inserted in one statement → all `CS`;
+//! 3. raw spawn rate: the same N `/bin/true` spawned here, 16 in flight (the ceiling for 2.);
+//! 4. idle load: transactions per second the idle node causes in its database.
+//!
+//! Run: `cargo build --release --bin pgtaskd && cargo bench --bench dispatch`.
+//! Knobs: `BENCH_TASKS` (5000), `BENCH_SAMPLES` (300), `BENCH_IDLE_SECS` (30), `DATABASE_URL`
+//! (admin URL of an existing server; a fresh database `pgtaskd_bench_<pid>` is made and dropped).
+
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use anyhow::{bail, Context, Result};
+use futures_util::stream::{self, StreamExt, TryStreamExt};
+use pgtaskd::pgcluster::{create_database, PgCluster};
+use tokio_postgres::Client;
+
+const WORKER_ID: i64 = 1;
+const MAX_TASKS: usize = 16;
+const WARMUP: usize = 20;
+/// The node's default `--heartbeat-interval` (see `config.rs`); the bench does not override it.
+const HEARTBEAT_SECS: u64 = 2;
+
+struct Knobs {
+    tasks: usize,
+    samples: usize,
+    idle_secs: u64,
+}
+
+fn knob<T: std::str::FromStr>(name: &str, default: T) -> Result<T>
+where
+    T::Err: std::error::Error + Send + Sync + 'static,
+{
+    match std::env::var(name) {
+        Ok(v) if !v.trim().is_empty() => v
+            .trim()
+            .parse()
+            .with_context(|| format!("{name}={v:?} is not a valid number")),
+        _ => Ok(default),
+    }
+}
+
+impl Knobs {
+    fn from_env() -> Result<Knobs> {
+        let k = Knobs {
+            tasks: knob("BENCH_TASKS", 5000)?,
+            samples: knob("BENCH_SAMPLES", 300)?,
+            idle_secs: knob("BENCH_IDLE_SECS", 30)?,
+        };
+        if k.tasks == 0 || k.samples == 0 || k.idle_secs == 0 {
+            bail!("BENCH_TASKS, BENCH_SAMPLES and BENCH_IDLE_SECS must be > 0");
+        }
+        Ok(k)
+    }
+}
+
+/// Stops the throw-away cluster when dropped, also on error paths.
+struct ClusterGuard(PgCluster);
+
+impl Drop for ClusterGuard {
+    fn drop(&mut self) {
+        if let Err(e) = self.0.stop() {
+            eprintln!("warning: could not stop the bench cluster: {e}");
+        }
+    }
+}
+
+/// The node process: SIGTERM, then SIGKILL if it has not exited within 5 s. Dropped also on
+/// error paths, so a failing bench leaves no node (its task processes die with it: PDEATHSIG).
+struct NodeGuard(Child);
+
+impl NodeGuard {
+    fn start(url: &str) -> Result<NodeGuard> {
+        let exe = node_binary()?;
+        let child = Command::new(&exe)
+            .arg("node")
+            .arg("--database-url")
+            .arg(url)
+            .arg("--worker-id")
+            .arg(WORKER_ID.to_string())
+            .arg("--max-tasks")
+            .arg(MAX_TASKS.to_string())
+            .env("RUST_LOG", "warn")
+            .stdin(Stdio::null())
+            .spawn()
+            .with_context(|| format!("cannot start {}", exe.display()))?;
+        Ok(NodeGuard(child))
+    }
+
+    fn check_running(&mut self) -> Result<()> {
+        match self.0.try_wait().context("cannot poll the node process")? {
+            None => Ok(()),
+            Some(status) => bail!("the node exited early: {status}"),
+        }
+    }
+}
+
+impl Drop for NodeGuard {
+    fn drop(&mut self) {
+        if let Ok(Some(_)) = self.0.try_wait() {
+            return;
+        }
+        if let Ok(pid) = i32::try_from(self.0.id()) {
+            let _ = nix::sys::signal::kill(
+                nix::unistd::Pid::from_raw(pid),
+                nix::sys::signal::Signal::SIGTERM,
+            );
+            let deadline = Instant::now() + Duration::from_secs(5);
+            while Instant::now() < deadline {
+                if let Ok(Some(_)) = self.0.try_wait() {
+                    return;
+                }
+                std::thread::sleep(Duration::from_millis(20));
+            }
+        }
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// `target/release/pgtaskd`, next to the bench executable's `deps/` directory.
+fn node_binary() -> Result<PathBuf> {
+    let me = std::env::current_exe().context("cannot locate the bench executable")?;
+    let deps = me
+        .parent()
+        .context("the bench executable has no parent directory")?;
+    let profile_dir = deps
+        .parent()
+        .context("the bench executable's directory has no parent")?;
+    let exe = profile_dir.join("pgtaskd");
+    if !exe.is_file() {
+        bail!(
+            "node binary {} not found; run `cargo build --release --bin pgtaskd` first \
+             (with the same CARGO_TARGET_DIR)",
+            exe.display()
+        );
+    }
+    Ok(exe)
+}
+
+/// Replaces the database name in a `postgres://` URL or a `key=value` connection string.
+fn with_dbname(url: &str, dbname: &str) -> String {
+    let Some(scheme_end) = url.find("://") else {
+        return format!("{url} dbname={dbname}");
+    };
+    let (head, query) = match url.find('?') {
+        Some(q) => url.split_at(q),
+        None => (url, ""),
+    };
+    let authority_start = scheme_end + 3;
+    let base = match head[authority_start..].find('/') {
+        Some(slash) => &head[..authority_start + slash],
+        None => head,
+    };
+    format!("{base}/{dbname}{query}")
+}
+
+async fn connect(url: &str) -> Result<Client> {
+    pgtaskd::db::connect_dedicated(url, "bench")
+        .await
+        .with_context(|| format!("cannot connect to {url}"))
+}
+
+/// Nearest-rank percentile of sorted values.
+fn percentile(sorted: &[f64], q: f64) -> f64 {
+    let rank = (q * sorted.len() as f64).ceil() as usize;
+    sorted[rank.clamp(1, sorted.len()) - 1]
+}
+
+/// Parses `date +%s.%N` output into nanoseconds since the epoch.
+fn parse_epoch_nanos(text: &str) -> Result<i128> {
+    let text = text.trim();
+    let (secs, nanos) = text
+        .split_once('.')
+        .with_context(|| format!("unexpected `date` output {text:?}"))?;
+    let secs: i128 = secs
+        .parse()
+        .with_context(|| format!("unexpected `date` output {text:?}"))?;
+    if nanos.len() != 9 {
+        bail!("unexpected `date` output {text:?} (want 9 fractional digits)");
+    }
+    let nanos: i128 = nanos
+        .parse()
+        .with_context(|| format!("unexpected `date` output {text:?}"))?;
+    Ok(secs * 1_000_000_000 + nanos)
+}
+
+fn epoch_nanos(t: SystemTime) -> Result<i128> {
+    Ok(t.duration_since(UNIX_EPOCH)
+        .context("the clock is before 1970")?
+        .as_nanos() as i128)
+}
+
+async fn wait_node_ready(client: &Client, node: &mut NodeGuard) -> Result<Duration> {
+    let start = Instant::now();
+    let deadline = start + Duration::from_secs(30);
+    loop {
+        node.check_running()?;
+        let ready = client
+            .query_opt(
+                "SELECT 1 FROM long_task.worker WHERE id = $1 AND active",
+                &[&WORKER_ID],
+            )
+            .await
+            .context("cannot read long_task.worker")?
+            .is_some();
+        if ready {
+            return Ok(start.elapsed());
+        }
+        if Instant::now() >= deadline {
+            bail!("the node did not become active within 30 s");
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// One latency sample in milliseconds: commit of the INSERT → `date` running in the task.
+async fn latency_sample(
+    client: &Client,
+    insert: &tokio_postgres::Statement,
+    poll: &tokio_postgres::Statement,
+) -> Result<f64> {
+    let id: i64 = client
+        .query_one(insert, &[])
+        .await
+        .context("cannot insert a latency task")?
+        .get(0);
+    // Autocommit: the INSERT has committed when its reply arrives.
+    let committed = epoch_nanos(SystemTime::now())?;
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let row = client
+            .query_one(poll, &[&id])
+            .await
+            .context("cannot poll a latency task")?;
+        let state: String = row.get(0);
+        match state.as_str() {
+            "CS" => {
+                let out: Option<String> = row.get(1);
+                let ran = parse_epoch_nanos(out.as_deref().unwrap_or(""))?;
+                return Ok((ran - committed) as f64 / 1e6);
+            }
+            "CF" | "CC" => {
+                let error: Option<String> = row.get(2);
+                bail!("latency task {id} ended in {state}: {error:?}");
+            }
+            _ => {}
+        }
+        if Instant::now() >= deadline {
+            bail!("latency task {id} not finished within 30 s (state {state})");
+        }
+        tokio::time::sleep(Duration::from_millis(1)).await;
+    }
+}
+
+struct Latency {
+    p50: f64,
+    p90: f64,
+    p99: f64,
+    max: f64,
+    min: f64,
+    n: usize,
+    over_10ms: usize,
+}
+
+async fn measure_latency(client: &Client, samples: usize) -> Result<Latency> {
+    let insert = client
+        .prepare(
+            "INSERT INTO long_task.task (group_id, state_id, command) \
+             VALUES (0, 'AW', '{date,+%s.%N}') RETURNING id",
+        )
+        .await
+        .context("cannot prepare the latency insert")?;
+    let poll = client
+        .prepare("SELECT state_id::text, stdout_tail, error FROM long_task.task WHERE id = $1")
+        .await
+        .context("cannot prepare the latency poll")?;
+    for _ in 0..WARMUP {
+        latency_sample(client, &insert, &poll).await?;
+    }
+    let mut values = Vec::with_capacity(samples);
+    for _ in 0..samples {
+        values.push(latency_sample(client, &insert, &poll).await?);
+    }
+    values.sort_by(f64::total_cmp);
+    Ok(Latency {
+        p50: percentile(&values, 0.50),
+        p90: percentile(&values, 0.90),
+        p99: percentile(&values, 0.99),
+        max: values[values.len() - 1],
+        min: values[0],
+        n: values.len(),
+        over_10ms: values.iter().filter(|v| **v > 10.0).count(),
+    })
+}
+
+struct Throughput {
+    tasks: usize,
+    wall: Duration,
+    /// Last `finished` − `created` by the database clock (no 50 ms poll quantisation).
+    db_secs: f64,
+    /// Mean number of `AE` (running) tasks seen by the polls.
+    mean_running: f64,
+}
+
+async fn measure_throughput(client: &Client, tasks: usize) -> Result<Throughput> {
+    let before: i64 = client
+        .query_one("SELECT coalesce(max(id), 0) FROM long_task.task", &[])
+        .await
+        .context("cannot read the last task id")?
+        .get(0);
+    let n = i64::try_from(tasks).context("BENCH_TASKS too large")?;
+    let poll = client
+        .prepare(
+            "SELECT count(*) FILTER (WHERE state_id IN ('CS', 'CF', 'CC')), \
+                    count(*) FILTER (WHERE state_id = 'AE') \
+               FROM long_task.task WHERE id > $1",
+        )
+        .await
+        .context("cannot prepare the throughput poll")?;
+    client
+        .execute(
+            "INSERT INTO long_task.task (group_id, state_id, command) \
+             SELECT 0, 'AW', '{/bin/true}' FROM generate_series(1, $1::bigint)",
+            &[&n],
+        )
+        .await
+        .context("cannot insert the throughput tasks")?;
+    let start = Instant::now();
+    let mut last_done = -1_i64;
+    let mut last_progress = Instant::now();
+    let mut running_sum = 0_i64;
+    let mut polls = 0_i64;
+    loop {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        let row = client
+            .query_one(&poll, &[&before])
+            .await
+            .context("cannot poll the throughput tasks")?;
+        let done: i64 = row.get(0);
+        let running: i64 = row.get(1);
+        running_sum += running;
+        polls += 1;
+        if done >= n {
+            break;
+        }
+        if done > last_done {
+            last_done = done;
+            last_progress = Instant::now();
+        } else if last_progress.elapsed() > Duration::from_secs(60) {
+            bail!("throughput: no progress for 60 s ({done} of {n} tasks final)");
+        }
+    }
+    let wall = start.elapsed();
+    let row = client
+        .query_one(
+            "SELECT count(*) FILTER (WHERE state_id = 'CS'), \
+                    count(*) FILTER (WHERE state_id = 'CF'), \
+                    count(*) FILTER (WHERE state_id = 'CC'), \
+                    extract(epoch FROM max(finished) - min(created))::float8, \
+                    min(error) FILTER (WHERE state_id <> 'CS') \
+               FROM long_task.task WHERE id > $1",
+            &[&before],
+        )
+        .await
+        .context("cannot check the throughput tasks")?;
+    let (cs, cf, cc): (i64, i64, i64) = (row.get(0), row.get(1), row.get(2));
+    if cs != n {
+        let error: Option<String> = row.get(4);
+        bail!("throughput: only {cs} of {n} tasks succeeded ({cf} CF, {cc} CC; e.g. {error:?})");
+    }
+    Ok(Throughput {
+        tasks,
+        wall,
+        db_secs: row.get::<_, Option<f64>>(3).unwrap_or(f64::NAN),
+        mean_running: running_sum as f64 / polls.max(1) as f64,
+    })
+}
+
+/// Spawn-and-wait `count` `/bin/true` with `MAX_TASKS` in flight, stdout/stderr piped and read
+/// (as the node does for its tails). The ceiling for the node's throughput on this host.
+async fn raw_spawn(count: usize) -> Result<Duration> {
+    let start = Instant::now();
+    stream::iter(0..count)
+        .map(|_| async {
+            let out = tokio::process::Command::new("/bin/true")
+                .stdin(Stdio::null())
+                .stdout(Stdio::piped())
+                .stderr(Stdio::piped())
+                .output()
+                .await
+                .context("cannot spawn /bin/true")?;
+            if !out.status.success() {
+                bail!("/bin/true failed: {}", out.status);
+            }
+            Ok(())
+        })
+        .buffer_unordered(MAX_TASKS)
+        .try_collect::<()>()
+        .await?;
+    Ok(start.elapsed())
+}
+
+/// `xact_commit + xact_rollback` of database `db`, read through `admin` (a connection to a
+/// different database, so the reads themselves are not counted in `db`).
+async fn xact_count(admin: &Client, db: &str) -> Result<i64> {
+    admin
+        .batch_execute("SELECT pg_stat_clear_snapshot()")
+        .await
+        .context("cannot clear the stats snapshot")?;
+    let row = admin
+        .query_one(
+            "SELECT (xact_commit + xact_rollback)::bigint FROM pg_stat_database WHERE datname = $1",
+            &[&db],
+        )
+        .await
+        .context("cannot read pg_stat_database")?;
+    Ok(row.get(0))
+}
+
+struct IdleLoad {
+    tx: i64,
+    secs: u64,
+}
+
+/// How long to let pending statistics settle before the idle window. PG 15 backends flush their
+/// transaction counts when they go idle, but at most once a second: a backend that flushed less
+/// than 1 s before going idle keeps its counts pending for `PGSTAT_IDLE_INTERVAL` (10 s). The
+/// node's pool connections that ran the throughput step are such backends (the first version of
+/// this bench waited 3 s and counted ~20 tx/s of their deferred counts as idle load).
+const STATS_SETTLE: Duration = Duration::from_secs(12);
+
+async fn measure_idle(client: Client, admin: &Client, db: &str, secs: u64) -> Result<IdleLoad> {
+    let busy: i64 = client
+        .query_one(
+            "SELECT count(*) FROM long_task.task WHERE state_id IN ('AW', 'AE', 'AC')",
+            &[],
+        )
+        .await
+        .context("cannot check that the node is idle")?
+        .get(0);
+    if busy != 0 {
+        bail!("idle load: {busy} tasks are still waiting or running");
+    }
+    // Leave autovacuum nothing to do in the window (its transactions would count).
+    client
+        .batch_execute("VACUUM ANALYZE")
+        .await
+        .context("cannot vacuum the bench database")?;
+    // Our own backend in the bench database exits (and flushes its counts) now; from here on
+    // only the node (and autovacuum) touch the bench database: the reads go through `admin`.
+    drop(client);
+    tokio::time::sleep(STATS_SETTLE).await;
+    let first = xact_count(admin, db).await?;
+    tokio::time::sleep(Duration::from_secs(secs)).await;
+    let second = xact_count(admin, db).await?;
+    Ok(IdleLoad {
+        tx: second - first,
+        secs,
+    })
+}
+
+async fn run(knobs: &Knobs, url: &str, admin_url: &str, db: &str) -> Result<()> {
+    let mut client = connect(url).await?;
+    pgtaskd::db::migrate::migrate(&mut client)
+        .await
+        .context("cannot migrate the bench database")?;
+    let admin = connect(admin_url).await?;
+
+    let mut node = NodeGuard::start(url)?;
+    let ready = wait_node_ready(&client, &mut node).await?;
+    eprintln!("bench: node active after {:.2} s", ready.as_secs_f64());
+
+    eprintln!(
+        "bench: dispatch latency, {} samples after {WARMUP} warm-up…",
+        knobs.samples
+    );
+    let lat = measure_latency(&client, knobs.samples).await?;
+    node.check_running()?;
+
+    eprintln!(
+        "bench: raw spawn rate, {} /bin/true, {MAX_TASKS} in flight…",
+        knobs.tasks
+    );
+    let raw = raw_spawn(knobs.tasks).await?;
+
+    eprintln!("bench: throughput, {} /bin/true tasks…", knobs.tasks);
+    let tp = measure_throughput(&client, knobs.tasks).await?;
+    node.check_running()?;
+
+    eprintln!(
+        "bench: idle load over {} s (after {} s for the statistics to settle)…",
+        knobs.idle_secs,
+        STATS_SETTLE.as_secs()
+    );
+    let idle = measure_idle(client, &admin, db, knobs.idle_secs).await?;
+    node.check_running()?;
+    drop(node);
+
+    let tp_rate = tp.tasks as f64 / tp.wall.as_secs_f64();
+    let raw_rate = knobs.tasks as f64 / raw.as_secs_f64();
+    let idle_rate = idle.tx as f64 / idle.secs as f64;
+    println!();
+    println!(
+        "pgtaskd dispatch benchmark (1 node, max_tasks {MAX_TASKS}, fsync on, {} CPUs)",
+        std::thread::available_parallelism().map_or(0, |n| n.get())
+    );
+    println!(
+        "dispatch latency  p50 {:.1} ms  p90 {:.1} ms  p99 {:.1} ms  max {:.1} ms  (min {:.1} ms, {} > 10 ms, n={})",
+        lat.p50, lat.p90, lat.p99, lat.max, lat.min, lat.over_10ms, lat.n
+    );
+    println!("                  commit → `date +%s.%N` in the task; includes date's own exec time");
+    println!(
+        "throughput        {} tasks in {:.2} s = {:.0} tasks/s  (db clock {:.2} s; mean {:.1} running)",
+        tp.tasks,
+        tp.wall.as_secs_f64(),
+        tp_rate,
+        tp.db_secs,
+        tp.mean_running
+    );
+    println!(
+        "raw spawn rate    {} /bin/true in {:.2} s = {:.0} procs/s ({MAX_TASKS} in flight)",
+        knobs.tasks,
+        raw.as_secs_f64(),
+        raw_rate
+    );
+    println!(
+        "ratio             {:.0} % of raw",
+        100.0 * tp_rate / raw_rate
+    );
+    println!(
+        "idle load         {:.2} transactions/s over {} s ({} tx; node heartbeat every {HEARTBEAT_SECS} s by default)",
+        idle_rate, idle.secs, idle.tx
+    );
+    println!(
+        "                  node statements expected: heartbeat 1 / {HEARTBEAT_SECS} s + listener check 1 / 10 s"
+    );
+    Ok(())
+}
+
+async fn drop_database(admin_url: &str, db: &str) -> Result<()> {
+    let admin = connect(admin_url).await?;
+    admin
+        .batch_execute(&format!("DROP DATABASE IF EXISTS \"{db}\" WITH (FORCE)"))
+        .await
+        .with_context(|| format!("cannot drop database {db}"))
+}
+
+#[tokio::main]
+async fn main() -> Result<()> {
+    let knobs = Knobs::from_env()?;
+    let (admin_url, db, _cluster) = match std::env::var("DATABASE_URL") {
+        Ok(url) if !url.is_empty() => (url, format!("pgtaskd_bench_{}", std::process::id()), None),
+        _ => {
+            let dir = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("pgtaskd-bench-pg");
+            let cluster = tokio::task::spawn_blocking(move || -> Result<PgCluster> {
+                let cluster = PgCluster::open_or_init(&dir)
+                    .with_context(|| format!("cannot initialise a cluster in {}", dir.display()))?;
+                cluster
+                    .start()
+                    .with_context(|| format!("cannot start the cluster in {}", dir.display()))?;
+                Ok(cluster)
+            })
+            .await
+            .context("starting the cluster panicked")??;
+            let admin_url = cluster.url("postgres");
+            (admin_url, "bench".to_owned(), Some(ClusterGuard(cluster)))
+        }
+    };
+    // A fresh database each run (a previous run may have left one behind).
+    drop_database(&admin_url, &db).await?;
+    create_database(&admin_url, &db)
+        .await
+        .with_context(|| format!("cannot create database {db}"))?;
+    let url = with_dbname(&admin_url, &db);
+
+    let result = run(&knobs, &url, &admin_url, &db).await;
+    if let Err(e) = drop_database(&admin_url, &db).await {
+        eprintln!("warning: {e:#}");
+    }
+    result
+    // `_cluster` drops here: the throw-away cluster is stopped.
+}
