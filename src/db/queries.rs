@@ -3,7 +3,7 @@
 //!
 //! Must never hold a pooled connection longer than one statement.
 
-use tokio_postgres::types::ToSql;
+use tokio_postgres::types::{ToSql, Type};
 use tokio_postgres::{Client, Row};
 use uuid::Uuid;
 
@@ -99,14 +99,17 @@ pub struct WorkerControl {
     pub max_task_count: i32,
 }
 
+/// Runs a statement on a pooled connection in one round trip: parameters are sent with their
+/// types (`query_typed`), so there is no separate prepare (which would cost a round trip and, on
+/// the server, a transaction of its own).
 async fn query(
     pool: &Pool,
     context: &'static str,
     sql: &str,
-    params: &[&(dyn ToSql + Sync)],
+    params: &[(&(dyn ToSql + Sync), Type)],
 ) -> Result<Vec<Row>, DbError> {
     let conn = pool.get().await?;
-    conn.query(sql, params)
+    conn.query_typed(sql, params)
         .await
         .map_err(DbError::query(context))
 }
@@ -122,7 +125,7 @@ pub async fn claim(
         pool,
         "claiming tasks",
         "SELECT id, run_id, command::text[], cwd::text, timeout, attempt FROM long_task.claim($1, $2, $3)",
-        &[&worker_id, &group_id, &n],
+        &[(&worker_id, Type::INT8), (&group_id, Type::INT4), (&n, Type::INT4)],
     )
     .await?;
     Ok(rows
@@ -157,7 +160,14 @@ pub async fn finish_runs(
         "writing task outcomes",
         "SELECT id, state_id::text FROM long_task.finish_runs($1, $2, $3, $4, $5, $6, $7, $8)",
         &[
-            &ids, &run_ids, &states, &errors, &codes, &signals, &stdout, &stderr,
+            (&ids, Type::INT8_ARRAY),
+            (&run_ids, Type::UUID_ARRAY),
+            (&states, Type::TEXT_ARRAY),
+            (&errors, Type::TEXT_ARRAY),
+            (&codes, Type::INT4_ARRAY),
+            (&signals, Type::INT4_ARRAY),
+            (&stdout, Type::TEXT_ARRAY),
+            (&stderr, Type::TEXT_ARRAY),
         ],
     )
     .await?;
@@ -176,7 +186,11 @@ pub async fn running_state(
         pool,
         "checking running tasks",
         "SELECT id, run_id, verdict FROM long_task.running_state($1, $2, $3)",
-        &[&worker_id, &ids, &run_ids],
+        &[
+            (&worker_id, Type::INT8),
+            (&ids, Type::INT8_ARRAY),
+            (&run_ids, Type::UUID_ARRAY),
+        ],
     )
     .await?;
     Ok(rows
@@ -199,7 +213,7 @@ pub async fn fire_schedules(pool: &Pool, group_id: i32) -> Result<(i32, Option<f
         pool,
         "firing schedules",
         "SELECT fired, next_due_in FROM long_task.fire_schedules($1)",
-        &[&group_id],
+        &[(&group_id, Type::INT4)],
     )
     .await?;
     Ok(rows
@@ -284,16 +298,22 @@ pub async fn heartbeat(
 ) -> Result<WorkerControl, DbError> {
     let lease_secs = lease.as_secs_f64();
     let row = client
-        .query_opt(
+        .query_typed(
             "UPDATE long_task.worker
                 SET heartbeat_at = now(), task_count = $2,
                     locked_until = now() + make_interval(secs => $3), active = true
               WHERE id = $1
           RETURNING stop, max_task_count",
-            &[&worker_id, &running, &lease_secs],
+            &[
+                (&worker_id, Type::INT8),
+                (&running, Type::INT4),
+                (&lease_secs, Type::FLOAT8),
+            ],
         )
         .await
-        .map_err(DbError::query("sending the heartbeat"))?;
+        .map_err(DbError::query("sending the heartbeat"))?
+        .into_iter()
+        .next();
     match row {
         Some(row) => Ok(WorkerControl {
             stop: row.get(0),
