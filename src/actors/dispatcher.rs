@@ -44,14 +44,23 @@ pub enum DispatcherMsg {
     Flush(tokio::sync::oneshot::Sender<()>),
 }
 
+/// Claims in flight at once. With a durable commit costing milliseconds, a slot freed while a
+/// claim is in flight would otherwise wait for that claim and then for its own.
+const MAX_CLAIMS_IN_FLIGHT: u32 = 3;
+
 pub struct Dispatcher {
     node: Arc<NodeContext>,
     limit: u32,
     paused: bool,
-    /// A claim should be made when a slot is free.
-    want_claim: bool,
-    claim_in_flight: bool,
+    /// Waiting tasks may exist (a wake arrived, or the last claim filled every slot it asked for).
+    backlog: bool,
+    /// Counts wakes, so a short claim clears `backlog` only if no wake arrived since it was sent.
+    wake_seq: u64,
+    claims_in_flight: u32,
+    /// Slots asked for by claims in flight (never more than the free slots in total).
+    reserved: u32,
     claim_failures: u32,
+    retry_armed: bool,
     reconcile_in_flight: bool,
     want_reconcile: bool,
     outcomes: Vec<RunOutcome>,
@@ -66,9 +75,12 @@ impl Dispatcher {
             node,
             limit,
             paused,
-            want_claim: true,
-            claim_in_flight: false,
+            backlog: true,
+            wake_seq: 0,
+            claims_in_flight: 0,
+            reserved: 0,
             claim_failures: 0,
+            retry_armed: false,
             reconcile_in_flight: false,
             want_reconcile: true,
             outcomes: Vec::new(),
@@ -80,43 +92,52 @@ impl Dispatcher {
 
     fn free_slots(&self) -> u32 {
         let running = self.node.running().len() as u32;
-        self.limit.saturating_sub(running)
+        self.limit.saturating_sub(running + self.reserved)
     }
 
     fn maybe_claim(&mut self, ctx: &mut Context<Self>) {
-        if self.paused || self.claim_in_flight || !self.want_claim {
+        if self.paused
+            || !self.backlog
+            || self.retry_armed
+            || self.claims_in_flight >= MAX_CLAIMS_IN_FLIGHT
+        {
             return;
         }
         let free = self.free_slots();
         if free == 0 {
             return; // a finishing run brings us back here
         }
-        self.want_claim = false;
-        self.claim_in_flight = true;
+        self.claims_in_flight += 1;
+        self.reserved += free;
+        let sent_at_wake = self.wake_seq;
         let node = self.node.clone();
         let n = i32::try_from(free).unwrap_or(i32::MAX);
         let fut = async move { queries::claim(&node.pool, node.worker_id, node.group_id, n).await };
         ctx.spawn(fut.into_actor(self).map(move |result, act, ctx| {
-            act.claim_in_flight = false;
+            act.claims_in_flight -= 1;
+            act.reserved -= free;
             match result {
                 Ok(tasks) => {
                     act.claim_failures = 0;
-                    if tasks.len() as u32 >= free {
-                        act.want_claim = true; // there may be more
+                    if (tasks.len() as u32) < free && act.wake_seq == sent_at_wake {
+                        act.backlog = false; // the queue was empty, and nothing was queued since
                     }
                     for task in tasks {
                         act.start_process(task);
                     }
-                    act.maybe_claim(ctx);
                 }
                 Err(e) => {
                     act.claim_failures += 1;
-                    act.want_claim = true;
                     let delay = backoff(act.claim_failures);
                     warn!(error = %e, retry_in = ?delay, "claim failed");
-                    ctx.run_later(delay, |act, ctx| act.maybe_claim(ctx));
+                    act.retry_armed = true;
+                    ctx.run_later(delay, |act, ctx| {
+                        act.retry_armed = false;
+                        act.maybe_claim(ctx);
+                    });
                 }
             }
+            act.maybe_claim(ctx);
         }));
     }
 
@@ -238,7 +259,8 @@ impl Handler<DispatcherMsg> for Dispatcher {
     fn handle(&mut self, msg: DispatcherMsg, ctx: &mut Self::Context) {
         match msg {
             DispatcherMsg::Wake => {
-                self.want_claim = true;
+                self.backlog = true;
+                self.wake_seq += 1;
                 self.maybe_claim(ctx);
             }
             DispatcherMsg::Reconcile => {
@@ -250,7 +272,7 @@ impl Handler<DispatcherMsg> for Dispatcher {
                     info!(from = self.limit, to = limit, "process limit changed");
                 }
                 self.limit = limit;
-                self.want_claim = true;
+                self.backlog = true;
                 self.maybe_claim(ctx);
             }
             DispatcherMsg::Pause(paused) => {
@@ -262,7 +284,7 @@ impl Handler<DispatcherMsg> for Dispatcher {
                     );
                 }
                 self.paused = paused;
-                self.want_claim = true;
+                self.backlog = true;
                 self.maybe_claim(ctx);
             }
             DispatcherMsg::Finished(finished) => {
