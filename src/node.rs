@@ -151,7 +151,10 @@ pub async fn prepare(config: NodeConfig) -> Result<PreparedNode, Error> {
     }
 
     let guardian = match std::env::current_exe() {
-        Ok(exe) => Some(Guardian::start(&exe).map_err(|e| Error::Guardian(e.to_string()))?),
+        Ok(exe) => Some(
+            Guardian::start(&exe, Some((NODE_MARKER, &node_marker)))
+                .map_err(|e| Error::Guardian(e.to_string()))?,
+        ),
         Err(e) => {
             warn!(error = %e, "cannot find our own executable; task processes may outlive a killed node");
             None

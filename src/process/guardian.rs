@@ -1,13 +1,15 @@
 //! The guardian: one helper process per node that SIGKILLs the node's task
-//! process groups when the node dies, even by SIGKILL (PDEATHSIG reaches
-//! only the direct child, not its descendants).
+//! process groups when the node dies, even by SIGKILL. On its node's death it
+//! kills every registered group, then sweeps for any process still carrying
+//! the node's environment marker (a task spawned in the instant before it was
+//! registered, or a descendant that left its group).
 //!
 //! Owns: the node side (`Guardian`: spawns `<exe> __guardian`, writes
 //! `+<pgid>` / `-<pgid>` lines to its stdin) and the guardian side
 //! (`guardian_main` / `run_guardian`: tracks registered groups and kills
 //! them all on EOF, which comes when the node exits or dies).
 //! Must never: die before the EOF cleanup (it runs in its own process group,
-//! ignores SIGINT/SIGTERM/SIGHUP and has no PDEATHSIG), block the node's
+//! ignores SIGINT/SIGTERM/SIGHUP), block the node's
 //! async runtime (the pipe is non-blocking; a full or broken pipe is logged,
 //! once), or kill a group that was unregistered.
 
@@ -58,10 +60,16 @@ impl std::fmt::Debug for Guardian {
 }
 
 impl Guardian {
-    /// Spawns `exe __guardian` in its own process group with a stdin pipe.
-    pub fn start(exe: &Path) -> Result<Guardian, GuardianError> {
-        let mut child = Command::new(exe)
-            .arg(GUARDIAN_ARG)
+    /// Spawns `exe __guardian [KEY=VALUE]` in its own process group with a
+    /// stdin pipe; `marker` is the environment entry every task of this node
+    /// carries, swept when the node dies.
+    pub fn start(exe: &Path, marker: Option<(&str, &str)>) -> Result<Guardian, GuardianError> {
+        let mut command = Command::new(exe);
+        command.arg(GUARDIAN_ARG);
+        if let Some((key, value)) = marker {
+            command.arg(format!("{key}={value}"));
+        }
+        let mut child = command
             .stdin(Stdio::piped())
             .stdout(Stdio::null())
             .stderr(Stdio::inherit())
@@ -161,7 +169,15 @@ pub fn guardian_main() -> i32 {
         }
     }
     let stdin = io::stdin();
-    let killed = run_guardian(stdin.lock());
+    let mut killed = run_guardian(stdin.lock());
+    // The marker sweep catches what was never registered.
+    if let Some((key, value)) = std::env::args()
+        .nth(2)
+        .as_deref()
+        .and_then(|m| m.split_once('='))
+    {
+        killed += super::leftovers::kill_leftovers(key, value);
+    }
     if killed > 0 {
         eprintln!("pgtaskd guardian: node gone, killed {killed} task process group(s)");
     }
@@ -263,7 +279,7 @@ mod tests {
     #[tokio::test]
     async fn guardian_process_end_to_end() {
         let exe = std::env::current_exe().expect("current_exe");
-        let g = Guardian::start(&exe).expect("start guardian");
+        let g = Guardian::start(&exe, None).expect("start guardian");
         let gpid = i32::try_from(g.pid()).expect("pid");
         let kept = spawn(&SpawnSpec::new(["sleep", "1000"])).expect("spawn kept");
         let doomed = spawn(&SpawnSpec::new(["sh", "-c", "sleep 1000 & wait"])).expect("spawn");
@@ -288,10 +304,40 @@ mod tests {
         let _ = nix::sys::wait::waitpid(nix::unistd::Pid::from_raw(gpid), None);
     }
 
+    #[tokio::test]
+    async fn guardian_sweeps_unregistered_tasks_by_marker() {
+        let exe = std::env::current_exe().expect("current_exe");
+        let value = format!("sweep-{}", std::process::id());
+        let g = Guardian::start(&exe, Some(("PGTASKD_TEST_MARKER", &value))).expect("start");
+        let gpid = i32::try_from(g.pid()).expect("pid");
+        // Started with the marker but never registered (the node died in between).
+        let mut spec = SpawnSpec::new(["sleep", "1000"]);
+        spec.env = vec![("PGTASKD_TEST_MARKER".into(), value.clone())];
+        let marked = spawn(&spec).expect("spawn marked");
+        let other = spawn(&SpawnSpec::new(["sleep", "1000"])).expect("spawn unmarked");
+        let (pm, po) = (marked.pid, other.pid);
+        let wm = tokio::spawn(marked.wait());
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        drop(g); // EOF, as when the node dies
+        assert_eq!(
+            wm.await.expect("join").signal,
+            Some(9),
+            "the marked task is swept"
+        );
+        assert!(wait_group_dead(pm, Duration::from_secs(3)).await);
+        assert_eq!(
+            live_members(po),
+            vec![po],
+            "an unmarked process is left alone"
+        );
+        drop(other);
+        let _ = nix::sys::wait::waitpid(nix::unistd::Pid::from_raw(gpid), None);
+    }
+
     #[test]
     fn dead_guardian_is_tolerated() {
         // `true __guardian` exits at once: writes hit a closed pipe.
-        let g = Guardian::start(Path::new("true")).expect("start");
+        let g = Guardian::start(Path::new("true"), None).expect("start");
         std::thread::sleep(Duration::from_millis(200));
         for i in 0..10 {
             g.register(1000 + i);
@@ -303,7 +349,7 @@ mod tests {
 
     #[test]
     fn start_reports_missing_exe() {
-        let err = Guardian::start(Path::new("/no/such/pgtaskd")).expect_err("missing");
+        let err = Guardian::start(Path::new("/no/such/pgtaskd"), None).expect_err("missing");
         assert!(err.to_string().contains("/no/such/pgtaskd"), "{err}");
     }
 }

@@ -110,37 +110,6 @@ async fn cwd_and_env_are_applied() {
     assert_eq!(out.stdout_tail, "forty two-17");
 }
 
-#[test]
-fn own_group_and_pdeathsig_when_spawning_thread_exits() {
-    // Spawn from a short-lived thread and leak the handle: when the thread
-    // exits, PR_SET_PDEATHSIG must kill the child.
-    let pgid = std::thread::spawn(|| {
-        let rt = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-            .expect("runtime");
-        rt.block_on(async {
-            let proc = spawn(&SpawnSpec::new(["sleep", "1000"])).expect("spawn");
-            let pgid = proc.pid;
-            std::mem::forget(proc); // no Drop kill: only PDEATHSIG may kill it
-            pgid
-        })
-    })
-    .join()
-    .expect("thread");
-    assert_ne!(pgid, nix::unistd::getpgrp().as_raw());
-    let deadline = std::time::Instant::now() + Duration::from_secs(3);
-    while !live_members(pgid).is_empty() && std::time::Instant::now() < deadline {
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    assert!(
-        live_members(pgid).is_empty(),
-        "child survived its spawning thread"
-    );
-    // Reap the zombie (it is our child).
-    let _ = nix::sys::wait::waitpid(nix::unistd::Pid::from_raw(pgid), None);
-}
-
 #[tokio::test]
 async fn wait_kills_background_grandchild() {
     let proc = spawn(&SpawnSpec::new(["sh", "-c", "sleep 1000 & echo started"])).expect("spawn");
