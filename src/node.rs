@@ -33,6 +33,8 @@ pub const NODE_MARKER: &str = "PGTASKD_NODE";
 pub struct RunEntry {
     pub run_id: Uuid,
     pub actor: Addr<ProcessActor>,
+    /// When the node started the run (for the run duration metric).
+    pub started: std::time::Instant,
 }
 
 /// The current address of each long-lived actor (replaced when the supervisor recreates one).
