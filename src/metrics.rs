@@ -52,6 +52,16 @@ pub struct MetricsError(#[from] prometheus::Error);
 
 impl Metrics {
     fn build() -> Result<Metrics, prometheus::Error> {
+        let metrics = Self::register()?;
+        // Known label values show from the start (a counter that appears only later is easy to
+        // miss in a dashboard).
+        for connection in ["listener", "membership"] {
+            metrics.reconnects.with_label_values(&[connection]);
+        }
+        Ok(metrics)
+    }
+
+    fn register() -> Result<Metrics, prometheus::Error> {
         let registry = Registry::new();
         macro_rules! reg {
             ($m:expr) => {{

@@ -200,9 +200,16 @@ pub fn run(config: NodeConfig) -> Result<(), Error> {
     );
     let _entered = span.enter();
     info!(max_tasks = prepared.control.max_task_count, "node started");
+    let http = prepared.context.config.http;
+    let context = prepared.context.clone();
     system.block_on(async move {
+        // Bind before starting the actors: a taken port is a start-up error, not a silent gap.
+        if let Some(addr) = http {
+            crate::http::start(context, addr)?;
+        }
         Supervisor::new(prepared).start();
-    });
+        Ok::<_, Error>(())
+    })?;
     system.run().map_err(|source| Error::Io {
         context: "running the actor system".into(),
         source,

@@ -123,11 +123,14 @@ pub async fn claim(
     let rows = query(
         pool,
         "claiming tasks",
-        // The join reads the rows as they were before the claim (the statement's snapshot), so
-        // the wait ends at the claim and starts when the task last entered AW.
+        // The join reads the rows as they were when the statement started (its snapshot), so
+        // the wait runs from the task's last entry into AW to the claim. A task that became
+        // waiting after that snapshot (the claim function sees newer rows) waited ~0 s.
         "WITH c AS (SELECT * FROM long_task.claim($1, $2, $3))
          SELECT c.id, c.run_id, c.command::text[], c.cwd::text, c.timeout, c.attempt,
-                extract(epoch FROM now() - before.last_state_change)::float8
+                CASE WHEN before.state_id = 'AW'
+                     THEN extract(epoch FROM now() - before.last_state_change)::float8
+                     ELSE 0 END
            FROM c LEFT JOIN long_task.task before ON before.id = c.id",
         &[&worker_id, &group_id, &n],
     )
