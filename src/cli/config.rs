@@ -51,7 +51,7 @@ pub fn run(cmd: ConfigCommand) -> anyhow::Result<()> {
         }
         return print_json(&shown);
     }
-    let text = config.to_toml().map_err(|e| Failure::config(e))?;
+    let text = config.to_toml().map_err(Failure::config)?;
     println!(
         "# {}: valid; effective configuration (defaults, file, environment):",
         file.display()

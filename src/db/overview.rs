@@ -119,24 +119,26 @@ WITH nodes AS (
                   AND l.classid = $1::int::oid AND l.objid = w.id::int::oid) AS alive
       FROM long_task.worker w
      WHERE w.id <= 2147483647
-), active_tasks AS (
-    SELECT t.group_id, t.state_id, t.last_state_change FROM long_task.task t
-     WHERE t.state_id IN ('AW', 'AE', 'AC', 'DR')
-), scheduled AS (
-    SELECT t.group_id, count(*) AS n FROM long_task.task t WHERE t.next_start IS NOT NULL GROUP BY t.group_id
+), per_group AS (
+    -- one pass over the active rows (and schedules, which may sit on final rows)
+    SELECT t.group_id,
+           count(*) FILTER (WHERE t.state_id = 'AW') AS waiting,
+           count(*) FILTER (WHERE t.state_id IN ('AE', 'AC')) AS running,
+           count(*) FILTER (WHERE t.state_id = 'DR') AS drafts,
+           count(*) FILTER (WHERE t.next_start IS NOT NULL) AS scheduled,
+           min(t.last_state_change) FILTER (WHERE t.state_id = 'AW') AS oldest
+      FROM long_task.task t
+     WHERE t.state_id IN ('AW', 'AE', 'AC', 'DR') OR t.next_start IS NOT NULL
+     GROUP BY t.group_id
+), live_per_group AS (
+    SELECT n.group_id, count(*) AS nodes FROM nodes n WHERE n.alive GROUP BY n.group_id
 ), groups AS (
-    SELECT g.group_id,
-           count(a.state_id) FILTER (WHERE a.state_id = 'AW') AS waiting,
-           count(a.state_id) FILTER (WHERE a.state_id IN ('AE', 'AC')) AS running,
-           count(a.state_id) FILTER (WHERE a.state_id = 'DR') AS drafts,
-           coalesce((SELECT s.n FROM scheduled s WHERE s.group_id = g.group_id), 0) AS scheduled,
-           extract(epoch FROM now() - min(a.last_state_change) FILTER (WHERE a.state_id = 'AW'))::float8
-               AS oldest_waiting,
-           (SELECT count(*) FROM nodes n WHERE n.alive AND n.group_id = g.group_id) AS nodes
-      FROM (SELECT group_id FROM active_tasks UNION SELECT group_id FROM nodes WHERE alive
-            UNION SELECT group_id FROM scheduled) g
-      LEFT JOIN active_tasks a ON a.group_id = g.group_id
-     GROUP BY g.group_id
+    SELECT coalesce(p.group_id, l.group_id) AS group_id,
+           coalesce(p.waiting, 0) AS waiting, coalesce(p.running, 0) AS running,
+           coalesce(p.drafts, 0) AS drafts, coalesce(p.scheduled, 0) AS scheduled,
+           extract(epoch FROM now() - p.oldest)::float8 AS oldest_waiting,
+           coalesce(l.nodes, 0) AS nodes
+      FROM per_group p FULL JOIN live_per_group l ON l.group_id = p.group_id
 ), running AS (
     SELECT t.id, t.state_id, t.group_id, t.worker_id, t.command, t.attempt, t.started, t.finished,
            extract(epoch FROM now() - t.started)::float8 AS seconds, t.exit_code, t.error
