@@ -29,8 +29,12 @@ pub enum ConfigError {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default, clap::ValueEnum)]
 #[serde(rename_all = "lowercase")]
 pub enum LogFormat {
+    /// Human-readable, multi-field lines (the default).
     #[default]
     Pretty,
+    /// `key=value` pairs, one event per line (span fields included).
+    Logfmt,
+    /// One JSON object per line (span fields included).
     Json,
 }
 
@@ -73,8 +77,14 @@ pub struct NodeConfig {
     pub pool_size: u32,
     /// Apply pending migrations at start-up (several nodes may start at once: it is locked).
     pub auto_migrate: bool,
-    /// Log output format.
+    /// Log output format: `pretty`, `logfmt` or `json`.
     pub log_format: LogFormat,
+    /// Address of the HTTP API, metrics and status page (e.g. `127.0.0.1:8080`); off when unset.
+    pub http: Option<std::net::SocketAddr>,
+    /// The node claims nothing while the host's available memory is under this many bytes
+    /// (a number, or a string with a unit: `512MiB`, `2GB`); 0 disables the floor.
+    #[serde(with = "crate::resources::bytes_serde")]
+    pub min_free_memory: u64,
 }
 
 impl Default for NodeConfig {
@@ -96,6 +106,8 @@ impl Default for NodeConfig {
             pool_size: 8,
             auto_migrate: true,
             log_format: LogFormat::Pretty,
+            http: None,
+            min_free_memory: 0,
         }
     }
 }
@@ -185,6 +197,14 @@ impl NodeConfig {
         Ok(())
     }
 
+    /// The effective configuration as TOML (what `pgtaskd config check` prints). The password of
+    /// the database URL is masked.
+    pub fn to_toml(&self) -> Result<String, String> {
+        let mut shown = self.clone();
+        shown.database_url = shown.database_url.map(|u| mask_password(&u));
+        toml::to_string(&shown).map_err(|e| e.to_string())
+    }
+
     /// The database URL, which a node cannot do without.
     pub fn require_database_url(&self) -> Result<&str, ConfigError> {
         self.database_url.as_deref().ok_or(ConfigError::NoDatabase)
@@ -194,6 +214,32 @@ impl NodeConfig {
     pub fn node_name(&self) -> String {
         self.node_name.clone().unwrap_or_else(host_name)
     }
+}
+
+/// A connection string with its password replaced by `***` (URL or key=value form).
+pub fn mask_password(url: &str) -> String {
+    if let Some(scheme_end) = url.find("://") {
+        let rest = &url[scheme_end + 3..];
+        let auth_end = rest.find(['/', '?']).unwrap_or(rest.len());
+        if let Some(at) = rest[..auth_end].rfind('@') {
+            if let Some(colon) = rest[..at].find(':') {
+                return format!(
+                    "{}{}:***{}",
+                    &url[..scheme_end + 3],
+                    &rest[..colon],
+                    &rest[at..]
+                );
+            }
+        }
+        return url.to_owned();
+    }
+    url.split_whitespace()
+        .map(|kv| match kv.split_once('=') {
+            Some(("password", _)) => "password=***".to_owned(),
+            _ => kv.to_owned(),
+        })
+        .collect::<Vec<_>>()
+        .join(" ")
 }
 
 /// This machine's host name (best effort).
@@ -238,6 +284,23 @@ mod tests {
         assert_eq!(cfg.max_tasks, 16);
         assert_eq!(cfg.heartbeat_interval, Duration::from_millis(500));
         cfg.validate().expect("valid");
+    }
+
+    #[test]
+    fn http_and_memory_floor_parse() {
+        let cfg = NodeConfig::from_toml(
+            "http = \"127.0.0.1:9000\"\nmin_free_memory = \"1GiB\"\nlog_format = \"logfmt\"",
+        )
+        .expect("parses");
+        assert_eq!(cfg.http, Some("127.0.0.1:9000".parse().expect("addr")));
+        assert_eq!(cfg.min_free_memory, 1 << 30);
+        assert_eq!(cfg.log_format, LogFormat::Logfmt);
+        let err = NodeConfig::from_toml("http = \"localhost\"").unwrap_err();
+        assert!(err.contains("http"), "{err}");
+        let err = NodeConfig::from_toml("min_free_memory = \"lots\"").unwrap_err();
+        assert!(err.contains("min_free_memory"), "{err}");
+        let text = cfg.to_toml().expect("prints");
+        assert!(text.contains("min_free_memory = 1073741824"), "{text}");
     }
 
     #[test]

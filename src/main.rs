@@ -1,6 +1,6 @@
 //! The `pgtaskd` binary: parses the command line (clap), layers the configuration (flags, then
 //! environment, then file, then defaults), sets up logging and runs a verb. Errors are reported
-//! here, with context, and turned into exit codes.
+//! here, with context, and turned into the documented exit codes (`pgtaskd --help`).
 
 mod cli;
 
@@ -13,13 +13,13 @@ fn main() -> ExitCode {
     if std::env::args().nth(1).as_deref() == Some("__guardian") {
         return ExitCode::from(u8::try_from(pgtaskd::process::guardian_main()).unwrap_or(1));
     }
+    // clap exits 2 on a usage error and 0 for --help/--version.
     let args = cli::Cli::parse();
-    cli::init_logging(&args);
     match cli::run(args) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("pgtaskd: error: {}", describe(&e));
-            ExitCode::from(1)
+            ExitCode::from(cli::output::exit_code(&e))
         }
     }
 }

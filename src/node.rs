@@ -33,6 +33,8 @@ pub const NODE_MARKER: &str = "PGTASKD_NODE";
 pub struct RunEntry {
     pub run_id: Uuid,
     pub actor: Addr<ProcessActor>,
+    /// When the node started the run (for the run duration metric).
+    pub started: std::time::Instant,
 }
 
 /// The current address of each long-lived actor (replaced when the supervisor recreates one).
@@ -201,9 +203,16 @@ pub fn run(config: NodeConfig) -> Result<(), Error> {
     );
     let _entered = span.enter();
     info!(max_tasks = prepared.control.max_task_count, "node started");
+    let http = prepared.context.config.http;
+    let context = prepared.context.clone();
     system.block_on(async move {
+        // Bind before starting the actors: a taken port is a start-up error, not a silent gap.
+        if let Some(addr) = http {
+            crate::http::start(context, addr)?;
+        }
         Supervisor::new(prepared).start();
-    });
+        Ok::<_, Error>(())
+    })?;
     system.run().map_err(|source| Error::Io {
         context: "running the actor system".into(),
         source,

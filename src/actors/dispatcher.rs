@@ -6,6 +6,7 @@
 //! Reacts only to messages (notifications, finished processes, limit changes): no polling loop.
 //! Must never block its thread, and never claim more than the free slots.
 
+use std::collections::HashMap;
 use std::sync::Arc;
 
 use actix::prelude::*;
@@ -14,7 +15,9 @@ use tracing::{debug, info, warn};
 use super::backoff;
 use super::process::{KillReason, ProcessActor, ProcessMsg};
 use crate::db::queries::{self, RunOutcome, Verdict};
+use crate::metrics;
 use crate::node::{NodeContext, RunEntry};
+use crate::resources::{under_floor, Sampler};
 
 /// A process actor's report that its run ended.
 #[derive(Debug)]
@@ -36,6 +39,8 @@ pub enum DispatcherMsg {
     SetLimit(u32),
     /// Stop (true) or resume (false) claiming new tasks.
     Pause(bool),
+    /// Free memory is under (true) or back over (false) the node's floor: claim nothing meanwhile.
+    LowMemory(bool),
     /// A run ended.
     Finished(Finished),
     /// Stop every running process for this reason.
@@ -52,6 +57,9 @@ pub struct Dispatcher {
     node: Arc<NodeContext>,
     limit: u32,
     paused: bool,
+    low_memory: bool,
+    /// Run durations (seconds) of outcomes not yet written, for the metrics.
+    durations: HashMap<i64, f64>,
     /// Waiting tasks may exist (a wake arrived, or the last claim filled every slot it asked for).
     backlog: bool,
     /// Counts wakes, so a short claim clears `backlog` only if no wake arrived since it was sent.
@@ -71,10 +79,15 @@ pub struct Dispatcher {
 
 impl Dispatcher {
     pub fn new(node: Arc<NodeContext>, limit: u32, paused: bool) -> Self {
+        // Membership reports crossings of the memory floor; the state at start is read here.
+        let floor = node.config.min_free_memory;
+        let low_memory = floor > 0 && under_floor(&Sampler::new().sample(), floor);
         Dispatcher {
             node,
             limit,
             paused,
+            low_memory,
+            durations: HashMap::new(),
             backlog: true,
             wake_seq: 0,
             claims_in_flight: 0,
@@ -97,6 +110,7 @@ impl Dispatcher {
 
     fn maybe_claim(&mut self, ctx: &mut Context<Self>) {
         if self.paused
+            || self.low_memory
             || !self.backlog
             || self.retry_armed
             || self.claims_in_flight >= MAX_CLAIMS_IN_FLIGHT
@@ -144,8 +158,17 @@ impl Dispatcher {
     fn start_process(&mut self, task: queries::ClaimedTask) {
         let id = task.id;
         let run_id = task.run_id;
+        metrics::task_started(self.node.group_id, task.waited_secs);
         let actor = ProcessActor::new(self.node.clone(), task).start();
-        self.node.running().insert(id, RunEntry { run_id, actor });
+        let started = std::time::Instant::now();
+        self.node.running().insert(
+            id,
+            RunEntry {
+                run_id,
+                actor,
+                started,
+            },
+        );
     }
 
     fn reconcile(&mut self, ctx: &mut Context<Self>) {
@@ -216,15 +239,20 @@ impl Dispatcher {
                 Ok(written) => {
                     act.write_failures = 0;
                     for outcome in &batch {
+                        let duration = act.durations.remove(&outcome.task_id);
                         match written.iter().find(|(id, _)| *id == outcome.task_id) {
                             Some((id, state)) => {
+                                metrics::task_finished(act.node.group_id, state, duration);
                                 debug!(task_id = id, run_id = %outcome.run_id, state = %state, "outcome written")
                             }
-                            None => info!(
+                            None => {
+                                metrics::fenced_write();
+                                info!(
                                 task_id = outcome.task_id,
                                 run_id = %outcome.run_id,
                                 "outcome discarded: the task no longer belongs to this run (fenced)"
-                            ),
+                                )
+                            }
                         }
                     }
                     act.write_outcomes(ctx);
@@ -287,9 +315,18 @@ impl Handler<DispatcherMsg> for Dispatcher {
                 self.backlog = true;
                 self.maybe_claim(ctx);
             }
+            DispatcherMsg::LowMemory(low) => {
+                self.low_memory = low;
+                self.backlog = true;
+                self.maybe_claim(ctx);
+            }
             DispatcherMsg::Finished(finished) => {
-                self.node.running().remove(&finished.task_id);
+                let entry = self.node.running().remove(&finished.task_id);
                 if let Some(outcome) = finished.outcome {
+                    if let Some(entry) = entry {
+                        self.durations
+                            .insert(outcome.task_id, entry.started.elapsed().as_secs_f64());
+                    }
                     self.outcomes.push(outcome);
                     self.write_outcomes(ctx);
                 }

@@ -82,6 +82,7 @@ impl Listener {
                 Ok((client, ended)) => {
                     if act.failures > 0 {
                         info!("listener reconnected; resyncing from the tables");
+                        crate::metrics::reconnected("listener");
                     }
                     act.failures = 0;
                     act.generation += 1;

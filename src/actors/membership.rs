@@ -3,6 +3,9 @@
 //! count and reads back the live settings (`stop`, `max_task_count`), which it hands to the
 //! Supervisor and Dispatcher. A change notified on `long_task_worker` is read at once.
 //!
+//! Each beat also carries the host's load and available memory; while memory is under the
+//! configured floor (`min_free_memory`) the Dispatcher is told to claim nothing.
+//!
 //! On a lost connection it reconnects and takes the lock again. Must never run on a pooled
 //! connection (the lock is session-scoped).
 
@@ -15,9 +18,10 @@ use tracing::{error, info, warn};
 
 use super::dispatcher::DispatcherMsg;
 use super::supervisor::SupervisorMsg;
-use crate::db::queries::{self, WorkerControl};
+use crate::db::queries::{self, HostReport, WorkerControl};
 use crate::db::{self, DbError};
 use crate::node::NodeContext;
+use crate::resources::{under_floor, Sampler};
 
 /// Messages of Membership.
 #[derive(Message, Debug)]
@@ -34,6 +38,8 @@ pub struct Membership {
     in_flight: bool,
     again: bool,
     failing_since: Option<std::time::Instant>,
+    sampler: Sampler,
+    low_memory: bool,
 }
 
 impl Membership {
@@ -49,6 +55,8 @@ impl Membership {
             in_flight: false,
             again: false,
             failing_since: None,
+            sampler: Sampler::new(),
+            low_memory: false,
         }
     }
 
@@ -61,6 +69,15 @@ impl Membership {
         let node = self.node.clone();
         let client = self.client.clone();
         let timeout = node.config.heartbeat_timeout / 2;
+        let floor = node.config.min_free_memory;
+        let resources = self.sampler.sample();
+        let low_memory = under_floor(&resources, floor);
+        self.set_low_memory(low_memory, resources.free_memory);
+        let host = HostReport {
+            resources,
+            min_free_memory: floor,
+            low_memory,
+        };
         let fut = async move {
             let client = match client {
                 Some(c) if !c.is_closed() => c,
@@ -70,13 +87,14 @@ impl Membership {
             let lease = node.config.heartbeat_timeout;
             let control = tokio::time::timeout(
                 timeout,
-                queries::heartbeat(&client, node.worker_id, running, lease),
+                queries::heartbeat(&client, node.worker_id, running, lease, Some(&host)),
             )
             .await
             .map_err(|_| DbError::Timeout("heartbeat"))??;
             Ok::<_, MembershipError>((client, control))
         };
-        ctx.spawn(fut.into_actor(self).map(|result, act, ctx| {
+        let sampled = host.resources;
+        ctx.spawn(fut.into_actor(self).map(move |result, act, ctx| {
             act.in_flight = false;
             match result {
                 Ok((client, control)) => {
@@ -84,6 +102,7 @@ impl Membership {
                         info!("heartbeat restored");
                     }
                     act.client = Some(client);
+                    crate::metrics::heartbeat_ok(Some(&sampled), act.low_memory);
                     act.apply(control);
                 }
                 Err(e) => {
@@ -101,6 +120,31 @@ impl Membership {
                 act.beat(ctx);
             }
         }));
+    }
+
+    /// Tells the Dispatcher to stop or resume claiming when free memory crosses the floor.
+    fn set_low_memory(&mut self, low: bool, free: u64) {
+        if low == self.low_memory {
+            return;
+        }
+        self.low_memory = low;
+        let floor = self.node.config.min_free_memory;
+        if low {
+            warn!(
+                free_memory = free,
+                min_free_memory = floor,
+                "free memory under the floor: claiming nothing"
+            );
+        } else {
+            info!(
+                free_memory = free,
+                min_free_memory = floor,
+                "free memory back over the floor: claiming again"
+            );
+        }
+        if let Some(d) = self.node.dispatcher() {
+            d.do_send(DispatcherMsg::LowMemory(low));
+        }
     }
 
     fn apply(&mut self, control: WorkerControl) {
@@ -136,6 +180,7 @@ async fn reconnect(node: &NodeContext) -> Result<Client, MembershipError> {
         return Err(MembershipError::LockTaken);
     }
     info!("membership connection re-established");
+    crate::metrics::reconnected("membership");
     Ok(client)
 }
 

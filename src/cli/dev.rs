@@ -83,6 +83,7 @@ async fn run_nodes(args: &DevArgs, url: &str, log_format: Option<LogFormat>) -> 
         if let Some(format) = log_format {
             cmd.arg("--log-format").arg(match format {
                 LogFormat::Pretty => "pretty",
+                LogFormat::Logfmt => "logfmt",
                 LogFormat::Json => "json",
             });
         }

@@ -1,22 +1,40 @@
-//! The command line: verbs, flags and their layering over the config file and the environment.
+//! The command line: verbs, their flags, logging set-up and exit codes. One file per verb group:
+//! `node.rs` (node settings), `dev.rs`, `tasks.rs` (submit, ls, show, cancel, requeue, logs),
+//! `status.rs`, `config.rs`, `output.rs` (exit codes, tables, JSON) and `logging.rs`.
 //!
-//! Owns turning user input into a validated `NodeConfig` and calling the library. Must never hold
-//! business logic of its own.
+//! Owns turning user input into library calls and printing their results. Must never hold
+//! business logic or SQL of its own (the statements live in `pgtaskd::db`).
 
+mod config;
 mod dev;
-
-use std::path::PathBuf;
+mod logging;
+mod node;
+pub mod output;
+mod status;
+mod tasks;
 
 use anyhow::Context as _;
 use clap::{Args, Parser, Subcommand};
 
-use pgtaskd::config::{LogFormat, NodeConfig};
+use pgtaskd::config::LogFormat;
+
+pub use logging::init_logging;
+pub use node::NodeArgs;
+pub use output::Failure;
+
+const EXIT_CODES: &str = "Exit codes:
+  0  ok
+  1  error (database unreachable, query failed, anything unexpected)
+  2  usage (unknown flag, bad value on the command line)
+  3  not found (no task with that id)
+  4  refused (the task's state does not allow it, or the database refused the values)
+  5  invalid configuration";
 
 /// A clustered task dispatcher and scheduler for PostgreSQL.
 #[derive(Debug, Parser)]
-#[command(name = "pgtaskd", version, about, long_about = None)]
+#[command(name = "pgtaskd", version, about, long_about = None, after_help = EXIT_CODES)]
 pub struct Cli {
-    /// Log format.
+    /// Log format (default: pretty, or the config file's `log_format`). Filter with RUST_LOG.
     #[arg(long, global = true, env = "PGTASKD_LOG_FORMAT", value_enum)]
     pub log_format: Option<LogFormat>,
 
@@ -24,9 +42,21 @@ pub struct Cli {
     pub command: Command,
 }
 
+/// How the client verbs reach the database and print.
+#[derive(Debug, Clone, Args)]
+pub struct ClientArgs {
+    /// PostgreSQL connection string.
+    #[arg(long, env = "DATABASE_URL")]
+    pub database_url: String,
+    /// Print JSON for machines instead of text.
+    #[arg(long)]
+    pub json: bool,
+}
+
 #[derive(Debug, Subcommand)]
 pub enum Command {
     /// Apply the schema migrations to the database (safe to run from many hosts at once).
+    #[command(after_help = "Example:\n  pgtaskd migrate --database-url postgresql://app@db/app")]
     Migrate {
         /// PostgreSQL connection string.
         #[arg(long, env = "DATABASE_URL")]
@@ -37,134 +67,51 @@ pub enum Command {
     /// The reference's positional form works too: `pgtaskd node 1 0 4 alpha` is
     /// `--worker-id 1 --group-id 0 --max-tasks 4 --node-name alpha`.
     #[command(
-        after_help = "Examples:\n  DATABASE_URL=postgresql://app@db/app pgtaskd node --worker-id 1 --max-tasks 8\n  pgtaskd node 1 0 4 alpha --database-url postgresql://app@db/app\n  pgtaskd node --config cluster-configs/node.toml"
+        after_help = "Examples:\n  DATABASE_URL=postgresql://app@db/app pgtaskd node --worker-id 1 --max-tasks 8\n  pgtaskd node 1 0 4 alpha --database-url postgresql://app@db/app\n  pgtaskd node --config cluster-configs/node.toml --http 127.0.0.1:8080 --log-format logfmt"
     )]
     Node(Box<NodeArgs>),
     /// Start a local PostgreSQL cluster under ./.pgtaskd (unless DATABASE_URL is set) and nodes on it.
     Dev(dev::DevArgs),
-}
-
-/// Node settings; each flag beats its environment variable, which beats the config file.
-#[derive(Debug, Clone, Args, Default)]
-pub struct NodeArgs {
-    /// Worker id (positional form of --worker-id).
-    #[arg(value_name = "WORKER_ID", conflicts_with = "worker_id")]
-    pos_worker_id: Option<i64>,
-    /// Group id (positional form of --group-id).
-    #[arg(value_name = "GROUP_ID", conflicts_with = "group_id")]
-    pos_group_id: Option<i32>,
-    /// Process limit (positional form of --max-tasks).
-    #[arg(value_name = "MAX_TASK_COUNT", conflicts_with = "max_tasks")]
-    pos_max_tasks: Option<u32>,
-    /// Node name (positional form of --node-name).
-    #[arg(value_name = "NODE_NAME", conflicts_with = "node_name")]
-    pos_node_name: Option<String>,
-
-    /// TOML configuration file.
-    #[arg(long, env = "PGTASKD_CONFIG")]
-    pub config: Option<PathBuf>,
-    /// PostgreSQL connection string.
-    #[arg(long, env = "DATABASE_URL")]
-    pub database_url: Option<String>,
-    /// This node's id in long_task.worker (allocated when unset).
-    #[arg(long, env = "PGTASKD_WORKER_ID")]
-    pub worker_id: Option<i64>,
-    /// The task group this node serves.
-    #[arg(long, env = "PGTASKD_GROUP_ID")]
-    pub group_id: Option<i32>,
-    /// At most this many tasks at once.
-    #[arg(long, env = "PGTASKD_MAX_TASKS")]
-    pub max_tasks: Option<u32>,
-    /// Name shown in long_task.worker.node_name.
-    #[arg(long, env = "PGTASKD_NODE_NAME")]
-    pub node_name: Option<String>,
-    /// Heartbeat interval (e.g. 2s, 500ms).
-    #[arg(long, env = "PGTASKD_HEARTBEAT_INTERVAL", value_parser = humantime::parse_duration)]
-    pub heartbeat_interval: Option<std::time::Duration>,
-    /// A node silent for this long counts as dead.
-    #[arg(long, env = "PGTASKD_HEARTBEAT_TIMEOUT", value_parser = humantime::parse_duration)]
-    pub heartbeat_timeout: Option<std::time::Duration>,
-    /// Time between SIGTERM and SIGKILL when a task is stopped.
-    #[arg(long, env = "PGTASKD_KILL_GRACE", value_parser = humantime::parse_duration)]
-    pub kill_grace: Option<std::time::Duration>,
-    /// How long running tasks may finish after SIGTERM before they are killed and re-queued.
-    #[arg(long, env = "PGTASKD_SHUTDOWN_GRACE", value_parser = humantime::parse_duration)]
-    pub shutdown_grace: Option<std::time::Duration>,
-    /// Lines of stdout/stderr kept per run.
-    #[arg(long, env = "PGTASKD_TAIL_LINES")]
-    pub tail_lines: Option<usize>,
-    /// Base directory for relative task cwd values.
-    #[arg(long, env = "PGTASKD_CWD_ROOT")]
-    pub cwd_root: Option<PathBuf>,
-    /// Database pool size.
-    #[arg(long, env = "PGTASKD_POOL_SIZE")]
-    pub pool_size: Option<u32>,
-    /// Do not apply migrations at start-up; refuse to run on an older schema instead.
-    #[arg(long)]
-    pub no_migrate: bool,
-}
-
-impl NodeArgs {
-    /// Layers flags and environment (clap already merged those) over the file over the defaults.
-    pub fn resolve(&self) -> anyhow::Result<NodeConfig> {
-        let mut cfg = match &self.config {
-            Some(path) => NodeConfig::from_file(path)?,
-            None => NodeConfig::default(),
-        };
-        macro_rules! set {
-            ($field:ident, $value:expr) => {
-                if let Some(v) = $value {
-                    cfg.$field = v;
-                }
-            };
-        }
-        if let Some(url) = self.database_url.clone() {
-            cfg.database_url = Some(url);
-        }
-        if let Some(id) = self.pos_worker_id.or(self.worker_id) {
-            cfg.worker_id = Some(id);
-        }
-        set!(group_id, self.pos_group_id.or(self.group_id));
-        set!(max_tasks, self.pos_max_tasks.or(self.max_tasks));
-        if let Some(name) = self.pos_node_name.clone().or(self.node_name.clone()) {
-            cfg.node_name = Some(name);
-        }
-        set!(heartbeat_interval, self.heartbeat_interval);
-        set!(heartbeat_timeout, self.heartbeat_timeout);
-        set!(kill_grace, self.kill_grace);
-        set!(shutdown_grace, self.shutdown_grace);
-        set!(tail_lines, self.tail_lines);
-        set!(pool_size, self.pool_size);
-        if let Some(root) = self.cwd_root.clone() {
-            cfg.cwd_root = Some(root);
-        }
-        if self.no_migrate {
-            cfg.auto_migrate = false;
-        }
-        cfg.validate()?;
-        Ok(cfg)
-    }
-}
-
-/// Sets up `tracing` output: `RUST_LOG`-style filter (default `info`), pretty or JSON lines.
-pub fn init_logging(cli: &Cli) {
-    use tracing_subscriber::EnvFilter;
-    let filter = EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| EnvFilter::new("info,tokio_postgres=warn"));
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr);
-    match cli.log_format.unwrap_or_default() {
-        LogFormat::Json => builder.json().init(),
-        LogFormat::Pretty => builder.init(),
-    }
+    /// Queue a task: `pgtaskd submit [options] -- PROGRAM ARGS...`; prints its id.
+    #[command(after_help = tasks::SUBMIT_EXAMPLES)]
+    Submit(Box<tasks::SubmitArgs>),
+    /// List tasks, newest first.
+    #[command(after_help = tasks::LS_EXAMPLES)]
+    Ls(tasks::LsArgs),
+    /// Show one task: its row, attempts and output tails.
+    #[command(
+        after_help = "Examples:\n  pgtaskd show 42\n  pgtaskd show 42 --json | jq .state_id"
+    )]
+    Show(tasks::IdArgs),
+    /// Cancel a task: a waiting one ends CC at once, a running one is killed (whole process group).
+    #[command(
+        after_help = "Examples:\n  pgtaskd cancel 42\n  pgtaskd cancel 42 || echo \"exit $? (3: no such task, 4: already final)\""
+    )]
+    Cancel(tasks::IdArgs),
+    /// Queue a finished (or draft) task again, as a new attempt.
+    #[command(after_help = "Example:\n  pgtaskd requeue 42")]
+    Requeue(tasks::IdArgs),
+    /// Print a task's output tails: stdout to stdout, stderr to stderr.
+    #[command(
+        after_help = "Examples:\n  pgtaskd logs 42\n  pgtaskd logs 42 2>/dev/null | tail -1"
+    )]
+    Logs(tasks::IdArgs),
+    /// Cluster overview: nodes, coordinators, queues, running tasks.
+    #[command(
+        after_help = "Examples:\n  pgtaskd status\n  pgtaskd status --json | jq '.nodes[] | select(.alive)'"
+    )]
+    Status(status::StatusArgs),
+    /// Configuration files.
+    #[command(subcommand)]
+    Config(config::ConfigCommand),
 }
 
 /// Runs the chosen verb.
 pub fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
         Command::Migrate { database_url } => {
-            let rt = tokio::runtime::Runtime::new().context("starting the runtime")?;
+            init_logging(cli.log_format.unwrap_or_default());
+            let rt = runtime()?;
             rt.block_on(async {
                 let mut client = pgtaskd::db::connect_dedicated(&database_url, "migrate").await?;
                 let report = pgtaskd::db::migrate::migrate(&mut client).await?;
@@ -180,9 +127,44 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
             })
         }
         Command::Node(args) => {
-            let config = args.resolve().context("invalid node configuration")?;
+            let config = args
+                .resolve()
+                .map_err(|e| Failure::config(format!("invalid node configuration: {e:#}")))?;
+            init_logging(cli.log_format.unwrap_or(config.log_format));
             pgtaskd::node::run(config).context("node failed")
         }
-        Command::Dev(args) => dev::run(args, cli.log_format),
+        Command::Dev(args) => {
+            init_logging(cli.log_format.unwrap_or_default());
+            dev::run(args, cli.log_format)
+        }
+        Command::Config(cmd) => config::run(cmd),
+        Command::Submit(args) => client(cli.log_format, tasks::submit(*args)),
+        Command::Ls(args) => client(cli.log_format, tasks::ls(args)),
+        Command::Show(args) => client(cli.log_format, tasks::show(args)),
+        Command::Cancel(args) => client(cli.log_format, tasks::cancel(args)),
+        Command::Requeue(args) => client(cli.log_format, tasks::requeue(args)),
+        Command::Logs(args) => client(cli.log_format, tasks::logs(args)),
+        Command::Status(args) => client(cli.log_format, status::run(args)),
     }
+}
+
+/// Runs a client verb: warnings-only logging (unless RUST_LOG says otherwise), one runtime.
+fn client(
+    format: Option<LogFormat>,
+    verb: impl std::future::Future<Output = anyhow::Result<()>>,
+) -> anyhow::Result<()> {
+    logging::init_client_logging(format.unwrap_or_default());
+    runtime()?.block_on(verb)
+}
+
+fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .context("starting the runtime")
+}
+
+/// A connection for one client verb.
+pub async fn connect(args: &ClientArgs) -> anyhow::Result<tokio_postgres::Client> {
+    Ok(pgtaskd::db::connect_dedicated(&args.database_url, "cli").await?)
 }

@@ -7,7 +7,9 @@
 //! notifications and recycles sessions).
 
 pub mod migrate;
+pub mod overview;
 pub mod queries;
+pub mod tasks;
 
 use std::time::Duration;
 

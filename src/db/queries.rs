@@ -64,6 +64,8 @@ pub struct ClaimedTask {
     pub cwd: Option<String>,
     pub timeout_secs: Option<f64>,
     pub attempt: i32,
+    /// How long the task had been waiting when it was claimed (database clock, seconds).
+    pub waited_secs: Option<f64>,
 }
 
 /// The outcome of one run, to be written under its run_id.
@@ -124,7 +126,15 @@ pub async fn claim(
     let rows = query(
         pool,
         "claiming tasks",
-        "SELECT id, run_id, command::text[], cwd::text, timeout, attempt FROM long_task.claim($1, $2, $3)",
+        // The join reads the rows as they were when the statement started (its snapshot), so
+        // the wait runs from the task's last entry into AW to the claim. A task that became
+        // waiting after that snapshot (the claim function sees newer rows) waited ~0 s.
+        "WITH c AS (SELECT * FROM long_task.claim($1, $2, $3))
+         SELECT c.id, c.run_id, c.command::text[], c.cwd::text, c.timeout, c.attempt,
+                CASE WHEN before.state_id = 'AW'
+                     THEN extract(epoch FROM now() - before.last_state_change)::float8
+                     ELSE 0 END
+           FROM c LEFT JOIN long_task.task before ON before.id = c.id",
         &[(&worker_id, Type::INT8), (&group_id, Type::INT4), (&n, Type::INT4)],
     )
     .await?;
@@ -137,6 +147,7 @@ pub async fn claim(
             cwd: r.get(3),
             timeout_secs: r.get(4),
             attempt: r.get(5),
+            waited_secs: r.get(6),
         })
         .collect())
 }
@@ -289,25 +300,52 @@ pub async fn try_liveness_lock(client: &Client, worker_id: i64) -> Result<bool, 
     Ok(row.get(0))
 }
 
-/// Records a heartbeat and reads back the live settings.
+/// What a heartbeat reports about the node's host (migration 4 columns).
+#[derive(Debug, Clone, Copy)]
+pub struct HostReport {
+    pub resources: crate::resources::Resources,
+    /// The configured floor (bytes; 0 = none).
+    pub min_free_memory: u64,
+    /// Free memory is under the floor: the node claims nothing.
+    pub low_memory: bool,
+}
+
+/// Records a heartbeat (with the host's load and memory when sampled) and reads back the live
+/// settings.
 pub async fn heartbeat(
     client: &Client,
     worker_id: i64,
     running: i32,
     lease: std::time::Duration,
+    host: Option<&HostReport>,
 ) -> Result<WorkerControl, DbError> {
     let lease_secs = lease.as_secs_f64();
+    let clamp = |v: u64| i64::try_from(v).unwrap_or(i64::MAX);
+    let load1 = host.map(|h| h.resources.load1);
+    let free = host.map(|h| clamp(h.resources.free_memory));
+    let total = host.map(|h| clamp(h.resources.total_memory));
+    let floor = host.map(|h| clamp(h.min_free_memory));
+    let low = host.map(|h| h.low_memory);
     let row = client
         .query_typed(
             "UPDATE long_task.worker
                 SET heartbeat_at = now(), task_count = $2,
-                    locked_until = now() + make_interval(secs => $3), active = true
+                    locked_until = now() + make_interval(secs => $3), active = true,
+                    load1 = coalesce($4, load1), free_memory = coalesce($5, free_memory),
+                    total_memory = coalesce($6, total_memory),
+                    min_free_memory = coalesce($7, min_free_memory),
+                    low_memory = coalesce($8, low_memory)
               WHERE id = $1
           RETURNING stop, max_task_count",
             &[
                 (&worker_id, Type::INT8),
                 (&running, Type::INT4),
                 (&lease_secs, Type::FLOAT8),
+                (&load1, Type::FLOAT8),
+                (&free, Type::INT8),
+                (&total, Type::INT8),
+                (&floor, Type::INT8),
+                (&low, Type::BOOL),
             ],
         )
         .await

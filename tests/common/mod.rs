@@ -203,6 +203,7 @@ impl Drop for PrivateCluster {
     }
 }
 
+pub mod http;
 pub mod node;
 
 /// A fresh database with the pgtaskd schema applied, and a connection to it.

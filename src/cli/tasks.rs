@@ -1,0 +1,376 @@
+//! Task verbs: `submit`, `ls`, `show`, `cancel`, `requeue`, `logs`. Parses the flags into the
+//! library's `NewTask`/`TaskFilter`, calls `pgtaskd::db::tasks`, prints text or JSON and maps the
+//! result to the documented exit codes. Must never build SQL.
+
+use std::time::Duration;
+
+use clap::Args;
+use serde_json::{json, Value};
+
+use pgtaskd::db::queries::TaskState;
+use pgtaskd::db::tasks::{self, NewTask, TaskError, TaskFilter, Transition};
+
+use super::output::{cell, print_json, print_table, shorten, Failure};
+use super::{connect, ClientArgs};
+
+pub const SUBMIT_EXAMPLES: &str = "Examples:
+  pgtaskd submit -- echo hello
+  id=$(pgtaskd submit --group 2 --priority -5 --timeout 10m -- ./backup.sh --full)
+  pgtaskd submit --at 2030-01-01T03:00:00Z -- ./yearly.sh
+  pgtaskd submit --at +30m -- ./later.sh
+  pgtaskd submit --every 10s -- ./poll.sh                 (runs now, then every 10 s)
+  pgtaskd submit --every 1h --clone -- ./hourly.sh %TASK  (a new task each hour)
+  pgtaskd submit --max-attempts 3 --cwd /srv/app --json -- make report";
+
+pub const LS_EXAMPLES: &str = "Examples:
+  pgtaskd ls
+  pgtaskd ls --state AW,AE --group 2 --limit 10
+  pgtaskd ls --state CF --json | jq '.[].id'";
+
+/// `submit` flags.
+#[derive(Debug, Clone, Args)]
+pub struct SubmitArgs {
+    #[command(flatten)]
+    client: ClientArgs,
+    /// Task group (nodes serve one group each).
+    #[arg(long, default_value_t = 0, allow_negative_numbers = true)]
+    group: i32,
+    /// Lower runs first.
+    #[arg(long, default_value_t = 0, allow_negative_numbers = true)]
+    priority: i32,
+    /// First run at this time: RFC 3339 (2030-01-01T03:00:00Z) or +DURATION from now (+30m).
+    #[arg(long, value_parser = parse_at)]
+    at: Option<At>,
+    /// Run again every DURATION (10s, 5m, 1h, 1day, 2weeks, 1month): a schedule.
+    #[arg(long, value_parser = parse_every)]
+    every: Option<Every>,
+    /// With --every: each firing queues a new copy (the submitted task is the template).
+    #[arg(long, requires = "every")]
+    clone: bool,
+    /// Attempts before the task counts as failed.
+    #[arg(long)]
+    max_attempts: Option<i32>,
+    /// Kill the task after this long (e.g. 90s, 10m).
+    #[arg(long, value_parser = humantime::parse_duration)]
+    timeout: Option<Duration>,
+    /// Working directory (relative ones are relative to the node's cwd_root).
+    #[arg(long)]
+    cwd: Option<String>,
+    /// Pin the task to this node (worker id).
+    #[arg(long)]
+    worker: Option<i64>,
+    /// Parameters (JSON) stored with the task.
+    #[arg(long, value_parser = parse_json)]
+    params: Option<Value>,
+    /// The program and its arguments (after `--`); `%TASK` becomes the task id.
+    #[arg(last = true, required = true, value_name = "CMD")]
+    command: Vec<String>,
+}
+
+#[derive(Debug, Clone, Copy)]
+enum At {
+    Time(chrono::DateTime<chrono::Utc>),
+    In(Duration),
+}
+
+fn parse_at(text: &str) -> Result<At, String> {
+    if let Some(rel) = text.strip_prefix('+') {
+        return humantime::parse_duration(rel)
+            .map(At::In)
+            .map_err(|e| format!("`{text}`: {e}"));
+    }
+    chrono::DateTime::parse_from_rfc3339(text)
+        .map(|t| At::Time(t.with_timezone(&chrono::Utc)))
+        .map_err(|e| {
+            format!("`{text}` is neither RFC 3339 (2030-01-01T03:00:00Z) nor +DURATION: {e}")
+        })
+}
+
+/// A period as the schema stores it: a period code and a count.
+#[derive(Debug, Clone, PartialEq)]
+struct Every {
+    period: &'static str,
+    count: i32,
+    seconds: f64,
+}
+
+fn parse_every(text: &str) -> Result<Every, String> {
+    let lower = text.trim().to_ascii_lowercase();
+    // Months follow the calendar: only whole months map to MON.
+    for suffix in ["months", "month", "mon"] {
+        if let Some(n) = lower.strip_suffix(suffix) {
+            let count: i32 = n
+                .trim()
+                .parse()
+                .map_err(|_| format!("`{text}`: bad month count"))?;
+            if count < 1 {
+                return Err(format!("`{text}`: must be at least one month"));
+            }
+            return Ok(Every {
+                period: "MON",
+                count,
+                seconds: f64::from(count) * 30.0 * 86400.0,
+            });
+        }
+    }
+    let d = humantime::parse_duration(text).map_err(|e| format!("`{text}`: {e}"))?;
+    if d.subsec_nanos() != 0 || d.as_secs() == 0 {
+        return Err(format!(
+            "`{text}`: a period is a whole number of seconds, at least 1s"
+        ));
+    }
+    let secs = d.as_secs();
+    let (period, unit) = [
+        ("WEE", 604_800),
+        ("DAY", 86_400),
+        ("HOU", 3_600),
+        ("MIN", 60),
+        ("SEC", 1),
+    ]
+    .into_iter()
+    .find(|(_, unit)| secs % unit == 0)
+    .unwrap_or(("SEC", 1));
+    let count = i32::try_from(secs / unit).map_err(|_| format!("`{text}` is too long"))?;
+    Ok(Every {
+        period,
+        count,
+        seconds: secs as f64,
+    })
+}
+
+fn parse_json(text: &str) -> Result<Value, String> {
+    serde_json::from_str(text).map_err(|e| format!("not JSON: {e}"))
+}
+
+impl SubmitArgs {
+    /// The task to insert. Scheduling: `--at` alone runs once at that time; `--every` alone runs
+    /// now and then every period; `--at --every` starts the schedule at that time; `--clone`
+    /// keeps the submitted task as a template (a draft) that queues a copy at each firing.
+    fn new_task(&self) -> NewTask {
+        let mut task = NewTask {
+            command: self.command.clone(),
+            params: self.params.clone(),
+            priority: Some(self.priority),
+            group_id: Some(self.group),
+            worker_id: self.worker,
+            cwd: self.cwd.clone(),
+            max_attempts: self.max_attempts,
+            timeout: self.timeout.map(|t| t.as_secs_f64()),
+            ..NewTask::default()
+        };
+        match self.at {
+            Some(At::Time(t)) => task.next_start = Some(t),
+            Some(At::In(d)) => task.next_start_in = Some(d.as_secs_f64()),
+            None => {}
+        }
+        if let Some(every) = &self.every {
+            task.shed_period_id = Some(every.period.to_owned());
+            task.shed_period_count = Some(every.count);
+            task.shed_clone = Some(self.clone);
+            if self.at.is_none() {
+                // A clone template fires at once; a re-run schedule runs now and fires next later.
+                task.next_start_in = Some(if self.clone { 0.0 } else { every.seconds });
+            }
+        }
+        let waits = self.at.is_some() || self.clone;
+        task.state_id = Some(if waits { "DR" } else { "AW" }.to_owned());
+        task
+    }
+}
+
+pub async fn submit(args: SubmitArgs) -> anyhow::Result<()> {
+    let task = args.new_task();
+    let client = connect(&args.client).await?;
+    let id = match tasks::submit(&client, &task).await {
+        Ok(id) => id,
+        Err(TaskError::Field(e)) => return Err(Failure::usage(e.to_string())),
+        Err(TaskError::Refused(m)) => return Err(Failure::refused(m)),
+        Err(e) => return Err(e.into()),
+    };
+    if args.client.json {
+        print_json(&json!({ "id": id }))
+    } else {
+        println!("{id}");
+        Ok(())
+    }
+}
+
+/// `ls` flags.
+#[derive(Debug, Clone, Args)]
+pub struct LsArgs {
+    #[command(flatten)]
+    client: ClientArgs,
+    /// Only these states (DR AW AE AC CS CF CC; comma-separated or repeated).
+    #[arg(long, value_delimiter = ',', value_parser = parse_state)]
+    state: Vec<TaskState>,
+    /// Only this group.
+    #[arg(long, allow_negative_numbers = true)]
+    group: Option<i32>,
+    /// At most this many tasks.
+    #[arg(long, default_value_t = 50)]
+    limit: i64,
+}
+
+fn parse_state(text: &str) -> Result<TaskState, String> {
+    TaskState::from_code(&text.to_ascii_uppercase())
+        .ok_or_else(|| format!("unknown state `{text}` (known: DR AW AE AC CS CF CC)"))
+}
+
+pub async fn ls(args: LsArgs) -> anyhow::Result<()> {
+    let client = connect(&args.client).await?;
+    let filter = TaskFilter {
+        states: args.state.clone(),
+        group_id: args.group,
+        limit: args.limit,
+    };
+    let rows = tasks::list(&client, &filter).await?;
+    if args.client.json {
+        return print_json(&rows);
+    }
+    let table: Vec<Vec<String>> = rows
+        .iter()
+        .map(|r| {
+            vec![
+                cell(r.get("id")),
+                cell(r.get("state_id")),
+                cell(r.get("group_id")),
+                cell(r.get("priority")),
+                format!("{}/{}", cell(r.get("attempt")), cell(r.get("max_attempts"))),
+                cell(r.get("worker_id")),
+                shorten(&cell(r.get("command")), 60),
+            ]
+        })
+        .collect();
+    print_table(
+        &[
+            "ID", "STATE", "GROUP", "PRIO", "ATTEMPT", "WORKER", "COMMAND",
+        ],
+        &table,
+    );
+    Ok(())
+}
+
+/// A verb on one task.
+#[derive(Debug, Clone, Args)]
+pub struct IdArgs {
+    #[command(flatten)]
+    client: ClientArgs,
+    /// The task id.
+    id: i64,
+}
+
+async fn fetch(args: &IdArgs) -> anyhow::Result<Value> {
+    let client = connect(&args.client).await?;
+    tasks::get(&client, args.id)
+        .await?
+        .ok_or_else(|| Failure::not_found(args.id))
+}
+
+pub async fn show(args: IdArgs) -> anyhow::Result<()> {
+    let row = fetch(&args).await?;
+    if args.client.json {
+        return print_json(&row);
+    }
+    let Value::Object(map) = &row else {
+        return print_json(&row);
+    };
+    let tails = ["stdout_tail", "stderr_tail"];
+    for (key, value) in map.iter().filter(|(k, _)| !tails.contains(&k.as_str())) {
+        println!("{key:>18}: {}", cell(Some(value)));
+    }
+    for key in tails {
+        if let Some(Value::String(text)) = map.get(key) {
+            println!("--- {key} ---");
+            print!("{text}");
+            if !text.ends_with('\n') {
+                println!();
+            }
+        }
+    }
+    Ok(())
+}
+
+pub async fn logs(args: IdArgs) -> anyhow::Result<()> {
+    let row = fetch(&args).await?;
+    if args.client.json {
+        return print_json(&json!({
+            "id": args.id,
+            "state_id": row.get("state_id"),
+            "stdout_tail": row.get("stdout_tail"),
+            "stderr_tail": row.get("stderr_tail"),
+        }));
+    }
+    // Tails are stored without their last newline; a non-empty one gets it back.
+    let line_end = |t: &str| {
+        if t.is_empty() || t.ends_with('\n') {
+            ""
+        } else {
+            "\n"
+        }
+    };
+    if let Some(Value::String(out)) = row.get("stdout_tail") {
+        print!("{out}{}", line_end(out));
+    }
+    if let Some(Value::String(err)) = row.get("stderr_tail") {
+        eprint!("{err}{}", line_end(err));
+    }
+    Ok(())
+}
+
+fn report(args: &IdArgs, verb: &str, result: Transition) -> anyhow::Result<()> {
+    match result {
+        Transition::NotFound => Err(Failure::not_found(args.id)),
+        Transition::Refused(state) => Err(Failure::refused(format!(
+            "cannot {verb} task {}: it is in state {state}",
+            args.id
+        ))),
+        Transition::Done { before, after } => {
+            if args.client.json {
+                print_json(&json!({ "id": args.id, "before": before, "after": after }))
+            } else {
+                println!("task {}: {before} -> {after}", args.id);
+                Ok(())
+            }
+        }
+    }
+}
+
+pub async fn cancel(args: IdArgs) -> anyhow::Result<()> {
+    let client = connect(&args.client).await?;
+    let result = tasks::cancel(&client, args.id).await?;
+    report(&args, "cancel", result)
+}
+
+pub async fn requeue(args: IdArgs) -> anyhow::Result<()> {
+    let client = connect(&args.client).await?;
+    let result = tasks::requeue(&client, args.id).await?;
+    report(&args, "requeue", result)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn periods_map_to_the_schema() {
+        let e = parse_every("10s").expect("10s");
+        assert_eq!((e.period, e.count), ("SEC", 10));
+        let e = parse_every("90m").expect("90m");
+        assert_eq!((e.period, e.count), ("MIN", 90));
+        let e = parse_every("2h").expect("2h");
+        assert_eq!((e.period, e.count), ("HOU", 2));
+        let e = parse_every("14days").expect("14days");
+        assert_eq!((e.period, e.count), ("WEE", 2));
+        let e = parse_every("3months").expect("3 months");
+        assert_eq!((e.period, e.count), ("MON", 3));
+        assert!(parse_every("500ms").is_err());
+        assert!(parse_every("soon").is_err());
+    }
+
+    #[test]
+    fn at_accepts_times_and_offsets() {
+        assert!(matches!(parse_at("+5m"), Ok(At::In(d)) if d == Duration::from_secs(300)));
+        assert!(matches!(parse_at("2030-01-01T03:00:00Z"), Ok(At::Time(_))));
+        assert!(parse_at("tomorrow").is_err());
+    }
+}

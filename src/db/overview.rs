@@ -1,0 +1,182 @@
+//! The cluster overview: nodes (liveness, heartbeat age, load, memory), coordinators, queue depth
+//! per group, running and recently finished tasks — in one round trip (one statement building a
+//! JSON document, read into typed structs). Used by `pgtaskd status`, `GET /cluster`, the status
+//! page and the scrape-time gauges of `GET /metrics`.
+//!
+//! Reads only active task rows plus the most recent finished ones (index `task_finished_idx`), so
+//! its cost does not grow with the history. Must never write.
+
+use serde::{Deserialize, Serialize};
+use tokio_postgres::Client;
+
+use super::queries::NS_NODE;
+use super::DbError;
+
+/// One node (a `worker` row) as the database sees it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct NodeInfo {
+    pub id: i64,
+    pub node_name: Option<String>,
+    pub host: Option<String>,
+    pub pid: Option<i32>,
+    pub group_id: i32,
+    /// Registered, holding its liveness lock, and its heartbeat lease not expired.
+    pub alive: bool,
+    /// The row says the node is running (a killed node's row still does until it is recovered).
+    pub active: bool,
+    pub stop: i16,
+    pub task_count: i32,
+    pub max_task_count: i32,
+    /// Seconds since the last heartbeat (database clock).
+    pub heartbeat_age: Option<f64>,
+    pub load1: Option<f64>,
+    pub free_memory: Option<i64>,
+    pub total_memory: Option<i64>,
+    pub min_free_memory: i64,
+    /// Free memory is under the node's floor: it claims nothing.
+    pub low_memory: bool,
+    pub version: Option<String>,
+}
+
+/// A group's coordinator (`long_task.coordinator`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct CoordinatorInfo {
+    pub group_id: i32,
+    pub term: i64,
+    pub worker_id: Option<i64>,
+    pub elected_at: Option<String>,
+}
+
+/// A group's queue.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct GroupInfo {
+    pub group_id: i32,
+    /// Tasks waiting (`AW`).
+    pub waiting: i64,
+    /// Tasks running (`AE`) or being cancelled (`AC`).
+    pub running: i64,
+    /// Drafts (`DR`).
+    pub drafts: i64,
+    /// Tasks with a schedule (`next_start` set).
+    pub scheduled: i64,
+    /// Seconds the oldest waiting task has waited.
+    pub oldest_waiting: Option<f64>,
+    /// Live nodes serving the group.
+    pub nodes: i64,
+}
+
+/// A task in the running or recent lists.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct TaskBrief {
+    pub id: i64,
+    pub state_id: String,
+    pub group_id: i32,
+    pub worker_id: Option<i64>,
+    pub command: Option<Vec<String>>,
+    pub attempt: i32,
+    pub started: Option<String>,
+    pub finished: Option<String>,
+    /// Seconds run so far (running) or in all (finished).
+    pub seconds: Option<f64>,
+    pub exit_code: Option<i32>,
+    pub error: Option<String>,
+}
+
+/// The whole picture.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ClusterOverview {
+    /// The database's clock when this was read.
+    pub now: String,
+    pub nodes: Vec<NodeInfo>,
+    pub coordinators: Vec<CoordinatorInfo>,
+    pub groups: Vec<GroupInfo>,
+    pub running: Vec<TaskBrief>,
+    pub recent: Vec<TaskBrief>,
+}
+
+impl ClusterOverview {
+    pub fn live_nodes(&self) -> impl Iterator<Item = &NodeInfo> {
+        self.nodes.iter().filter(|n| n.alive)
+    }
+}
+
+/// Errors of reading the overview.
+#[derive(Debug, thiserror::Error)]
+pub enum OverviewError {
+    #[error(transparent)]
+    Db(#[from] DbError),
+    #[error("the cluster overview has an unexpected shape: {0}")]
+    Shape(#[from] serde_json::Error),
+}
+
+const OVERVIEW_SQL: &str = "
+WITH nodes AS (
+    SELECT w.*,
+           w.active AND coalesce(w.locked_until > now(), false) AND EXISTS (
+               SELECT 1 FROM pg_locks l
+                WHERE l.locktype = 'advisory' AND l.granted AND l.objsubid = 2
+                  AND l.database = (SELECT oid FROM pg_database WHERE datname = current_database())
+                  AND l.classid = $1::int::oid AND l.objid = w.id::int::oid) AS alive
+      FROM long_task.worker w
+     WHERE w.id <= 2147483647
+), per_group AS (
+    -- one pass over the active rows (and schedules, which may sit on final rows)
+    SELECT t.group_id,
+           count(*) FILTER (WHERE t.state_id = 'AW') AS waiting,
+           count(*) FILTER (WHERE t.state_id IN ('AE', 'AC')) AS running,
+           count(*) FILTER (WHERE t.state_id = 'DR') AS drafts,
+           count(*) FILTER (WHERE t.next_start IS NOT NULL) AS scheduled,
+           min(t.last_state_change) FILTER (WHERE t.state_id = 'AW') AS oldest
+      FROM long_task.task t
+     WHERE t.state_id IN ('AW', 'AE', 'AC', 'DR') OR t.next_start IS NOT NULL
+     GROUP BY t.group_id
+), live_per_group AS (
+    SELECT n.group_id, count(*) AS nodes FROM nodes n WHERE n.alive GROUP BY n.group_id
+), groups AS (
+    SELECT coalesce(p.group_id, l.group_id) AS group_id,
+           coalesce(p.waiting, 0) AS waiting, coalesce(p.running, 0) AS running,
+           coalesce(p.drafts, 0) AS drafts, coalesce(p.scheduled, 0) AS scheduled,
+           extract(epoch FROM now() - p.oldest)::float8 AS oldest_waiting,
+           coalesce(l.nodes, 0) AS nodes
+      FROM per_group p FULL JOIN live_per_group l ON l.group_id = p.group_id
+), running AS (
+    SELECT t.id, t.state_id, t.group_id, t.worker_id, t.command, t.attempt, t.started, t.finished,
+           extract(epoch FROM now() - t.started)::float8 AS seconds, t.exit_code, t.error
+      FROM long_task.task t WHERE t.state_id IN ('AE', 'AC')
+     ORDER BY t.started, t.id LIMIT $2
+), recent AS (
+    SELECT t.id, t.state_id, t.group_id, t.worker_id, t.command, t.attempt, t.started, t.finished,
+           extract(epoch FROM t.finished - t.started)::float8 AS seconds, t.exit_code, t.error
+      FROM long_task.task t WHERE t.finished IS NOT NULL AND t.state_id IN ('CS', 'CF', 'CC')
+     ORDER BY t.finished DESC LIMIT $3
+)
+SELECT jsonb_build_object(
+    'now', now(),
+    'nodes', coalesce((SELECT jsonb_agg(jsonb_build_object(
+        'id', n.id, 'node_name', n.node_name, 'host', n.host, 'pid', n.pid, 'group_id', n.group_id,
+        'alive', n.alive, 'active', n.active, 'stop', n.stop, 'task_count', n.task_count,
+        'max_task_count', n.max_task_count,
+        'heartbeat_age', extract(epoch FROM now() - n.heartbeat_at)::float8,
+        'load1', n.load1, 'free_memory', n.free_memory, 'total_memory', n.total_memory,
+        'min_free_memory', n.min_free_memory, 'low_memory', n.low_memory, 'version', n.version)
+        ORDER BY n.group_id, n.id) FROM nodes n), '[]'::jsonb),
+    'coordinators', coalesce((SELECT jsonb_agg(to_jsonb(c) ORDER BY c.group_id)
+        FROM (SELECT group_id, term, worker_id, elected_at::text FROM long_task.coordinator) c), '[]'::jsonb),
+    'groups', coalesce((SELECT jsonb_agg(to_jsonb(g) ORDER BY g.group_id) FROM groups g), '[]'::jsonb),
+    'running', coalesce((SELECT jsonb_agg(to_jsonb(r) ORDER BY r.started, r.id) FROM running r), '[]'::jsonb),
+    'recent', coalesce((SELECT jsonb_agg(to_jsonb(r) ORDER BY r.finished DESC) FROM recent r), '[]'::jsonb)
+)";
+
+/// Reads the overview: at most `running_limit` running and `recent_limit` finished tasks.
+pub async fn cluster_overview(
+    client: &Client,
+    running_limit: i64,
+    recent_limit: i64,
+) -> Result<ClusterOverview, OverviewError> {
+    let row = client
+        .query_one(OVERVIEW_SQL, &[&NS_NODE, &running_limit, &recent_limit])
+        .await
+        .map_err(DbError::query("reading the cluster overview"))?;
+    let value: serde_json::Value = row.get(0);
+    Ok(serde_json::from_value(value)?)
+}
