@@ -8,6 +8,7 @@
 
 pub mod migrate;
 pub mod queries;
+pub mod queue;
 
 use std::time::Duration;
 
@@ -34,6 +35,8 @@ pub enum DbError {
     },
     #[error("{0}: the database did not answer in time")]
     Timeout(&'static str),
+    #[error("unexpected answer from the database: {0}")]
+    Unexpected(&'static str),
 }
 
 impl DbError {
