@@ -873,3 +873,47 @@ async fn scheduler_tick_reports_the_earliest_due_moment_and_wakes_due_retries() 
         "a wake notification was sent"
     );
 }
+
+#[tokio::test]
+async fn ack_many_acknowledges_a_batch_in_one_statement() {
+    let (_db, client) = migrated_db().await;
+    for _ in 0..3 {
+        publish(&client, "t").await;
+    }
+    let ids: Vec<i64> = client
+        .query("SELECT id FROM long_task.consume(10) ORDER BY id", &[])
+        .await
+        .expect("consume")
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
+    assert_eq!(ids.len(), 3);
+    let mut with_stranger = ids.clone();
+    with_stranger.push(999_999);
+    let results: Vec<serde_json::Value> = with_stranger
+        .iter()
+        .map(|i| serde_json::json!({ "n": i }))
+        .collect();
+    let written = client
+        .query(
+            "SELECT id, state_id::text FROM long_task.ack_many($1, $2) ORDER BY id",
+            &[&with_stranger, &results],
+        )
+        .await
+        .expect("ack_many");
+    assert_eq!(written.len(), 3, "only running tasks are acknowledged");
+    for (row, id) in written.iter().zip(&ids) {
+        assert_eq!(row.get::<_, i64>(0), *id);
+        assert_eq!(row.get::<_, String>(1), "CS");
+        let result: Option<serde_json::Value> = client
+            .query_one("SELECT result FROM long_task.task WHERE id = $1", &[id])
+            .await
+            .expect("row")
+            .get(0);
+        assert_eq!(
+            result,
+            Some(serde_json::json!({ "n": id })),
+            "each id gets its own result"
+        );
+    }
+}
