@@ -13,4 +13,4 @@ ALTER TABLE long_task.worker
     ADD COLUMN low_memory boolean NOT NULL DEFAULT false;
 
 -- The most recently finished tasks (status page, `pgtaskd status`) without a scan of the history.
-CREATE INDEX task_finished_idx ON long_task.task (finished DESC) WHERE finished IS NOT NULL;
+CREATE INDEX task_recent_finished_idx ON long_task.task (finished DESC) WHERE finished IS NOT NULL;

@@ -4,9 +4,12 @@
 //! process. See ARCHITECTURE.md for the code map and the invariants.
 
 pub mod actors;
+pub mod client;
 pub mod config;
 pub mod db;
+pub mod embedded;
 pub mod error;
+pub mod handler;
 pub mod http;
 pub mod humanize;
 pub mod metrics;

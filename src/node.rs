@@ -22,6 +22,7 @@ use crate::config::{host_name, NodeConfig};
 use crate::db::queries::{self, WorkerControl};
 use crate::db::{self, migrate, Pool};
 use crate::error::Error;
+use crate::handler::Handlers;
 use crate::process::{kill_leftovers, Guardian};
 
 /// Environment variable carrying `<installation id>/<worker id>` into every task process, so a
@@ -56,6 +57,8 @@ pub struct NodeContext {
     /// The value of `NODE_MARKER` in this node's task processes.
     pub node_marker: String,
     pub guardian: Option<Guardian>,
+    /// What this node runs besides/instead of processes (embedded nodes; empty for `pgtaskd node`).
+    pub options: NodeOptions,
     running: Mutex<HashMap<i64, RunEntry>>,
     peers: Mutex<Peers>,
 }
@@ -87,6 +90,31 @@ impl NodeContext {
     }
 }
 
+/// What kind of node this is: the binary runs processes; an embedded node runs handlers (and
+/// processes only when asked).
+#[derive(Debug, Clone)]
+pub struct NodeOptions {
+    /// In-process handlers by topic.
+    pub handlers: Handlers,
+    /// The topics of `handlers` (sent with every claim).
+    pub topics: Vec<String>,
+    /// Claim process tasks (a command) too.
+    pub run_commands: bool,
+    /// Embedded in another program: no signal handlers, no guardian process.
+    pub embedded: bool,
+}
+
+impl Default for NodeOptions {
+    fn default() -> Self {
+        NodeOptions {
+            handlers: Handlers::default(),
+            topics: Vec::new(),
+            run_commands: true,
+            embedded: false,
+        }
+    }
+}
+
 /// A node that is connected, registered and holds its liveness lock, ready to start its actors.
 pub struct PreparedNode {
     pub context: Arc<NodeContext>,
@@ -97,6 +125,15 @@ pub struct PreparedNode {
 /// Connects, migrates (or checks the schema), registers and locks the worker row, and cleans up
 /// what a previous run of this worker id left behind.
 pub async fn prepare(config: NodeConfig) -> Result<PreparedNode, Error> {
+    prepare_with(config, NodeOptions::default()).await
+}
+
+/// `prepare` for a node with handlers (see `NodeOptions`).
+pub async fn prepare_with(
+    config: NodeConfig,
+    mut options: NodeOptions,
+) -> Result<PreparedNode, Error> {
+    options.topics = options.handlers.topics();
     config.validate()?;
     let database_url = config.require_database_url()?.to_owned();
 
@@ -152,7 +189,9 @@ pub async fn prepare(config: NodeConfig) -> Result<PreparedNode, Error> {
         );
     }
 
+    // An embedded node's executable is someone else's program (no `__guardian` verb).
     let guardian = match std::env::current_exe() {
+        _ if options.embedded => None,
         Ok(exe) => Some(
             Guardian::start(&exe, Some((NODE_MARKER, &node_marker)))
                 .map_err(|e| Error::Guardian(e.to_string()))?,
@@ -173,6 +212,7 @@ pub async fn prepare(config: NodeConfig) -> Result<PreparedNode, Error> {
         group_id,
         node_marker,
         guardian,
+        options,
         running: Mutex::new(HashMap::new()),
         peers: Mutex::new(Peers::default()),
     });

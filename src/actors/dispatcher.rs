@@ -126,7 +126,18 @@ impl Dispatcher {
         let sent_at_wake = self.wake_seq;
         let node = self.node.clone();
         let n = i32::try_from(free).unwrap_or(i32::MAX);
-        let fut = async move { queries::claim(&node.pool, node.worker_id, node.group_id, n).await };
+        let fut = async move {
+            let o = &node.options;
+            queries::claim(
+                &node.pool,
+                node.worker_id,
+                node.group_id,
+                n,
+                &o.topics,
+                o.run_commands,
+            )
+            .await
+        };
         ctx.spawn(fut.into_actor(self).map(move |result, act, ctx| {
             act.claims_in_flight -= 1;
             act.reserved -= free;

@@ -6,8 +6,8 @@
 //! | `membership` | the worker row, heartbeat and liveness lock on a dedicated connection |
 //! | `listener` | the LISTEN connection: notifications to typed messages, reconnect and resync |
 //! | `dispatcher` | claiming tasks up to the process limit, batching outcome writes, reconciling cancels |
-//! | `process` | one OS process: spawn, tails, timeout, kill, its outcome |
-//! | `scheduler` | firing due schedules (`next_start`) on time |
+//! | `process` | one OS process (or in-process handler): spawn, tails, timeout, kill, its outcome |
+//! | `scheduler` | the time-driven work of the group on time: schedules, due retries, lease expiry, retention |
 
 pub mod dispatcher;
 pub mod listener;

@@ -1,7 +1,9 @@
 //! The Process actor: one per running task. Spawns the task's command as an OS process in its own
 //! process group, collects bounded output tails, enforces the task's timeout, kills the whole
 //! group when told (SIGTERM, then SIGKILL after the grace), and reports the outcome to the
-//! Dispatcher, which writes it guarded by the run_id.
+//! Dispatcher, which writes it guarded by the run_id. A task whose topic has an in-process
+//! handler runs that handler instead (a tokio task: a panic fails the attempt, not the node;
+//! a kill cancels its token, then drops it after the grace).
 //!
 //! Must be started on a long-lived thread (the system arbiter): `PR_SET_PDEATHSIG` fires when the
 //! spawning thread exits. Must never write to the database itself.
@@ -15,6 +17,7 @@ use tracing::{debug, info, info_span, warn};
 
 use super::dispatcher::{DispatcherMsg, Finished};
 use crate::db::queries::{ClaimedTask, RunOutcome, TaskState};
+use crate::handler::{self, CancellationToken, HandlerFn, HandlerOutput};
 use crate::node::{NodeContext, NODE_MARKER};
 use crate::process::{self, ExitOutcome, SpawnSpec};
 
@@ -44,6 +47,8 @@ pub struct ProcessActor {
     node: Arc<NodeContext>,
     task: ClaimedTask,
     pgid: Option<i32>,
+    /// A running in-process handler: its token and a way to drop it.
+    handler: Option<(CancellationToken, tokio::task::AbortHandle)>,
     kill_reason: Option<KillReason>,
     span: tracing::Span,
 }
@@ -83,6 +88,7 @@ impl ProcessActor {
             node,
             task,
             pgid: None,
+            handler: None,
             kill_reason: None,
             span,
         }
@@ -112,6 +118,14 @@ impl ProcessActor {
             return; // the first reason decides the outcome
         }
         self.kill_reason = Some(reason);
+        if let Some((token, abort)) = &self.handler {
+            let _enter = self.span.enter();
+            info!(?reason, "cancelling the task's handler");
+            token.cancel();
+            let abort = abort.clone();
+            ctx.run_later(self.node.config.kill_grace, move |_, _| abort.abort());
+            return;
+        }
         let Some(pgid) = self.pgid else { return };
         let _enter = self.span.enter();
         info!(?reason, pgid, "stopping the task's process group");
@@ -147,7 +161,76 @@ impl ProcessActor {
             exit_signal: exit.as_ref().and_then(|e| e.signal),
             stdout_tail: exit.as_ref().map(|e| e.stdout_tail.clone()),
             stderr_tail: exit.as_ref().map(|e| e.stderr_tail.clone()),
+            result: None,
         })
+    }
+
+    /// The outcome of an in-process handler (a kill decides first, as for a process).
+    fn handler_outcome(
+        &self,
+        ended: Result<HandlerOutput, tokio::task::JoinError>,
+    ) -> Option<RunOutcome> {
+        let (state, error, result) = match (self.kill_reason, ended) {
+            (Some(KillReason::Fenced | KillReason::Deleted | KillReason::Shutdown), _) => {
+                return None
+            }
+            (Some(KillReason::Cancelled), _) => {
+                (TaskState::Cancelled, Some("cancelled".into()), None)
+            }
+            (Some(KillReason::Timeout), _) => (TaskState::Failed, Some("timeout".into()), None),
+            (None, Ok(Ok(result))) => (TaskState::Succeeded, None, result),
+            (None, Ok(Err(error))) => (TaskState::Failed, Some(error), None),
+            (None, Err(e)) if e.is_panic() => {
+                let message = handler::panic_message(&*e.into_panic());
+                (
+                    TaskState::Failed,
+                    Some(format!("handler panicked: {message}")),
+                    None,
+                )
+            }
+            (None, Err(_)) => (TaskState::Failed, Some("handler aborted".into()), None),
+        };
+        Some(RunOutcome {
+            task_id: self.task.id,
+            run_id: self.task.run_id,
+            state,
+            error,
+            exit_code: None,
+            exit_signal: None,
+            stdout_tail: None,
+            stderr_tail: None,
+            result,
+        })
+    }
+
+    /// Runs the task's handler on the runtime's worker threads (not the arbiter).
+    fn run_handler(&mut self, handler: HandlerFn, ctx: &mut Context<Self>) {
+        let token = CancellationToken::new();
+        let task = handler::Task {
+            id: self.task.id,
+            run_id: self.task.run_id,
+            attempt: self.task.attempt,
+            max_attempts: self.task.max_attempts,
+            topic: self.task.topic.clone().unwrap_or_default(),
+            params: self.task.params.clone().unwrap_or(serde_json::Value::Null),
+            cancel: token.clone(),
+        };
+        let join = tokio::spawn(async move { handler(task).await });
+        self.handler = Some((token, join.abort_handle()));
+        self.span.in_scope(|| debug!("handler started"));
+        self.arm_timeout(ctx);
+        ctx.spawn(join.into_actor(self).map(|ended, act, ctx| {
+            let outcome = act.handler_outcome(ended);
+            act.finish(outcome, ctx);
+        }));
+    }
+
+    fn arm_timeout(&self, ctx: &mut Context<Self>) {
+        if let Some(secs) = self.task.timeout_secs.filter(|s| s.is_finite() && *s > 0.0) {
+            ctx.run_later(Duration::from_secs_f64(secs), |act, ctx| {
+                act.kill(KillReason::Timeout, ctx)
+            });
+        }
     }
 
     fn finish(&mut self, outcome: Option<RunOutcome>, ctx: &mut Context<Self>) {
@@ -189,6 +272,12 @@ impl Actor for ProcessActor {
     type Context = Context<Self>;
 
     fn started(&mut self, ctx: &mut Self::Context) {
+        let handler =
+            (self.task.topic.as_deref()).and_then(|topic| self.node.options.handlers.get(topic));
+        if let Some(handler) = handler {
+            self.run_handler(handler, ctx);
+            return;
+        }
         let spec = self.spawn_spec();
         let spawned = {
             let _enter = self.span.enter();
@@ -213,11 +302,7 @@ impl Actor for ProcessActor {
             let _enter = self.span.enter();
             debug!(pgid, argv = ?spec.argv, "process started");
         }
-        if let Some(secs) = self.task.timeout_secs.filter(|s| s.is_finite() && *s > 0.0) {
-            ctx.run_later(Duration::from_secs_f64(secs), |act, ctx| {
-                act.kill(KillReason::Timeout, ctx)
-            });
-        }
+        self.arm_timeout(ctx);
         // spawn, not wait: the mailbox must stay open for Kill while the process runs
         ctx.spawn(running.wait().into_actor(self).map(move |exit, act, ctx| {
             if let Some(guardian) = &act.node.guardian {

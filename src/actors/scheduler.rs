@@ -1,10 +1,12 @@
-//! The Scheduler: fires due schedules (`next_start`) of the node's group on time. One call of
-//! `long_task.fire_schedules` fires what is due and says when the next one is; the Scheduler then
-//! sleeps exactly that long (database clock), or until a `sched` notification says the schedules
-//! changed. With no schedule it sends no query at all.
+//! The Scheduler: everything time-driven of the node's group, on time. One call of
+//! `long_task.scheduler_tick` fires due schedules (`next_start`), expires SQL consumers' leases
+//! (`lease_until`), applies retention, wakes the group when retries (`run_after`) came due, and
+//! says when the next of these is due; the Scheduler then sleeps exactly that long (database
+//! clock), or until a `sched` notification says a schedule, a retry delay or a lease changed.
+//! With nothing due it sends no query at all.
 //!
-//! Firing locks each due row (SKIP LOCKED), so a schedule fires once even when several nodes of a
-//! group fire at the same moment. Must never compute due times from the node's clock.
+//! Each step locks its rows (SKIP LOCKED), so it happens once even when several nodes of a group
+//! tick at the same moment. Must never compute due times from the node's clock.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -30,6 +32,8 @@ pub struct Scheduler {
     in_flight: bool,
     again: bool,
     failures: u32,
+    /// The database time of the last tick (retries due after it are woken by the next one).
+    since: Option<chrono::DateTime<chrono::Utc>>,
 }
 
 /// Never sleep longer than this between checks (a bound on a lost notification's cost).
@@ -43,6 +47,7 @@ impl Scheduler {
             in_flight: false,
             again: false,
             failures: 0,
+            since: None,
         }
     }
 
@@ -56,16 +61,31 @@ impl Scheduler {
         }
         self.in_flight = true;
         let node = self.node.clone();
-        let fut = async move { queries::fire_schedules(&node.pool, node.group_id).await };
+        let since = self.since;
+        let fut = async move { queries::scheduler_tick(&node.pool, node.group_id, since).await };
         ctx.spawn(fut.into_actor(self).map(|result, act, ctx| {
             act.in_flight = false;
             let delay = match result {
-                Ok((fired, next_due_in)) => {
+                Ok(tick) => {
                     act.failures = 0;
-                    if fired > 0 {
-                        info!(fired, "schedules fired");
+                    act.since = Some(tick.db_now);
+                    if tick.fired > 0 {
+                        info!(fired = tick.fired, "schedules fired");
                     }
-                    match next_due_in {
+                    if tick.expired > 0 {
+                        info!(expired = tick.expired, "consumer leases expired");
+                    }
+                    if tick.purged > 0 {
+                        debug!(purged = tick.purged, "retention deleted old rows");
+                    }
+                    if tick.woken > 0 {
+                        debug!(due = tick.woken, "retries came due");
+                        // our own dispatcher too (the NOTIFY reaches it as well; this is quicker)
+                        if let Some(d) = act.node.dispatcher() {
+                            d.do_send(crate::actors::dispatcher::DispatcherMsg::Wake);
+                        }
+                    }
+                    match tick.next_due_in {
                         // A full batch may leave more due: go again at once.
                         Some(secs) if secs <= 0.0 => Some(Duration::ZERO),
                         Some(secs) => {
@@ -77,7 +97,7 @@ impl Scheduler {
                 Err(e) => {
                     act.failures += 1;
                     let delay = backoff(act.failures);
-                    warn!(error = %e, retry_in = ?delay, "firing schedules failed");
+                    warn!(error = %e, retry_in = ?delay, "scheduler tick failed");
                     Some(delay)
                 }
             };

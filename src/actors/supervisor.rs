@@ -231,7 +231,10 @@ impl Actor for Supervisor {
         self.start_scheduler();
         self.start_membership();
         self.start_listener();
-        self.watch_signals(ctx);
+        // an embedded node leaves the host program's signals alone (it stops through its handle)
+        if !self.node.options.embedded {
+            self.watch_signals(ctx);
+        }
         ctx.run_interval(Duration::from_secs(1), |act, _| act.watchdog());
     }
 }

@@ -25,6 +25,11 @@ pub const MIGRATIONS: &[Migration] = &[
         sql: include_str!("../../migrations/0001_init.sql"),
     },
     Migration {
+        version: 2,
+        name: "queue",
+        sql: include_str!("../../migrations/0002_queue.sql"),
+    },
+    Migration {
         version: 4,
         name: "observability",
         sql: include_str!("../../migrations/0004_observability.sql"),

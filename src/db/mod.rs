@@ -9,6 +9,7 @@
 pub mod migrate;
 pub mod overview;
 pub mod queries;
+pub mod queue;
 pub mod tasks;
 
 use std::time::Duration;
@@ -36,6 +37,8 @@ pub enum DbError {
     },
     #[error("{0}: the database did not answer in time")]
     Timeout(&'static str),
+    #[error("unexpected answer from the database: {0}")]
+    Unexpected(&'static str),
 }
 
 impl DbError {

@@ -3,7 +3,7 @@
 //! JSON document, read into typed structs). Used by `pgtaskd status`, `GET /cluster`, the status
 //! page and the scrape-time gauges of `GET /metrics`.
 //!
-//! Reads only active task rows plus the most recent finished ones (index `task_finished_idx`), so
+//! Reads only active task rows plus the most recent finished ones (index `task_recent_finished_idx`), so
 //! its cost does not grow with the history. Must never write.
 
 use serde::{Deserialize, Serialize};

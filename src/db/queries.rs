@@ -55,7 +55,8 @@ impl TaskState {
     }
 }
 
-/// A task a node claimed: what it needs to run it.
+/// A task a node claimed: what it needs to run it (a process, or an in-process handler when it has
+/// a topic the node handles).
 #[derive(Debug, Clone)]
 pub struct ClaimedTask {
     pub id: i64,
@@ -66,6 +67,9 @@ pub struct ClaimedTask {
     pub attempt: i32,
     /// How long the task had been waiting when it was claimed (database clock, seconds).
     pub waited_secs: Option<f64>,
+    pub topic: Option<String>,
+    pub params: Option<serde_json::Value>,
+    pub max_attempts: i32,
 }
 
 /// The outcome of one run, to be written under its run_id.
@@ -79,6 +83,9 @@ pub struct RunOutcome {
     pub exit_signal: Option<i32>,
     pub stdout_tail: Option<String>,
     pub stderr_tail: Option<String>,
+    /// What a handler returned (`task.result`).
+    #[serde(default)]
+    pub result: Option<serde_json::Value>,
 }
 
 /// What the database says a node should do with a task it is running.
@@ -116,12 +123,15 @@ async fn query(
         .map_err(DbError::query(context))
 }
 
-/// Claims up to `n` waiting tasks of `group_id` for this node (priority, then FIFO).
+/// Claims up to `n` runnable tasks of `group_id` for this node (priority, then FIFO): process
+/// tasks when `commands`, and topic tasks whose topic is in `topics` (the node's handlers).
 pub async fn claim(
     pool: &Pool,
     worker_id: i64,
     group_id: i32,
     n: i32,
+    topics: &[String],
+    commands: bool,
 ) -> Result<Vec<ClaimedTask>, DbError> {
     let rows = query(
         pool,
@@ -129,13 +139,20 @@ pub async fn claim(
         // The join reads the rows as they were when the statement started (its snapshot), so
         // the wait runs from the task's last entry into AW to the claim. A task that became
         // waiting after that snapshot (the claim function sees newer rows) waited ~0 s.
-        "WITH c AS (SELECT * FROM long_task.claim($1, $2, $3))
+        "WITH c AS (SELECT * FROM long_task.claim($1, $2, $3, $4, $5))
          SELECT c.id, c.run_id, c.command::text[], c.cwd::text, c.timeout, c.attempt,
+                c.topic, c.params, c.max_attempts,
                 CASE WHEN before.state_id = 'AW'
                      THEN extract(epoch FROM now() - before.last_state_change)::float8
                      ELSE 0 END
            FROM c LEFT JOIN long_task.task before ON before.id = c.id",
-        &[(&worker_id, Type::INT8), (&group_id, Type::INT4), (&n, Type::INT4)],
+        &[
+            (&worker_id, Type::INT8),
+            (&group_id, Type::INT4),
+            (&n, Type::INT4),
+            (&topics, Type::TEXT_ARRAY),
+            (&commands, Type::BOOL),
+        ],
     )
     .await?;
     Ok(rows
@@ -147,7 +164,10 @@ pub async fn claim(
             cwd: r.get(3),
             timeout_secs: r.get(4),
             attempt: r.get(5),
-            waited_secs: r.get(6),
+            topic: r.get(6),
+            params: r.get(7),
+            max_attempts: r.get(8),
+            waited_secs: r.get(9),
         })
         .collect())
 }
@@ -166,10 +186,14 @@ pub async fn finish_runs(
     let signals: Vec<Option<i32>> = outcomes.iter().map(|o| o.exit_signal).collect();
     let stdout: Vec<Option<&str>> = outcomes.iter().map(|o| o.stdout_tail.as_deref()).collect();
     let stderr: Vec<Option<&str>> = outcomes.iter().map(|o| o.stderr_tail.as_deref()).collect();
+    let results: Vec<Option<&serde_json::Value>> =
+        outcomes.iter().map(|o| o.result.as_ref()).collect();
+    // complete_runs: finish_runs plus results (and retry times, unused by nodes); a failure with
+    // attempts left goes back to AW with its back-off, every attempt lands in task_run.
     let rows = query(
         pool,
         "writing task outcomes",
-        "SELECT id, state_id::text FROM long_task.finish_runs($1, $2, $3, $4, $5, $6, $7, $8)",
+        "SELECT id, state_id::text FROM long_task.complete_runs($1, $2, $3, $4, $5, $6, $7, $8, $9, NULL)",
         &[
             (&ids, Type::INT8_ARRAY),
             (&run_ids, Type::UUID_ARRAY),
@@ -179,6 +203,7 @@ pub async fn finish_runs(
             (&signals, Type::INT4_ARRAY),
             (&stdout, Type::TEXT_ARRAY),
             (&stderr, Type::TEXT_ARRAY),
+            (&results, Type::JSONB_ARRAY),
         ],
     )
     .await?;
@@ -230,6 +255,46 @@ pub async fn fire_schedules(pool: &Pool, group_id: i32) -> Result<(i32, Option<f
     Ok(rows
         .first()
         .map_or((0, None), |r| (r.get::<_, i32>(0), r.get(1))))
+}
+
+/// What one `long_task.scheduler_tick` did.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Tick {
+    pub fired: i32,
+    pub expired: i32,
+    pub purged: i32,
+    pub woken: i32,
+    /// The database's time of this tick (the next tick's `since`).
+    pub db_now: chrono::DateTime<chrono::Utc>,
+    /// Seconds until the next due moment (schedule, retry, lease deadline, retention); None: none.
+    pub next_due_in: Option<f64>,
+}
+
+/// Everything time-driven of a group in one round trip: fires schedules, expires consumer
+/// leases, applies retention, wakes the group when retries came due since `since`.
+pub async fn scheduler_tick(
+    pool: &Pool,
+    group_id: i32,
+    since: Option<chrono::DateTime<chrono::Utc>>,
+) -> Result<Tick, DbError> {
+    let rows = query(
+        pool,
+        "running the scheduler tick",
+        "SELECT fired, expired, purged, woken, db_now, next_due_in FROM long_task.scheduler_tick($1, $2)",
+        &[(&group_id, Type::INT4), (&since, Type::TIMESTAMPTZ)],
+    )
+    .await?;
+    let Some(r) = rows.first() else {
+        return Err(DbError::Unexpected("the scheduler tick returned no row"));
+    };
+    Ok(Tick {
+        fired: r.get(0),
+        expired: r.get(1),
+        purged: r.get(2),
+        woken: r.get(3),
+        db_now: r.get(4),
+        next_due_in: r.get(5),
+    })
 }
 
 /// This database's installation id (scopes host-local markers).

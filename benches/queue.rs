@@ -1,0 +1,257 @@
+//! Queue benchmarks (figures printed, nothing asserted):
+//! 1. SQL consumer API: publish_bulk (batches of 100) → 4 consumers consume(100) → ack, tasks/s;
+//! 2. an embedded node with a no-op handler: publish → CS, tasks/s on one node;
+//! 3. claim latency (claim 1, finish it) with 0 and with 1,000,000 final rows in the table.
+//!
+//! `cargo bench --bench queue` starts a throw-away PostgreSQL under the target dir (or uses
+//! `DATABASE_URL` as an admin URL); `QUEUE_BENCH_TASKS` (default 20000) and `QUEUE_BENCH_FINAL`
+//! (default 1000000) change the sizes; `QUEUE_BENCH_SYNC_COMMIT=off` sets the bench databases'
+//! `synchronous_commit = off` (every commit otherwise waits for the disk's fsync).
+
+use std::time::{Duration, Instant};
+
+use pgtaskd::config::NodeConfig;
+use pgtaskd::embedded::Node;
+use pgtaskd::pgcluster::{create_database, PgCluster};
+use tokio_postgres::{Client, NoTls};
+
+fn env_usize(key: &str, default: usize) -> usize {
+    std::env::var(key)
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(default)
+}
+
+async fn connect(url: &str) -> Client {
+    let (client, connection) = tokio_postgres::connect(url, NoTls).await.expect("connect");
+    tokio::spawn(connection);
+    client
+}
+
+async fn fresh_db(admin_url: &str, name: &str, with_url: impl Fn(&str) -> String) -> String {
+    let admin = connect(admin_url).await;
+    admin
+        .batch_execute(&format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)"))
+        .await
+        .expect("drop");
+    create_database(admin_url, name).await.expect("create");
+    if std::env::var("QUEUE_BENCH_SYNC_COMMIT").as_deref() == Ok("off") {
+        // measures the queue's CPU cost instead of the disk's fsync latency
+        admin
+            .batch_execute(&format!(
+                "ALTER DATABASE {name} SET synchronous_commit = off"
+            ))
+            .await
+            .expect("alter");
+    }
+    let url = with_url(name);
+    let mut client = connect(&url).await;
+    pgtaskd::db::migrate::migrate(&mut client)
+        .await
+        .expect("migrate");
+    url
+}
+
+async fn publish(client: &Client, n: usize, topic: &str) {
+    for start in (0..n).step_by(100) {
+        let count = 100.min(n - start) as i64;
+        client
+            .execute(
+                "SELECT long_task.publish_bulk(array_agg(ROW($1::text, jsonb_build_object('i', g), NULL, NULL, 0, 1, NULL)::long_task.bulk_task))
+                   FROM generate_series(1, $2::bigint) g",
+                &[&topic, &count],
+            )
+            .await
+            .expect("publish_bulk");
+    }
+}
+
+async fn consumer_api(url: &str, n: usize) {
+    let started = Instant::now();
+    let publisher = {
+        let url = url.to_owned();
+        tokio::spawn(async move { publish(&connect(&url).await, n, "bench").await })
+    };
+    let mut consumers = Vec::new();
+    for _ in 0..4 {
+        let url = url.to_owned();
+        consumers.push(tokio::spawn(async move {
+            let c = connect(&url).await;
+            let mut done = 0usize;
+            let mut idle = 0;
+            loop {
+                let ids: Vec<i64> = c
+                    .query("SELECT id FROM long_task.consume(100)", &[])
+                    .await
+                    .expect("consume")
+                    .iter()
+                    .map(|r| r.get(0))
+                    .collect();
+                if ids.is_empty() {
+                    idle += 1;
+                    if idle > 200 {
+                        break; // 1 s without work: the publisher is done
+                    }
+                    tokio::time::sleep(Duration::from_millis(5)).await;
+                    continue;
+                }
+                idle = 0;
+                c.execute(
+                    "SELECT long_task.ack(id) FROM unnest($1::bigint[]) id",
+                    &[&ids],
+                )
+                .await
+                .expect("ack");
+                done += ids.len();
+            }
+            done
+        }));
+    }
+    publisher.await.expect("publisher");
+    let mut total = 0;
+    for c in consumers {
+        total += c.await.expect("consumer");
+    }
+    // the consumers' final idle second is not work
+    let elapsed = started.elapsed().saturating_sub(Duration::from_secs(1));
+    println!(
+        "consumer API: {total} tasks published (publish_bulk x100) -> consumed (4 consumers, consume(100)) -> acked in {:.2} s = {:.0} tasks/s",
+        elapsed.as_secs_f64(),
+        total as f64 / elapsed.as_secs_f64()
+    );
+}
+
+async fn handler_throughput(url: &str, n: usize) {
+    let config = NodeConfig {
+        database_url: Some(url.to_owned()),
+        max_tasks: 256,
+        pool_size: 8,
+        ..NodeConfig::default()
+    };
+    let mut node = Node::new(config);
+    node.handler("noop", |_task| async move { Ok::<_, String>(()) });
+    let running = tokio::task::spawn_blocking(move || node.start())
+        .await
+        .expect("join")
+        .expect("node");
+    let client = connect(url).await;
+    let started = Instant::now();
+    publish(&client, n, "noop").await;
+    loop {
+        let done: i64 = client
+            .query_one(
+                "SELECT count(*) FROM long_task.task WHERE topic = 'noop' AND state_id = 'CS'",
+                &[],
+            )
+            .await
+            .expect("count")
+            .get(0);
+        if done as usize >= n {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let elapsed = started.elapsed();
+    println!(
+        "embedded node, no-op handler (max_tasks 256): {n} tasks published -> CS in {:.2} s = {:.0} tasks/s",
+        elapsed.as_secs_f64(),
+        n as f64 / elapsed.as_secs_f64()
+    );
+    tokio::task::spawn_blocking(move || running.stop())
+        .await
+        .expect("join")
+        .expect("stop");
+}
+
+async fn claim_latency(url: &str, label: &str) {
+    let c = connect(url).await;
+    let mut samples = Vec::new();
+    for _ in 0..500 {
+        c.execute(
+            "INSERT INTO long_task.task (state_id, command) VALUES ('AW', '{true}')",
+            &[],
+        )
+        .await
+        .expect("insert");
+        let t = Instant::now();
+        let row = c
+            .query_one("SELECT id, run_id FROM long_task.claim(1, 0, 1)", &[])
+            .await
+            .expect("claim");
+        samples.push(t.elapsed());
+        let (id, run_id): (i64, uuid::Uuid) = (row.get(0), row.get(1));
+        c.execute(
+            "SELECT long_task.finish_runs(ARRAY[$1::bigint], ARRAY[$2::uuid], ARRAY['CS'], ARRAY[NULL::text], ARRAY[0], ARRAY[NULL::int], ARRAY[''], ARRAY[''])",
+            &[&id, &run_id],
+        )
+        .await
+        .expect("finish");
+    }
+    samples.sort();
+    let p = |q: f64| samples[((samples.len() as f64 - 1.0) * q) as usize].as_secs_f64() * 1000.0;
+    println!(
+        "claim latency ({label}): median {:.3} ms, p99 {:.3} ms over {} claims",
+        p(0.5),
+        p(0.99),
+        samples.len()
+    );
+}
+
+async fn fill_final(url: &str, n: usize) {
+    let c = connect(url).await;
+    let t = Instant::now();
+    // bulk history without the triggers (a benchmark fixture, not a state change)
+    c.batch_execute(&format!(
+        "SET session_replication_role = replica;
+         INSERT INTO long_task.task (state_id, command, attempt, started, finished, last_state_change)
+         SELECT (ARRAY['CS','CF','CC'])[1 + g % 3], '{{true}}', 1, now() - interval '1 hour', now() - interval '1 hour' + g * interval '1 ms', now()
+           FROM generate_series(1, {n}) g;
+         SET session_replication_role = origin;"
+    ))
+    .await
+    .expect("fill");
+    c.batch_execute("VACUUM ANALYZE long_task.task")
+        .await
+        .expect("vacuum");
+    println!(
+        "({n} final rows inserted and vacuumed in {:.1} s)",
+        t.elapsed().as_secs_f64()
+    );
+}
+
+#[tokio::main]
+async fn main() {
+    let n = env_usize("QUEUE_BENCH_TASKS", 20_000);
+    let n_final = env_usize("QUEUE_BENCH_FINAL", 1_000_000);
+    let (_cluster, admin_url) = match std::env::var("DATABASE_URL") {
+        Ok(url) if !url.is_empty() => (None, url),
+        _ => {
+            let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+                .join("target")
+                .join("pgtaskd-bench-pg");
+            let dir = std::env::var("CARGO_TARGET_DIR")
+                .map(|t| std::path::PathBuf::from(t).join("pgtaskd-bench-pg"))
+                .unwrap_or(dir);
+            let cluster = PgCluster::open_or_init(&dir).expect("init cluster");
+            cluster.start().expect("start cluster");
+            let url = cluster.url("postgres");
+            (Some(cluster), url)
+        }
+    };
+    let base = admin_url.clone();
+    let with_url = move |name: &str| match base.rfind('/') {
+        Some(i) if base.contains("://") => format!("{}/{name}", &base[..i]),
+        _ => format!("{base} dbname={name}"),
+    };
+    let url = fresh_db(&admin_url, "pgtaskd_bench_queue", &with_url).await;
+    consumer_api(&url, n).await;
+    let url = fresh_db(&admin_url, "pgtaskd_bench_handler", &with_url).await;
+    handler_throughput(&url, n).await;
+    let url = fresh_db(&admin_url, "pgtaskd_bench_claim", &with_url).await;
+    claim_latency(&url, "0 final rows").await;
+    fill_final(&url, n_final).await;
+    claim_latency(&url, &format!("{n_final} final rows")).await;
+    if let Some(cluster) = _cluster {
+        let _ = cluster.stop();
+    }
+}

@@ -1,0 +1,434 @@
+//! The SQL consumer API against the database (no node): publish, publish_bulk, consume,
+//! consume_topic, ack, ack_many, nack, lease expiry, unique tasks, and two concurrent consumers.
+
+mod common;
+
+use common::migrated_db;
+use tokio_postgres::Client;
+use uuid::Uuid;
+
+async fn text(client: &Client, sql: &str, id: i64) -> Option<String> {
+    client.query_one(sql, &[&id]).await.expect(sql).get(0)
+}
+
+async fn publish(client: &Client, topic: &str) -> i64 {
+    client
+        .query_one(
+            "SELECT long_task.publish($1, '{\"x\": 1}'::jsonb)",
+            &[&topic],
+        )
+        .await
+        .expect("publish")
+        .get(0)
+}
+
+#[tokio::test]
+async fn consume_ack_nack_and_topics() {
+    let (_db, client) = migrated_db().await;
+    let a = publish(&client, "mail.send").await;
+    let b = publish(&client, "mail.bounce").await;
+    let c = publish(&client, "sms.send").await;
+    let got = client
+        .query(
+            "SELECT id, topic, params FROM long_task.consume_topic('mail.%', 10)",
+            &[],
+        )
+        .await
+        .expect("consume_topic");
+    let mut ids: Vec<i64> = got.iter().map(|r| r.get(0)).collect();
+    ids.sort();
+    assert_eq!(ids, vec![a, b]);
+    // ack with a result
+    let s: Option<String> = client
+        .query_one("SELECT long_task.ack($1, '{\"ok\": true}')::text", &[&a])
+        .await
+        .expect("ack")
+        .get(0);
+    assert_eq!(s.as_deref(), Some("CS"));
+    assert_eq!(
+        text(
+            &client,
+            "SELECT result::text FROM long_task.task WHERE id = $1",
+            a
+        )
+        .await
+        .as_deref(),
+        Some("{\"ok\": true}")
+    );
+    // ack again: nothing (already final)
+    let s: Option<String> = client
+        .query_one("SELECT long_task.ack($1)::text", &[&a])
+        .await
+        .expect("ack")
+        .get(0);
+    assert_eq!(s, None);
+    // nack with the default single attempt: CF with the error
+    let s: Option<String> = client
+        .query_one("SELECT long_task.nack($1, 'smtp down')::text", &[&b])
+        .await
+        .expect("nack")
+        .get(0);
+    assert_eq!(s.as_deref(), Some("CF"));
+    assert_eq!(
+        text(&client, "SELECT error FROM long_task.task WHERE id = $1", b)
+            .await
+            .as_deref(),
+        Some("smtp down")
+    );
+    // consume(n) takes the rest; a stale run id is fenced
+    let got = client
+        .query("SELECT id, run_id FROM long_task.consume(10)", &[])
+        .await
+        .expect("consume");
+    assert_eq!(got.len(), 1);
+    assert_eq!(got[0].get::<_, i64>(0), c);
+    let s: Option<String> = client
+        .query_one(
+            "SELECT long_task.ack($1, NULL, $2)::text",
+            &[&c, &Uuid::new_v4()],
+        )
+        .await
+        .expect("ack")
+        .get(0);
+    assert_eq!(s, None, "an ack with another run id is fenced");
+    let run_id: Uuid = got[0].get(1);
+    let s: Option<String> = client
+        .query_one("SELECT long_task.ack($1, NULL, $2)::text", &[&c, &run_id])
+        .await
+        .expect("ack")
+        .get(0);
+    assert_eq!(s.as_deref(), Some("CS"));
+    let n: i64 = client
+        .query_one(
+            "SELECT count(*) FROM long_task.task_run WHERE worker_id < 0",
+            &[],
+        )
+        .await
+        .expect("history")
+        .get(0);
+    assert_eq!(
+        n, 3,
+        "consumer attempts are recorded with the consumer's (negative) id"
+    );
+}
+
+#[tokio::test]
+async fn nack_with_attempts_left_retries_at_the_given_time() {
+    let (_db, client) = migrated_db().await;
+    let id: i64 = client
+        .query_one(
+            "SELECT long_task.publish('t', NULL, p_max_attempts => 2)",
+            &[],
+        )
+        .await
+        .expect("publish")
+        .get(0);
+    client
+        .query("SELECT * FROM long_task.consume(1)", &[])
+        .await
+        .expect("consume");
+    let s: Option<String> = client
+        .query_one(
+            "SELECT long_task.nack($1, 'later', now() + interval '1 hour')::text",
+            &[&id],
+        )
+        .await
+        .expect("nack")
+        .get(0);
+    assert_eq!(s.as_deref(), Some("AW"));
+    let exact: bool = client
+        .query_one(
+            "SELECT run_after = finished + interval '1 hour' FROM long_task.task WHERE id = $1",
+            &[&id],
+        )
+        .await
+        .expect("row")
+        .get(0);
+    assert!(exact, "retry_at is honoured");
+    assert!(
+        client
+            .query("SELECT * FROM long_task.consume(1)", &[])
+            .await
+            .expect("consume")
+            .is_empty(),
+        "not before run_after"
+    );
+    client
+        .execute(
+            "UPDATE long_task.task SET run_after = now() WHERE id = $1",
+            &[&id],
+        )
+        .await
+        .expect("due");
+    client
+        .query("SELECT * FROM long_task.consume(1)", &[])
+        .await
+        .expect("consume");
+    let s: Option<String> = client
+        .query_one("SELECT long_task.nack($1, 'again')::text", &[&id])
+        .await
+        .expect("nack")
+        .get(0);
+    assert_eq!(s.as_deref(), Some("CF"), "the second attempt was the last");
+}
+
+#[tokio::test]
+async fn two_concurrent_consumers_never_get_the_same_task() {
+    let (db, client) = migrated_db().await;
+    client
+        .batch_execute(
+            "SELECT long_task.publish_bulk(array_agg(ROW('t', jsonb_build_object('i', g), NULL, NULL, 0, 1, NULL)::long_task.bulk_task)) FROM generate_series(1, 2000) g",
+        )
+        .await
+        .expect("bulk");
+    let mut workers = Vec::new();
+    for _ in 0..2 {
+        let url = db.url.clone();
+        workers.push(tokio::spawn(async move {
+            let c = common::connect(&url).await;
+            let mut seen = Vec::new();
+            loop {
+                let rows = c
+                    .query("SELECT id FROM long_task.consume(7)", &[])
+                    .await
+                    .expect("consume");
+                if rows.is_empty() {
+                    break;
+                }
+                for r in rows {
+                    let id: i64 = r.get(0);
+                    seen.push(id);
+                    c.query_one("SELECT long_task.ack($1)", &[&id])
+                        .await
+                        .expect("ack");
+                }
+            }
+            seen
+        }));
+    }
+    let mut all = Vec::new();
+    let mut per_consumer = Vec::new();
+    for w in workers {
+        let seen = w.await.expect("consumer");
+        per_consumer.push(seen.len());
+        all.extend(seen);
+    }
+    let total = all.len();
+    all.sort();
+    all.dedup();
+    assert_eq!(all.len(), total, "a task was handed out twice");
+    assert_eq!(total, 2000, "every task consumed once");
+    assert!(
+        per_consumer.iter().all(|n| *n > 0),
+        "both consumers worked: {per_consumer:?}"
+    );
+    let n: i64 = client
+        .query_one(
+            "SELECT count(*) FROM long_task.task WHERE state_id = 'CS'",
+            &[],
+        )
+        .await
+        .expect("count")
+        .get(0);
+    assert_eq!(n, 2000);
+}
+
+#[tokio::test]
+async fn expired_leases_are_requeued_then_failed() {
+    let (_db, client) = migrated_db().await;
+    let id: i64 = client
+        .query_one(
+            "SELECT long_task.publish('t', NULL, p_timeout => 30, p_max_attempts => 2)",
+            &[],
+        )
+        .await
+        .expect("publish")
+        .get(0);
+    let lease: f64 = client
+        .query_one(
+            "SELECT extract(epoch FROM lease_until - now())::float8 FROM long_task.consume(1)",
+            &[],
+        )
+        .await
+        .expect("consume")
+        .get(0);
+    assert_eq!(lease, 30.0, "lease = the task's timeout");
+    // not expired yet: nothing happens, and the next deadline is reported
+    let row = client
+        .query_one(
+            "SELECT expired, next_due_in FROM long_task.expire_leases(0)",
+            &[],
+        )
+        .await
+        .expect("expire");
+    assert_eq!(row.get::<_, i32>(0), 0);
+    let next: f64 = row.get::<_, Option<f64>>(1).expect("a deadline");
+    assert!(next > 25.0 && next <= 30.0, "{next}");
+    // the deadline passes (moved, instead of waiting)
+    client
+        .execute(
+            "UPDATE long_task.task SET lease_until = now() - interval '1 second' WHERE id = $1",
+            &[&id],
+        )
+        .await
+        .expect("expire");
+    let expired_view: i64 = client
+        .query_one("SELECT count(*) FROM long_task.expired", &[])
+        .await
+        .expect("view")
+        .get(0);
+    assert_eq!(expired_view, 1);
+    let row = client
+        .query_one(
+            "SELECT expired, next_due_in FROM long_task.expire_leases(0)",
+            &[],
+        )
+        .await
+        .expect("expire");
+    assert_eq!(row.get::<_, i32>(0), 1);
+    assert_eq!(row.get::<_, Option<f64>>(1), None, "no lease left");
+    let row = client
+        .query_one(
+            "SELECT state_id::text, error, lease_until IS NULL FROM long_task.task WHERE id = $1",
+            &[&id],
+        )
+        .await
+        .expect("row");
+    assert_eq!(
+        row.get::<_, String>(0),
+        "AW",
+        "re-queued: an attempt was left"
+    );
+    assert_eq!(
+        row.get::<_, Option<String>>(1).as_deref(),
+        Some("lease expired")
+    );
+    assert!(row.get::<_, bool>(2));
+    // the late ack of the expired attempt changes nothing (it is no longer running)
+    let s: Option<String> = client
+        .query_one("SELECT long_task.ack($1)::text", &[&id])
+        .await
+        .expect("ack")
+        .get(0);
+    assert_eq!(s, None);
+    // second and last attempt expires too: CF
+    client
+        .execute(
+            "UPDATE long_task.task SET run_after = now() WHERE id = $1",
+            &[&id],
+        )
+        .await
+        .expect("due");
+    client
+        .query("SELECT * FROM long_task.consume(1)", &[])
+        .await
+        .expect("consume");
+    client
+        .execute(
+            "UPDATE long_task.task SET lease_until = now() - interval '1 second' WHERE id = $1",
+            &[&id],
+        )
+        .await
+        .expect("expire");
+    client
+        .query("SELECT * FROM long_task.expire_leases(0)", &[])
+        .await
+        .expect("expire");
+    assert_eq!(common::node::state(&client, id).await, "CF");
+}
+
+#[tokio::test]
+async fn dedup_returns_the_existing_id_while_active() {
+    let (_db, client) = migrated_db().await;
+    let publish = |key: &'static str| {
+        let client = &client;
+        async move {
+            client
+                .query_one(
+                    "SELECT long_task.publish('t', NULL, p_dedup_key => $1)",
+                    &[&key],
+                )
+                .await
+                .expect("publish")
+                .get::<_, i64>(0)
+        }
+    };
+    let a = publish("k1").await;
+    assert_eq!(publish("k1").await, a, "same key while waiting: same id");
+    let b = publish("k2").await;
+    assert_ne!(a, b);
+    // bulk: a taken key, a new key twice in the batch, no key
+    let ids: Vec<i64> = client
+        .query(
+            "SELECT * FROM long_task.publish_bulk(ARRAY[
+                ROW('t', NULL, NULL, NULL, 0, 1, 'k1'),
+                ROW('t', NULL, NULL, NULL, 0, 1, 'k3'),
+                ROW('t', NULL, NULL, NULL, 0, 1, 'k3'),
+                ROW('t', NULL, NULL, NULL, 0, 1, NULL)]::long_task.bulk_task[])",
+            &[],
+        )
+        .await
+        .expect("bulk")
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
+    assert_eq!(ids.len(), 4);
+    assert_eq!(ids[0], a);
+    assert_eq!(ids[1], ids[2], "a key repeated in one batch is one task");
+    assert!(ids[3] != ids[1] && ids[1] != a);
+    // once final, the key is free again
+    client
+        .query("SELECT * FROM long_task.consume_topic('t', 10)", &[])
+        .await
+        .expect("consume");
+    client
+        .query_one("SELECT long_task.ack($1)", &[&a])
+        .await
+        .expect("ack");
+    let again = publish("k1").await;
+    assert_ne!(again, a, "a finished task does not hold its key");
+}
+
+#[tokio::test]
+async fn ack_many_acknowledges_a_batch_in_one_statement() {
+    let (_db, client) = migrated_db().await;
+    for _ in 0..3 {
+        publish(&client, "t").await;
+    }
+    let ids: Vec<i64> = client
+        .query("SELECT id FROM long_task.consume(10) ORDER BY id", &[])
+        .await
+        .expect("consume")
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
+    assert_eq!(ids.len(), 3);
+    let mut with_stranger = ids.clone();
+    with_stranger.push(999_999);
+    let results: Vec<serde_json::Value> = with_stranger
+        .iter()
+        .map(|i| serde_json::json!({ "n": i }))
+        .collect();
+    let written = client
+        .query(
+            "SELECT id, state_id::text FROM long_task.ack_many($1, $2) ORDER BY id",
+            &[&with_stranger, &results],
+        )
+        .await
+        .expect("ack_many");
+    assert_eq!(written.len(), 3, "only running tasks are acknowledged");
+    for (row, id) in written.iter().zip(&ids) {
+        assert_eq!(row.get::<_, i64>(0), *id);
+        assert_eq!(row.get::<_, String>(1), "CS");
+        let result: Option<serde_json::Value> = client
+            .query_one("SELECT result FROM long_task.task WHERE id = $1", &[id])
+            .await
+            .expect("row")
+            .get(0);
+        assert_eq!(
+            result,
+            Some(serde_json::json!({ "n": id })),
+            "each id gets its own result"
+        );
+    }
+}
