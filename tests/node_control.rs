@@ -241,3 +241,38 @@ async fn node_survives_a_postgres_restart_and_misses_no_task() {
     wait_state(&client, across, "CS", LONG).await;
     assert!(node.is_running());
 }
+
+#[tokio::test]
+async fn sigterm_works_when_the_log_reader_is_gone() {
+    let (db, client) = migrated_db().await;
+    // stderr into a pipe whose reader goes away: every later log write fails with EPIPE
+    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_pgtaskd"))
+        .args(["node", "--database-url", &db.url, "--worker-id", "1"])
+        .args(common::node::FAST)
+        .env("RUST_LOG", "info")
+        .stdin(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("spawn node");
+    drop(child.stderr.take());
+    wait_node_ready(&client, 1).await;
+    let id = queue(&client, &["true"]).await;
+    wait_state(&client, id, "CS", LONG).await;
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(child.id() as i32),
+        Signal::SIGTERM,
+    )
+    .expect("sigterm");
+    let deadline = std::time::Instant::now() + LONG;
+    let status = loop {
+        if let Some(status) = child.try_wait().expect("try_wait") {
+            break status;
+        }
+        if std::time::Instant::now() > deadline {
+            let _ = child.kill();
+            panic!("the node ignored SIGTERM after its log reader went away");
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    assert!(status.success(), "{status:?}");
+}

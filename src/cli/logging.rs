@@ -19,9 +19,13 @@ pub fn init_client_logging(format: LogFormat) {
 
 fn init(format: LogFormat, default: &str) {
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(default));
+    // A lost log reader (stderr piped into a process that exited) must not take the node down:
+    // by default a failed write is reported with eprintln!, which panics on a broken stderr, and
+    // a panic in the Supervisor's handler would leave the node deaf to SIGTERM.
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
-        .with_writer(std::io::stderr);
+        .with_writer(std::io::stderr)
+        .log_internal_errors(false);
     let result = match format {
         LogFormat::Json => builder.json().try_init(),
         LogFormat::Pretty => builder.try_init(),

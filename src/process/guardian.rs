@@ -26,6 +26,14 @@ use nix::sys::signal::{signal, SigHandler, Signal};
 
 use super::kill::signal_group;
 
+/// Writes a line to stderr, ignoring failure: `eprintln!` panics on a broken stderr, and the
+/// guardian must reach its cleanup whatever happened to the node's log reader.
+macro_rules! say {
+    ($($arg:tt)*) => {{
+        let _ = writeln!(io::stderr(), $($arg)*);
+    }};
+}
+
 /// The hidden subcommand the node binary must route to `guardian_main`.
 pub const GUARDIAN_ARG: &str = "__guardian";
 
@@ -165,7 +173,7 @@ pub fn guardian_main() -> i32 {
         // SAFETY: SIG_IGN installs no handler code; nothing else in this
         // process manages these signals.
         if let Err(e) = unsafe { signal(sig, SigHandler::SigIgn) } {
-            eprintln!("pgtaskd guardian: cannot ignore {sig}: {e}");
+            say!("pgtaskd guardian: cannot ignore {sig}: {e}");
         }
     }
     let stdin = io::stdin();
@@ -179,7 +187,7 @@ pub fn guardian_main() -> i32 {
         killed += super::leftovers::kill_leftovers(key, value);
     }
     if killed > 0 {
-        eprintln!("pgtaskd guardian: node gone, killed {killed} task process group(s)");
+        say!("pgtaskd guardian: node gone, killed {killed} task process group(s)");
     }
     0
 }
@@ -197,10 +205,10 @@ pub fn run_guardian(mut reader: impl BufRead) -> usize {
             Ok(_) => apply(&mut groups, line.trim()),
             Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
             Err(e) if e.kind() == io::ErrorKind::InvalidData => {
-                eprintln!("pgtaskd guardian: ignoring non-UTF-8 line");
+                say!("pgtaskd guardian: ignoring non-UTF-8 line");
             }
             Err(e) => {
-                eprintln!("pgtaskd guardian: stdin read failed ({e}), cleaning up");
+                say!("pgtaskd guardian: stdin read failed ({e}), cleaning up");
                 break;
             }
         }
@@ -209,7 +217,7 @@ pub fn run_guardian(mut reader: impl BufRead) -> usize {
     for pgid in groups {
         match signal_group(pgid, Signal::SIGKILL) {
             Ok(()) => killed += 1,
-            Err(e) => eprintln!("pgtaskd guardian: {e}"),
+            Err(e) => say!("pgtaskd guardian: {e}"),
         }
     }
     killed
@@ -229,7 +237,7 @@ fn apply(groups: &mut HashSet<i32>, line: &str) {
             groups.remove(&pgid);
         }
         _ if line.is_empty() => {}
-        _ => eprintln!("pgtaskd guardian: ignoring bad line {line:?}"),
+        _ => say!("pgtaskd guardian: ignoring bad line {line:?}"),
     }
 }
 
