@@ -229,7 +229,7 @@ async fn schedule_every_ten_seconds_reruns_without_drift() {
     wait_until(Duration::from_secs(25), || async {
         client
             .query_one(
-                "SELECT started > $2 FROM long_task.task WHERE id = $1",
+                "SELECT coalesce(started > $2, false) FROM long_task.task WHERE id = $1",
                 &[&id, &first],
             )
             .await
