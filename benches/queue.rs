@@ -98,8 +98,8 @@ async fn consumer_api(url: &str, n: usize) {
                 idle = 0;
                 // the batch consumer's ack: one statement for the whole batch
                 c.execute("SELECT count(*) FROM long_task.ack_many($1)", &[&ids])
-                .await
-                .expect("ack");
+                    .await
+                    .expect("ack");
                 done += ids.len();
             }
             done
