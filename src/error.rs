@@ -15,6 +15,8 @@ pub enum Error {
     Migrate(#[from] MigrateError),
     #[error("worker id {0} is in use by a live node (its liveness lock is held); pick another --worker-id")]
     WorkerIdInUse(i64),
+    #[error("outcome spool: {0}")]
+    Spool(String),
     #[error("cannot start the process guardian: {0}")]
     Guardian(String),
     #[error("{context}: {source}")]

@@ -4,6 +4,7 @@
 //! process. See ARCHITECTURE.md for the code map and the invariants.
 
 pub mod actors;
+pub mod cluster;
 pub mod config;
 pub mod db;
 pub mod error;

@@ -3,8 +3,11 @@
 //! count and reads back the live settings (`stop`, `max_task_count`), which it hands to the
 //! Supervisor and Dispatcher. A change notified on `long_task_worker` is read at once.
 //!
-//! On a lost connection it reconnects and takes the lock again. Must never run on a pooled
-//! connection (the lock is session-scoped).
+//! On a lost connection it reconnects and takes the lock again. It also keeps the node's standing
+//! (`NodeContext::standing`): when no heartbeat has succeeded for `heartbeat_timeout` (cut off,
+//! or the whole process was stopped) the node fences itself — the Dispatcher kills every running
+//! process and claims nothing until a heartbeat succeeds again, and the Coordinator steps down.
+//! Must never run on a pooled connection (the lock is session-scoped).
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -52,7 +55,31 @@ impl Membership {
         }
     }
 
+    /// Fences the node when its last successful heartbeat is older than `heartbeat_timeout`.
+    fn check_fence(&mut self) {
+        let age = self.node.heartbeat_age();
+        if age <= self.node.config.heartbeat_timeout {
+            return;
+        }
+        let newly = {
+            let mut standing = self.node.standing();
+            !std::mem::replace(&mut standing.fenced, true)
+        };
+        if newly {
+            error!(
+                since_last_heartbeat = ?age,
+                "cut off from the database past heartbeat_timeout: fencing this node (killing its tasks; the coordinator re-runs them)"
+            );
+            if let Some(d) = self.node.dispatcher() {
+                d.do_send(DispatcherMsg::Fence);
+            }
+        }
+    }
+
     fn beat(&mut self, ctx: &mut Context<Self>) {
+        // First, before any query: after a long stop (SIGSTOP, a frozen VM) the node must fence
+        // itself before anything it does can be seen.
+        self.check_fence();
         if self.in_flight {
             self.again = true;
             return;
@@ -61,6 +88,7 @@ impl Membership {
         let node = self.node.clone();
         let client = self.client.clone();
         let timeout = node.config.heartbeat_timeout / 2;
+        let sent = std::time::Instant::now();
         let fut = async move {
             let client = match client {
                 Some(c) if !c.is_closed() => c,
@@ -76,12 +104,23 @@ impl Membership {
             .map_err(|_| DbError::Timeout("heartbeat"))??;
             Ok::<_, MembershipError>((client, control))
         };
-        ctx.spawn(fut.into_actor(self).map(|result, act, ctx| {
+        ctx.spawn(fut.into_actor(self).map(move |result, act, ctx| {
             act.in_flight = false;
             match result {
                 Ok((client, control)) => {
                     if act.failing_since.take().is_some() {
                         info!("heartbeat restored");
+                    }
+                    let was_fenced = {
+                        let mut standing = act.node.standing();
+                        standing.last_heartbeat = standing.last_heartbeat.max(sent);
+                        std::mem::replace(&mut standing.fenced, false)
+                    };
+                    if was_fenced {
+                        info!("heartbeat restored after fencing: handing back the killed runs");
+                        if let Some(d) = act.node.dispatcher() {
+                            d.do_send(DispatcherMsg::Unfence);
+                        }
                     }
                     act.client = Some(client);
                     act.apply(control);
@@ -130,7 +169,8 @@ enum MembershipError {
 
 /// A fresh dedicated connection holding this node's liveness lock.
 async fn reconnect(node: &NodeContext) -> Result<Client, MembershipError> {
-    let client = db::connect_dedicated(&node.database_url, "membership").await?;
+    let client =
+        db::connect_dedicated(&node.database_url, &node.session_purpose("membership")).await?;
     if !queries::try_liveness_lock(&client, node.worker_id).await? {
         // Most likely our previous session is not yet gone on the server side; retried next beat.
         return Err(MembershipError::LockTaken);
@@ -149,6 +189,7 @@ impl Actor for Membership {
             self.apply(control);
         }
         ctx.run_interval(interval, |act, ctx| act.beat(ctx));
+        ctx.run_interval(interval / 2, |act, _| act.check_fence());
     }
 }
 

@@ -7,8 +7,10 @@
 //! | `listener` | the LISTEN connection: notifications to typed messages, reconnect and resync |
 //! | `dispatcher` | claiming tasks up to the process limit, batching outcome writes, reconciling cancels |
 //! | `process` | one OS process: spawn, tails, timeout, kill, its outcome |
-//! | `scheduler` | firing due schedules (`next_start`) on time |
+//! | `scheduler` | firing due schedules (`next_start`) on time, only under the coordinator's term |
+//! | `coordinator` | election per group, dead-node detection and reassignment under a term |
 
+pub mod coordinator;
 pub mod dispatcher;
 pub mod listener;
 pub mod membership;

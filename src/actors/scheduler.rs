@@ -3,8 +3,10 @@
 //! sleeps exactly that long (database clock), or until a `sched` notification says the schedules
 //! changed. With no schedule it sends no query at all.
 //!
-//! Firing locks each due row (SKIP LOCKED), so a schedule fires once even when several nodes of a
-//! group fire at the same moment. Must never compute due times from the node's clock.
+//! It fires only while this node is its group's coordinator (the Coordinator sends the term), and
+//! every firing is checked against that term in the database (`long_task.fire_schedules_as`), so
+//! a scheduled run fires once across the cluster. Firing also locks each due row (SKIP LOCKED).
+//! Must never compute due times from the node's clock.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -13,8 +15,12 @@ use actix::prelude::*;
 use tracing::{debug, info, warn};
 
 use super::backoff;
-use crate::db::queries;
+use crate::db::cluster;
 use crate::node::NodeContext;
+
+fn node_term(node: &NodeContext) -> Option<i64> {
+    node.standing().term
+}
 
 /// Messages of the Scheduler.
 #[derive(Message, Debug)]
@@ -22,11 +28,15 @@ use crate::node::NodeContext;
 pub enum SchedulerMsg {
     /// Schedules may have changed (a notification, a reconnect): fire what is due, re-arm the timer.
     Reload,
+    /// This node became the group's coordinator under this term (Some), or is no longer (None).
+    Term(Option<i64>),
 }
 
 pub struct Scheduler {
     node: Arc<NodeContext>,
     timer: Option<SpawnHandle>,
+    /// The coordinator term under which this node fires; None: it does not fire.
+    term: Option<i64>,
     in_flight: bool,
     again: bool,
     failures: u32,
@@ -37,9 +47,11 @@ const MAX_SLEEP: Duration = Duration::from_secs(3600);
 
 impl Scheduler {
     pub fn new(node: Arc<NodeContext>) -> Self {
+        let term = node_term(&node);
         Scheduler {
             node,
             timer: None,
+            term,
             in_flight: false,
             again: false,
             failures: 0,
@@ -54,13 +66,25 @@ impl Scheduler {
         if let Some(timer) = self.timer.take() {
             ctx.cancel_future(timer);
         }
+        let Some(term) = self.term else {
+            return; // not the coordinator: another node fires
+        };
         self.in_flight = true;
         let node = self.node.clone();
-        let fut = async move { queries::fire_schedules(&node.pool, node.group_id).await };
-        ctx.spawn(fut.into_actor(self).map(|result, act, ctx| {
+        let fut = async move {
+            cluster::fire_schedules_as(&node.pool, node.group_id, node.worker_id, term).await
+        };
+        ctx.spawn(fut.into_actor(self).map(move |result, act, ctx| {
             act.in_flight = false;
             let delay = match result {
-                Ok((fired, next_due_in)) => {
+                Ok((None, _)) => {
+                    warn!(term, "term superseded: this node no longer fires schedules");
+                    if act.term == Some(term) {
+                        act.term = None;
+                    }
+                    None
+                }
+                Ok((Some(fired), next_due_in)) => {
                     act.failures = 0;
                     if fired > 0 {
                         info!(fired, "schedules fired");
@@ -112,6 +136,25 @@ impl Handler<SchedulerMsg> for Scheduler {
     fn handle(&mut self, msg: SchedulerMsg, ctx: &mut Self::Context) {
         match msg {
             SchedulerMsg::Reload => self.fire(ctx),
+            SchedulerMsg::Term(term) => {
+                if term != self.term {
+                    info!(
+                        ?term,
+                        "schedule firing {}",
+                        if term.is_some() {
+                            "taken over"
+                        } else {
+                            "stopped"
+                        }
+                    );
+                }
+                self.term = term;
+                if term.is_some() {
+                    self.fire(ctx);
+                } else if let Some(timer) = self.timer.take() {
+                    ctx.cancel_future(timer);
+                }
+            }
         }
     }
 }

@@ -144,6 +144,15 @@ pub async fn finish_runs(
     pool: &Pool,
     outcomes: &[RunOutcome],
 ) -> Result<Vec<(i64, String)>, DbError> {
+    let conn = pool.get().await?;
+    finish_runs_on(&conn, outcomes).await
+}
+
+/// `finish_runs` on a given connection (start-up replays the spool before the pool exists).
+pub async fn finish_runs_on(
+    client: &Client,
+    outcomes: &[RunOutcome],
+) -> Result<Vec<(i64, String)>, DbError> {
     let ids: Vec<i64> = outcomes.iter().map(|o| o.task_id).collect();
     let run_ids: Vec<Uuid> = outcomes.iter().map(|o| o.run_id).collect();
     let states: Vec<&str> = outcomes.iter().map(|o| o.state.code()).collect();
@@ -152,15 +161,15 @@ pub async fn finish_runs(
     let signals: Vec<Option<i32>> = outcomes.iter().map(|o| o.exit_signal).collect();
     let stdout: Vec<Option<&str>> = outcomes.iter().map(|o| o.stdout_tail.as_deref()).collect();
     let stderr: Vec<Option<&str>> = outcomes.iter().map(|o| o.stderr_tail.as_deref()).collect();
-    let rows = query(
-        pool,
-        "writing task outcomes",
-        "SELECT id, state_id::text FROM long_task.finish_runs($1, $2, $3, $4, $5, $6, $7, $8)",
-        &[
-            &ids, &run_ids, &states, &errors, &codes, &signals, &stdout, &stderr,
-        ],
-    )
-    .await?;
+    let rows = client
+        .query(
+            "SELECT id, state_id::text FROM long_task.finish_runs($1, $2, $3, $4, $5, $6, $7, $8)",
+            &[
+                &ids, &run_ids, &states, &errors, &codes, &signals, &stdout, &stderr,
+            ],
+        )
+        .await
+        .map_err(DbError::query("writing task outcomes"))?;
     Ok(rows.iter().map(|r| (r.get(0), r.get(1))).collect())
 }
 
