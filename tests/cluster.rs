@@ -416,3 +416,61 @@ fn walk(dir: &std::path::Path) -> Vec<std::path::PathBuf> {
     }
     found
 }
+
+#[test]
+fn every_cluster_config_parses_and_validates() {
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("cluster-configs");
+    let files: Vec<_> = walk(&root)
+        .into_iter()
+        .filter(|p| p.extension().is_some_and(|e| e == "toml"))
+        .collect();
+    assert!(
+        files.len() >= 7,
+        "three-node and two-group configs exist: {files:?}"
+    );
+    let mut groups = std::collections::BTreeMap::<i32, usize>::new();
+    for file in &files {
+        let cfg = pgtaskd::config::NodeConfig::from_file(file)
+            .unwrap_or_else(|e| panic!("{}: {e}", file.display()));
+        cfg.validate()
+            .unwrap_or_else(|e| panic!("{}: {e}", file.display()));
+        if file.to_string_lossy().contains("two-group") {
+            *groups.entry(cfg.group_id).or_default() += 1;
+        }
+    }
+    assert_eq!(groups.into_iter().collect::<Vec<_>>(), vec![(1, 2), (2, 2)]);
+}
+
+#[tokio::test]
+async fn status_shows_nodes_coordinator_term_and_queue_depth() {
+    let (db, client) = migrated_db().await;
+    let _a = NodeProcess::start(&db.url, 1, &["--max-tasks", "1"]);
+    wait_node_ready(&client, 1).await;
+    let (_, term) = wait_coordinator(&client, 0, LONG, |w, _| w == 1).await;
+    let running = queue(&client, &["sleep", "1000"]).await;
+    wait_state(&client, running, "AE", LONG).await;
+    queue(&client, &["true"]).await;
+    queue(&client, &["true"]).await;
+    let output = std::process::Command::new(env!("CARGO_BIN_EXE_pgtaskd"))
+        .args(["status", "--database-url", &db.url])
+        .output()
+        .expect("run status");
+    assert!(output.status.success(), "{output:?}");
+    let text = String::from_utf8_lossy(&output.stdout);
+    let node_line = text
+        .lines()
+        .find(|l| l.trim_start().starts_with("1 "))
+        .unwrap_or_else(|| panic!("node 1 listed:\n{text}"));
+    assert!(
+        node_line.contains("alive") && node_line.contains("1/1"),
+        "{text}"
+    );
+    let group_line = text
+        .lines()
+        .skip_while(|l| !l.starts_with("GROUPS"))
+        .find(|l| l.trim_start().starts_with("0 "))
+        .unwrap_or_else(|| panic!("group 0 listed:\n{text}"));
+    let cols: Vec<&str> = group_line.split_whitespace().collect();
+    assert_eq!(cols, vec!["0", "1", &term.to_string(), "2", "1"], "{text}");
+    cancel_all(&client).await;
+}

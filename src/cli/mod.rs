@@ -4,6 +4,7 @@
 //! business logic of its own.
 
 mod dev;
+mod status;
 
 use std::path::PathBuf;
 
@@ -42,6 +43,9 @@ pub enum Command {
     Node(Box<NodeArgs>),
     /// Start a local PostgreSQL cluster under ./.pgtaskd (unless DATABASE_URL is set) and nodes on it.
     Dev(dev::DevArgs),
+    /// Show the cluster: nodes (liveness, heartbeat age, running), coordinators and terms, queues.
+    #[command(alias = "cluster")]
+    Status(status::StatusArgs),
 }
 
 /// Node settings; each flag beats its environment variable, which beats the config file.
@@ -194,5 +198,6 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
             pgtaskd::node::run(config).context("node failed")
         }
         Command::Dev(args) => dev::run(args, cli.log_format),
+        Command::Status(args) => status::run(args),
     }
 }
