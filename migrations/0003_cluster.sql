@@ -41,6 +41,7 @@ CREATE TRIGGER task_before_update_reset_lost BEFORE UPDATE ON long_task.task
 -- The event log: what the cluster did, by whom, under which term
 -- ---------------------------------------------------------------------------------------------
 --   kind: elected · node_dead · sessions_terminated · requeued · lost_failed · lost_cancelled ·
+--         recovered (a node handed back its own tasks at restart or shutdown) ·
 --         coordinator_deposed · fired · released
 CREATE TABLE long_task.event (
     id           bigint      GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
@@ -325,5 +326,48 @@ BEGIN
         VALUES (p_group_id, p_term, p_worker_id, 'fired', n || ' schedule(s)');
     END IF;
     RETURN QUERY SELECT n, due;
+END
+$$;
+
+-- ---------------------------------------------------------------------------------------------
+-- A node's own recovery (restart, shutdown) is recorded too, so every re-run has an event.
+-- ---------------------------------------------------------------------------------------------
+CREATE OR REPLACE FUNCTION long_task.recover_worker(p_worker_id bigint, p_reason text)
+RETURNS TABLE (requeued bigint, cancelled bigint)
+LANGUAGE plpgsql AS $$
+DECLARE
+    n_cancelled bigint;
+    n_requeued bigint;
+BEGIN
+    WITH c AS (
+        UPDATE long_task.task t
+           SET state_id = 'CC', error = 'cancelled (' || p_reason || ')'
+         WHERE t.worker_id = p_worker_id AND t.state_id = 'AC'
+        RETURNING t.id, t.run_id, t.group_id
+    ), e AS (
+        INSERT INTO long_task.event (group_id, by_worker_id, kind, worker_id, task_id, run_id, detail)
+        SELECT c.group_id, p_worker_id, 'recovered', p_worker_id, c.id, c.run_id, p_reason || ': now CC' FROM c
+        RETURNING 1
+    )
+    SELECT count(*) INTO n_cancelled FROM e;
+    WITH r AS (
+        SELECT t.id, t.run_id, t.group_id FROM long_task.task t
+         WHERE t.worker_id = p_worker_id AND t.state_id = 'AE'
+           FOR UPDATE
+    ), u AS (
+        UPDATE long_task.task t
+           SET state_id = 'AW', worker_id = CASE WHEN t.pinned THEN t.worker_id END,
+               error = p_reason
+          FROM r
+         WHERE t.id = r.id
+        RETURNING t.id
+    ), e AS (
+        INSERT INTO long_task.event (group_id, by_worker_id, kind, worker_id, task_id, run_id, detail)
+        SELECT r.group_id, p_worker_id, 'recovered', p_worker_id, r.id, r.run_id, p_reason || ': now AW'
+          FROM r JOIN u ON u.id = r.id
+        RETURNING 1
+    )
+    SELECT count(*) INTO n_requeued FROM e;
+    RETURN QUERY SELECT n_requeued, n_cancelled;
 END
 $$;
