@@ -146,7 +146,9 @@ pub async fn run(
                 "task {id} CS written by run {run_id:?}, not its last run {:?}",
                 ran.last()
             ));
-        } else if state == "CF" && error.as_deref() != Some("worker lost") && !ran.is_empty()
+        } else if state == "CF"
+            && error.as_deref() != Some("worker lost")
+            && !ran.is_empty()
             && ran.last().copied() != run_id
         {
             problem = Some(format!("task {id} CF written by a stale run {run_id:?}"));
@@ -237,7 +239,10 @@ fn processes_with_prefix(prefix: &str) -> Vec<i32> {
         }
         let zombie = std::fs::read_to_string(format!("/proc/{pid}/stat"))
             .ok()
-            .and_then(|s| s.rsplit_once(')').map(|(_, r)| r.trim_start().starts_with('Z')))
+            .and_then(|s| {
+                s.rsplit_once(')')
+                    .map(|(_, r)| r.trim_start().starts_with('Z'))
+            })
             .unwrap_or(true);
         if !zombie {
             found.push(pid);

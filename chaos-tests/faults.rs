@@ -117,7 +117,10 @@ impl Nodes {
             .arg("10s")
             .arg("--state-dir")
             .arg(self.dir.join("state"))
-            .env("RUST_LOG", std::env::var("CHAOS_NODE_LOG").unwrap_or_else(|_| "info".into()))
+            .env(
+                "RUST_LOG",
+                std::env::var("CHAOS_NODE_LOG").unwrap_or_else(|_| "info".into()),
+            )
             .stdin(Stdio::null())
             .stdout(log.try_clone()?)
             .stderr(log)
@@ -273,7 +276,10 @@ pub async fn inject(
         20..=34 if node_fault_ok => {
             let coordinator = match connect(url).await {
                 Ok(c) => c
-                    .query_opt("SELECT worker_id FROM long_task.coordinator WHERE group_id = 0", &[])
+                    .query_opt(
+                        "SELECT worker_id FROM long_task.coordinator WHERE group_id = 0",
+                        &[],
+                    )
                     .await
                     .ok()
                     .flatten()
@@ -285,7 +291,10 @@ pub async fn inject(
                 .filter(|i| healthy.contains(i))
             {
                 let restart = Duration::from_millis(rng.gen_range(300..3000));
-                println!("fault: SIGKILL coordinator node {} (restart in {restart:?})", i + 1);
+                println!(
+                    "fault: SIGKILL coordinator node {} (restart in {restart:?})",
+                    i + 1
+                );
                 nodes.kill_index(i, restart);
                 counts.kill_coordinator += 1;
             }
@@ -313,7 +322,10 @@ pub async fn inject(
                     .await
                     .map(|r| r.get::<_, i64>(0))
                     .unwrap_or(0);
-                println!("fault: pg_terminate_backend of node {} ({ended} sessions)", i + 1);
+                println!(
+                    "fault: pg_terminate_backend of node {} ({ended} sessions)",
+                    i + 1
+                );
                 counts.terminate_backends += 1;
             }
         }
@@ -343,10 +355,7 @@ pub async fn inject(
                     let id: i64 = row.get(0);
                     println!("fault: cancel running task {id}");
                     let _ = c
-                        .execute(
-                            "INSERT INTO chaos_cancel (task_id) VALUES ($1)",
-                            &[&id],
-                        )
+                        .execute("INSERT INTO chaos_cancel (task_id) VALUES ($1)", &[&id])
                         .await;
                     counts.cancel += 1;
                 }

@@ -24,7 +24,10 @@ use faults::{Counts, Nodes};
 use pgtaskd::pgcluster::{create_database, PgCluster};
 
 #[derive(Debug, Parser)]
-#[command(name = "chaos", about = "pgtaskd chaos harness: faults at random, then invariants")]
+#[command(
+    name = "chaos",
+    about = "pgtaskd chaos harness: faults at random, then invariants"
+)]
 struct Args {
     /// How long to inject faults (then the cluster settles and is checked).
     #[arg(long, default_value = "60s", value_parser = humantime::parse_duration)]
@@ -120,12 +123,7 @@ async fn run_on(
     nodes.start_all()?;
     nodes.wait_ready(Duration::from_secs(30)).await?;
 
-    let feeder = faults::spawn_feeder(
-        url.clone(),
-        exec_log.clone(),
-        args.rate,
-        args.max_task_secs,
-    );
+    let feeder = faults::spawn_feeder(url.clone(), exec_log.clone(), args.rate, args.max_task_secs);
     let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
     let mut counts = Counts::default();
     let deadline = Instant::now() + args.duration;
@@ -141,13 +139,23 @@ async fn run_on(
             nodes.maintain(&mut counts)?;
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
-        faults::inject(&mut rng, &mut nodes, cluster, &url, !args.no_pg_restart, &mut counts).await;
+        faults::inject(
+            &mut rng,
+            &mut nodes,
+            cluster,
+            &url,
+            !args.no_pg_restart,
+            &mut counts,
+        )
+        .await;
     }
     let fed = feeder.stop().await;
     println!("chaos: faults over; settling");
     nodes.heal(&mut counts)?;
     if !cluster.is_running() {
-        cluster.start().context("restarting PostgreSQL for the checks")?;
+        cluster
+            .start()
+            .context("restarting PostgreSQL for the checks")?;
     }
     let settled = check::settle(&url, args.settle).await;
     nodes.stop_all(Duration::from_secs(30)).await;

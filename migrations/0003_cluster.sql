@@ -77,11 +77,13 @@ LANGUAGE sql STABLE AS $$
 $$;
 
 -- Ends every session of a node in this database (named `pgtaskd w<id> …`, or holding its
--- liveness lock), waiting up to 1 s for each to go. Returns how many were ended.
+-- liveness lock). Signals without waiting (a wait of up to 1 s per session would stall the
+-- coordinator's round); the run_id guard covers a write that is still in flight. Returns how
+-- many sessions were signalled.
 CREATE FUNCTION long_task.terminate_node_sessions(p_worker_id bigint)
 RETURNS integer
 LANGUAGE sql AS $$
-    SELECT count(*) FILTER (WHERE pg_terminate_backend(a.pid, 1000))::integer
+    SELECT count(*) FILTER (WHERE pg_terminate_backend(a.pid))::integer
       FROM pg_stat_activity a
      WHERE a.datname = current_database() AND a.pid <> pg_backend_pid()
        AND (a.application_name LIKE 'pgtaskd w' || p_worker_id || ' %'

@@ -113,7 +113,8 @@ async fn campaign(node: &NodeContext) -> Result<(), CoordinatorError> {
     )
     .await?;
     let wait = (cfg.heartbeat_timeout / 2).max(Duration::from_millis(200));
-    let round_limit = cfg.heartbeat_timeout / 2;
+    // A round that takes longer than this means a dead connection (the work itself is a few ms).
+    let round_limit = cfg.heartbeat_timeout;
     loop {
         if !node.may_coordinate() {
             return Ok(());

@@ -125,6 +125,7 @@ impl Dispatcher {
             act.claim_in_flight = false;
             match result {
                 Ok(tasks) => {
+                    debug!(asked = free, got = tasks.len(), "claimed");
                     act.claim_failures = 0;
                     if tasks.len() as u32 >= free {
                         act.want_claim = true; // there may be more
