@@ -50,7 +50,7 @@ pub struct Client {
 impl Client {
     /// Connects (lazily: the first call opens a connection) with a pool of 4 connections.
     pub async fn connect(database_url: &str) -> Result<Client, ClientError> {
-        let pool = db::create_pool(database_url, 4)?;
+        let pool = db::create_pool(database_url, "client", 4)?;
         // fail early on a bad URL or an unreachable server
         drop(pool.get().await.map_err(DbError::from)?);
         Ok(Client { pool })

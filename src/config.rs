@@ -67,6 +67,13 @@ pub struct NodeConfig {
     /// How often the listener checks its own connection (notifications are only hints).
     #[serde(with = "humantime_serde")]
     pub listener_check_interval: Duration,
+    /// How often the group's coordinator looks for dead nodes (one cheap read of `pg_locks` and
+    /// the group's worker rows; only the coordinator sends it).
+    #[serde(with = "humantime_serde")]
+    pub coordinator_interval: Duration,
+    /// Where the node keeps local state (the outcome spool), scoped by installation and worker id
+    /// (default: `$XDG_STATE_HOME/pgtaskd`, else `~/.local/state/pgtaskd`, else `/var/tmp/pgtaskd`).
+    pub state_dir: Option<PathBuf>,
     /// Lines of stdout and of stderr kept per run.
     pub tail_lines: usize,
     /// Bytes kept at most per output tail.
@@ -100,6 +107,8 @@ impl Default for NodeConfig {
             kill_grace: Duration::from_secs(5),
             shutdown_grace: Duration::from_secs(30),
             listener_check_interval: Duration::from_secs(10),
+            coordinator_interval: Duration::from_millis(250),
+            state_dir: None,
             tail_lines: 20,
             tail_bytes: 8 * 1024,
             cwd_root: None,
@@ -179,6 +188,15 @@ impl NodeConfig {
         if self.listener_check_interval < Duration::from_millis(100) {
             return Err(invalid("listener_check_interval", "must be at least 100ms"));
         }
+        if self.coordinator_interval < Duration::from_millis(50) {
+            return Err(invalid("coordinator_interval", "must be at least 50ms"));
+        }
+        if self.coordinator_interval >= self.heartbeat_timeout {
+            return Err(invalid(
+                "coordinator_interval",
+                "must be shorter than heartbeat_timeout",
+            ));
+        }
         if self.tail_bytes == 0 && self.tail_lines > 0 {
             return Err(invalid("tail_bytes", "must be > 0 when tail_lines > 0"));
         }
@@ -208,6 +226,13 @@ impl NodeConfig {
     /// The database URL, which a node cannot do without.
     pub fn require_database_url(&self) -> Result<&str, ConfigError> {
         self.database_url.as_deref().ok_or(ConfigError::NoDatabase)
+    }
+
+    /// The node's state directory (see `state_dir`).
+    pub fn state_dir(&self) -> PathBuf {
+        self.state_dir
+            .clone()
+            .unwrap_or_else(crate::cluster::spool::default_state_dir)
     }
 
     /// The node's display name.

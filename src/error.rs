@@ -17,6 +17,8 @@ pub enum Error {
     WorkerIdInUse(i64),
     #[error(transparent)]
     Http(#[from] crate::http::HttpError),
+    #[error("outcome spool: {0}")]
+    Spool(String),
     #[error("cannot start the process guardian: {0}")]
     Guardian(String),
     #[error("{context}: {source}")]

@@ -7,18 +7,22 @@
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{Duration, Instant};
 
 use actix::prelude::*;
 use tokio_postgres::Client;
 use tracing::{info, warn};
 use uuid::Uuid;
 
+use crate::actors::coordinator::Coordinator;
 use crate::actors::dispatcher::Dispatcher;
 use crate::actors::membership::Membership;
 use crate::actors::process::ProcessActor;
 use crate::actors::scheduler::Scheduler;
 use crate::actors::supervisor::Supervisor;
+use crate::cluster::Spool;
 use crate::config::{host_name, NodeConfig};
+use crate::db::cluster::name_session;
 use crate::db::queries::{self, WorkerControl};
 use crate::db::{self, migrate, Pool};
 use crate::error::Error;
@@ -45,6 +49,19 @@ pub struct Peers {
     pub scheduler: Option<Addr<Scheduler>>,
     pub membership: Option<Addr<Membership>>,
     pub supervisor: Option<Addr<Supervisor>>,
+    pub coordinator: Option<Addr<Coordinator>>,
+}
+
+/// What this node knows of its own standing in the cluster.
+#[derive(Debug, Clone, Copy)]
+pub struct Standing {
+    /// When the last heartbeat that succeeded was sent (node clock, monotonic; a conservative
+    /// bound on the database's `heartbeat_at`).
+    pub last_heartbeat: Instant,
+    /// The node fenced itself (cut off past `heartbeat_timeout`) and has not heartbeaten since.
+    pub fenced: bool,
+    /// The coordinator term this node holds for its group, if it is the coordinator.
+    pub term: Option<i64>,
 }
 
 /// What every actor of a node shares.
@@ -59,8 +76,11 @@ pub struct NodeContext {
     pub guardian: Option<Guardian>,
     /// What this node runs besides/instead of processes (embedded nodes; empty for `pgtaskd node`).
     pub options: NodeOptions,
+    /// Outcomes that could not be written wait here (None: the state directory is unusable).
+    pub spool: Option<Spool>,
     running: Mutex<HashMap<i64, RunEntry>>,
     peers: Mutex<Peers>,
+    standing: Mutex<Standing>,
 }
 
 impl NodeContext {
@@ -87,6 +107,35 @@ impl NodeContext {
 
     pub fn supervisor(&self) -> Option<Addr<Supervisor>> {
         self.peers().supervisor.clone()
+    }
+
+    pub fn coordinator(&self) -> Option<Addr<Coordinator>> {
+        self.peers().coordinator.clone()
+    }
+
+    pub fn standing(&self) -> MutexGuard<'_, Standing> {
+        self.standing.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Time since the last successful heartbeat was sent.
+    pub fn heartbeat_age(&self) -> Duration {
+        self.standing().last_heartbeat.elapsed()
+    }
+
+    /// Whether this node may act as coordinator: its own heartbeat is comfortably within
+    /// `heartbeat_timeout` (one interval of margin), so it steps down before others can see it
+    /// dead.
+    pub fn may_coordinate(&self) -> bool {
+        let cfg = &self.config;
+        let standing = *self.standing();
+        !standing.fenced
+            && standing.last_heartbeat.elapsed()
+                < cfg.heartbeat_timeout.saturating_sub(cfg.heartbeat_interval)
+    }
+
+    /// The session name prefix of this node's connections (`pgtaskd w<id> <purpose>`).
+    pub fn session_purpose(&self, purpose: &str) -> String {
+        format!("w{} {purpose}", self.worker_id)
     }
 }
 
@@ -159,6 +208,7 @@ pub async fn prepare_with(
     if !queries::try_liveness_lock(&membership_client, worker_id).await? {
         return Err(Error::WorkerIdInUse(worker_id));
     }
+    name_session(&membership_client, worker_id, "membership").await?;
     let control = queries::register_worker(
         &membership_client,
         worker_id,
@@ -180,6 +230,17 @@ pub async fn prepare_with(
             killed, "killed processes left by a previous run of this node"
         );
     }
+    // Outcomes spooled by a previous run go first: a task whose outcome is known is not re-run.
+    let spool = match Spool::open(&config.state_dir(), installation, worker_id) {
+        Ok(spool) => {
+            replay_spool_at_start(&membership_client, &spool).await?;
+            Some(spool)
+        }
+        Err(e) => {
+            warn!(error = %e, "no outcome spool: outcomes are kept in memory while the database is unreachable");
+            None
+        }
+    };
     let (requeued, cancelled) =
         queries::recover_worker(&membership_client, worker_id, "node restarted").await?;
     if requeued + cancelled > 0 {
@@ -202,7 +263,11 @@ pub async fn prepare_with(
         }
     };
 
-    let pool = db::create_pool(&database_url, config.pool_size)?;
+    let pool = db::create_pool(
+        &database_url,
+        &format!("w{worker_id} pool"),
+        config.pool_size,
+    )?;
     let group_id = config.group_id;
     let context = Arc::new(NodeContext {
         config,
@@ -213,14 +278,37 @@ pub async fn prepare_with(
         node_marker,
         guardian,
         options,
+        spool,
         running: Mutex::new(HashMap::new()),
         peers: Mutex::new(Peers::default()),
+        standing: Mutex::new(Standing {
+            last_heartbeat: Instant::now(),
+            fenced: false,
+            term: None,
+        }),
     });
     Ok(PreparedNode {
         context,
         membership_client,
         control,
     })
+}
+
+/// Writes the outcomes a previous run of this node spooled (each under its run_id guard).
+async fn replay_spool_at_start(client: &Client, spool: &Spool) -> Result<(), Error> {
+    let loaded = spool.load().map_err(|e| Error::Spool(e.to_string()))?;
+    if loaded.is_empty() {
+        return Ok(());
+    }
+    let (paths, outcomes): (Vec<_>, Vec<_>) = loaded.into_iter().unzip();
+    let written = queries::finish_runs_on(client, &outcomes).await?;
+    info!(
+        spooled = outcomes.len(),
+        written = written.len(),
+        "replayed the outcome spool of a previous run"
+    );
+    spool.remove(&paths);
+    Ok(())
 }
 
 /// Runs a node until it is told to stop (signal or stop code). Owns the runtime.

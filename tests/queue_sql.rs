@@ -440,7 +440,7 @@ async fn scheduler_tick_reports_the_earliest_due_moment_and_wakes_due_retries() 
     let (db, client) = migrated_db().await;
     let listener = {
         let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
-        let (lc, conn) = pgtaskd::db::connect_listening(&db.url, tx)
+        let (lc, conn) = pgtaskd::db::connect_listening(&db.url, "test listener", tx)
             .await
             .expect("listen");
         lc.batch_execute("LISTEN long_task_g0")

@@ -3,6 +3,11 @@
 //! writes outcomes in batches (each guarded by its run_id) and reconciles running tasks with the
 //! table when told that something changed (cancel, delete, reassignment).
 //!
+//! Outcomes it cannot write go to the node's spool (`cluster::spool`) and are replayed, under the
+//! run_id guard, when the database answers again. When the node fences itself (cut off past
+//! `heartbeat_timeout`) it kills every running process, claims nothing, and once a heartbeat
+//! succeeds again hands those runs back (`long_task.release_runs`, run_id-guarded).
+//!
 //! Reacts only to messages (notifications, finished processes, limit changes): no polling loop.
 //! Must never block its thread, and never claim more than the free slots.
 
@@ -45,8 +50,12 @@ pub enum DispatcherMsg {
     Finished(Finished),
     /// Stop every running process for this reason.
     KillAll(KillReason),
-    /// Reply once every queued outcome is written (or the write keeps failing past the deadline).
+    /// Reply once every queued outcome is written or spooled.
     Flush(tokio::sync::oneshot::Sender<()>),
+    /// The node is cut off past its heartbeat timeout: kill everything, claim nothing.
+    Fence,
+    /// A heartbeat succeeded again after a fence: hand back the killed runs, claim again.
+    Unfence,
 }
 
 /// Claims in flight at once. With a durable commit costing milliseconds, a slot freed while a
@@ -75,6 +84,15 @@ pub struct Dispatcher {
     write_in_flight: bool,
     write_failures: u32,
     flush_waiters: Vec<tokio::sync::oneshot::Sender<()>>,
+    /// Fenced by Membership: nothing is claimed.
+    fenced: bool,
+    /// Runs killed by the fence, to hand back once the database answers.
+    to_release: Vec<(i64, uuid::Uuid)>,
+    release_in_flight: bool,
+    /// Outcomes wait in the spool.
+    spool_pending: bool,
+    replay_in_flight: bool,
+    replay_failures: u32,
 }
 
 impl Dispatcher {
@@ -82,6 +100,7 @@ impl Dispatcher {
         // Membership reports crossings of the memory floor; the state at start is read here.
         let floor = node.config.min_free_memory;
         let low_memory = floor > 0 && under_floor(&Sampler::new().sample(), floor);
+        let spool_pending = node_has_spooled(&node);
         Dispatcher {
             node,
             limit,
@@ -100,6 +119,12 @@ impl Dispatcher {
             write_in_flight: false,
             write_failures: 0,
             flush_waiters: Vec::new(),
+            fenced: false,
+            to_release: Vec::new(),
+            release_in_flight: false,
+            spool_pending,
+            replay_in_flight: false,
+            replay_failures: 0,
         }
     }
 
@@ -110,6 +135,7 @@ impl Dispatcher {
 
     fn maybe_claim(&mut self, ctx: &mut Context<Self>) {
         if self.paused
+            || self.fenced
             || self.low_memory
             || !self.backlog
             || self.retry_armed
@@ -143,6 +169,7 @@ impl Dispatcher {
             act.reserved -= free;
             match result {
                 Ok(tasks) => {
+                    debug!(asked = free, got = tasks.len(), "claimed");
                     act.claim_failures = 0;
                     if (tasks.len() as u32) < free && act.wake_seq == sent_at_wake {
                         act.backlog = false; // the queue was empty, and nothing was queued since
@@ -269,13 +296,121 @@ impl Dispatcher {
                     act.write_outcomes(ctx);
                 }
                 Err(e) => {
-                    // Keep the outcomes (oldest first) and try again: an outcome is never dropped.
+                    // The spool keeps them across a restart; replayed when the database answers.
+                    if act.spool_batch(&batch) {
+                        warn!(error = %e, spooled = batch.len(), "writing outcomes failed; spooled them");
+                        act.spool_pending = true;
+                        act.write_outcomes(ctx);
+                        act.schedule_replay(ctx);
+                        return;
+                    }
+                    // No spool: keep the outcomes (oldest first) and try again.
                     act.write_failures += 1;
                     let delay = backoff(act.write_failures);
                     warn!(error = %e, pending = batch.len() + act.outcomes.len(), retry_in = ?delay, "writing outcomes failed");
                     let newer = std::mem::replace(&mut act.outcomes, batch);
                     act.outcomes.extend(newer);
                     ctx.run_later(delay, |act, ctx| act.write_outcomes(ctx));
+                }
+            }
+        }));
+    }
+}
+
+/// Whether the node's spool holds outcomes (a start-up replay failed halfway, or none ran).
+fn node_has_spooled(node: &NodeContext) -> bool {
+    node.spool.as_ref().is_some_and(|s| !s.is_empty())
+}
+
+impl Dispatcher {
+    /// Writes a batch to the spool; false when there is no spool or it failed (then nothing of the
+    /// batch counts as spooled: an outcome spooled twice is replayed once, by its file name).
+    fn spool_batch(&self, batch: &[RunOutcome]) -> bool {
+        let Some(spool) = &self.node.spool else {
+            return false;
+        };
+        for outcome in batch {
+            if let Err(e) = spool.put(outcome) {
+                warn!(error = %e, task_id = outcome.task_id, run_id = %outcome.run_id, "cannot spool an outcome");
+                return false;
+            }
+        }
+        true
+    }
+
+    fn schedule_replay(&mut self, ctx: &mut Context<Self>) {
+        let delay = backoff(self.replay_failures.max(1));
+        ctx.run_later(delay, |act, ctx| act.replay_spool(ctx));
+    }
+
+    /// Writes spooled outcomes (each under its run_id guard) and deletes their files.
+    fn replay_spool(&mut self, ctx: &mut Context<Self>) {
+        if self.replay_in_flight || !self.spool_pending {
+            return;
+        }
+        let Some(spool) = self.node.spool.clone() else {
+            self.spool_pending = false;
+            return;
+        };
+        self.replay_in_flight = true;
+        let node = self.node.clone();
+        let fut = async move {
+            let loaded = spool.load().map_err(|e| e.to_string())?;
+            if loaded.is_empty() {
+                return Ok(0);
+            }
+            let (paths, outcomes): (Vec<_>, Vec<_>) = loaded.into_iter().unzip();
+            let written = queries::finish_runs(&node.pool, &outcomes)
+                .await
+                .map_err(|e| e.to_string())?;
+            info!(
+                spooled = outcomes.len(),
+                written = written.len(),
+                "replayed spooled outcomes (the rest were fenced)"
+            );
+            spool.remove(&paths);
+            Ok::<_, String>(outcomes.len())
+        };
+        ctx.spawn(fut.into_actor(self).map(|result, act, ctx| {
+            act.replay_in_flight = false;
+            match result {
+                Ok(_) => {
+                    act.replay_failures = 0;
+                    act.spool_pending = false;
+                }
+                Err(e) => {
+                    act.replay_failures += 1;
+                    debug!(error = %e, "spool replay failed; retrying");
+                    act.schedule_replay(ctx);
+                }
+            }
+        }));
+    }
+
+    /// Hands back the runs the fence killed (only rows still AE under those run_ids change).
+    fn release(&mut self, ctx: &mut Context<Self>) {
+        if self.release_in_flight || self.to_release.is_empty() {
+            return;
+        }
+        self.release_in_flight = true;
+        let runs = std::mem::take(&mut self.to_release);
+        let node = self.node.clone();
+        let fut = async move {
+            let result = crate::db::cluster::release_runs(&node.pool, node.worker_id, &runs).await;
+            (runs, result)
+        };
+        ctx.spawn(fut.into_actor(self).map(|(runs, result), act, ctx| {
+            act.release_in_flight = false;
+            match result {
+                Ok(n) => info!(
+                    killed = runs.len(),
+                    handed_back = n,
+                    "self-fenced runs handed back (the rest were already reassigned)"
+                ),
+                Err(e) => {
+                    warn!(error = %e, "cannot hand back self-fenced runs yet; retrying");
+                    act.to_release.extend(runs);
+                    ctx.run_later(backoff(3), |act, ctx| act.release(ctx));
                 }
             }
         }));
@@ -289,6 +424,7 @@ impl Actor for Dispatcher {
         ctx.set_mailbox_capacity(1024);
         self.maybe_claim(ctx);
         self.reconcile(ctx);
+        self.replay_spool(ctx);
     }
 }
 
@@ -301,6 +437,8 @@ impl Handler<DispatcherMsg> for Dispatcher {
                 self.backlog = true;
                 self.wake_seq += 1;
                 self.maybe_claim(ctx);
+                self.replay_spool(ctx);
+                self.release(ctx);
             }
             DispatcherMsg::Reconcile => {
                 self.want_reconcile = true;
@@ -351,6 +489,22 @@ impl Handler<DispatcherMsg> for Dispatcher {
             DispatcherMsg::Flush(reply) => {
                 self.flush_waiters.push(reply);
                 self.write_outcomes(ctx);
+            }
+            DispatcherMsg::Fence => {
+                self.fenced = true;
+                for (id, entry) in self.node.running().iter() {
+                    self.to_release.push((*id, entry.run_id));
+                    entry.actor.do_send(ProcessMsg::Kill(KillReason::Fenced));
+                }
+            }
+            DispatcherMsg::Unfence => {
+                self.fenced = false;
+                self.release(ctx);
+                self.replay_spool(ctx);
+                self.backlog = true;
+                self.want_reconcile = true;
+                self.reconcile(ctx);
+                self.maybe_claim(ctx);
             }
         }
     }

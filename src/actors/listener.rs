@@ -62,10 +62,11 @@ impl Listener {
         }
         self.connecting = true;
         let url = self.node.database_url.clone();
+        let purpose = self.node.session_purpose("listener");
         let tx = self.tx.clone();
         let channels = [group_channel(self.node.group_id), WORKER_CHANNEL.to_owned()];
         let fut = async move {
-            let (client, ended) = db::connect_listening(&url, tx).await?;
+            let (client, ended) = db::connect_listening(&url, &purpose, tx).await?;
             let listen: String = channels
                 .iter()
                 .map(|c| format!("LISTEN \"{c}\";"))

@@ -6,8 +6,11 @@
 //! Each beat also carries the host's load and available memory; while memory is under the
 //! configured floor (`min_free_memory`) the Dispatcher is told to claim nothing.
 //!
-//! On a lost connection it reconnects and takes the lock again. Must never run on a pooled
-//! connection (the lock is session-scoped).
+//! On a lost connection it reconnects and takes the lock again. It also keeps the node's standing
+//! (`NodeContext::standing`): when no heartbeat has succeeded for `heartbeat_timeout` (cut off,
+//! or the whole process was stopped) the node fences itself — the Dispatcher kills every running
+//! process and claims nothing until a heartbeat succeeds again, and the Coordinator steps down.
+//! Must never run on a pooled connection (the lock is session-scoped).
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -60,7 +63,31 @@ impl Membership {
         }
     }
 
+    /// Fences the node when its last successful heartbeat is older than `heartbeat_timeout`.
+    fn check_fence(&mut self) {
+        let age = self.node.heartbeat_age();
+        if age <= self.node.config.heartbeat_timeout {
+            return;
+        }
+        let newly = {
+            let mut standing = self.node.standing();
+            !std::mem::replace(&mut standing.fenced, true)
+        };
+        if newly {
+            error!(
+                since_last_heartbeat = ?age,
+                "cut off from the database past heartbeat_timeout: fencing this node (killing its tasks; the coordinator re-runs them)"
+            );
+            if let Some(d) = self.node.dispatcher() {
+                d.do_send(DispatcherMsg::Fence);
+            }
+        }
+    }
+
     fn beat(&mut self, ctx: &mut Context<Self>) {
+        // First, before any query: after a long stop (SIGSTOP, a frozen VM) the node must fence
+        // itself before anything it does can be seen.
+        self.check_fence();
         if self.in_flight {
             self.again = true;
             return;
@@ -78,6 +105,7 @@ impl Membership {
             min_free_memory: floor,
             low_memory,
         };
+        let sent = std::time::Instant::now();
         let fut = async move {
             let client = match client {
                 Some(c) if !c.is_closed() => c,
@@ -100,6 +128,17 @@ impl Membership {
                 Ok((client, control)) => {
                     if act.failing_since.take().is_some() {
                         info!("heartbeat restored");
+                    }
+                    let was_fenced = {
+                        let mut standing = act.node.standing();
+                        standing.last_heartbeat = standing.last_heartbeat.max(sent);
+                        std::mem::replace(&mut standing.fenced, false)
+                    };
+                    if was_fenced {
+                        info!("heartbeat restored after fencing: handing back the killed runs");
+                        if let Some(d) = act.node.dispatcher() {
+                            d.do_send(DispatcherMsg::Unfence);
+                        }
                     }
                     act.client = Some(client);
                     crate::metrics::heartbeat_ok(Some(&sampled), act.low_memory);
@@ -174,7 +213,8 @@ enum MembershipError {
 
 /// A fresh dedicated connection holding this node's liveness lock.
 async fn reconnect(node: &NodeContext) -> Result<Client, MembershipError> {
-    let client = db::connect_dedicated(&node.database_url, "membership").await?;
+    let client =
+        db::connect_dedicated(&node.database_url, &node.session_purpose("membership")).await?;
     if !queries::try_liveness_lock(&client, node.worker_id).await? {
         // Most likely our previous session is not yet gone on the server side; retried next beat.
         return Err(MembershipError::LockTaken);
@@ -194,6 +234,7 @@ impl Actor for Membership {
             self.apply(control);
         }
         ctx.run_interval(interval, |act, ctx| act.beat(ctx));
+        ctx.run_interval(interval / 2, |act, _| act.check_fence());
     }
 }
 

@@ -7,8 +7,10 @@
 //! | `listener` | the LISTEN connection: notifications to typed messages, reconnect and resync |
 //! | `dispatcher` | claiming tasks up to the process limit, batching outcome writes, reconciling cancels |
 //! | `process` | one OS process (or in-process handler): spawn, tails, timeout, kill, its outcome |
-//! | `scheduler` | the time-driven work of the group on time: schedules, due retries, lease expiry, retention |
+//! | `scheduler` | the time-driven work of the group on time, under the coordinator's term: schedules, due retries, lease expiry, retention |
+//! | `coordinator` | election per group, dead-node detection and reassignment under a term |
 
+pub mod coordinator;
 pub mod dispatcher;
 pub mod listener;
 pub mod membership;

@@ -5,8 +5,7 @@
 //! handler runs that handler instead (a tokio task: a panic fails the attempt, not the node;
 //! a kill cancels its token, then drops it after the grace).
 //!
-//! Must be started on a long-lived thread (the system arbiter): `PR_SET_PDEATHSIG` fires when the
-//! spawning thread exits. Must never write to the database itself.
+//! Must never write to the database itself (the Dispatcher owns every outcome write).
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;

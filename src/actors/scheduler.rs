@@ -5,8 +5,10 @@
 //! clock), or until a `sched` notification says a schedule, a retry delay or a lease changed.
 //! With nothing due it sends no query at all.
 //!
-//! Each step locks its rows (SKIP LOCKED), so it happens once even when several nodes of a group
-//! tick at the same moment. Must never compute due times from the node's clock.
+//! It ticks only while this node is its group's coordinator (the Coordinator sends the term), and
+//! every tick is checked against that term in the database (`long_task.scheduler_tick_as`), so a
+//! scheduled run fires once across the cluster. Each step also locks its rows (SKIP LOCKED).
+//! Must never compute due times from the node's clock.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -18,17 +20,25 @@ use super::backoff;
 use crate::db::queries;
 use crate::node::NodeContext;
 
+fn node_term(node: &NodeContext) -> Option<i64> {
+    node.standing().term
+}
+
 /// Messages of the Scheduler.
 #[derive(Message, Debug)]
 #[rtype(result = "()")]
 pub enum SchedulerMsg {
     /// Schedules may have changed (a notification, a reconnect): fire what is due, re-arm the timer.
     Reload,
+    /// This node became the group's coordinator under this term (Some), or is no longer (None).
+    Term(Option<i64>),
 }
 
 pub struct Scheduler {
     node: Arc<NodeContext>,
     timer: Option<SpawnHandle>,
+    /// The coordinator term under which this node fires; None: it does not fire.
+    term: Option<i64>,
     in_flight: bool,
     again: bool,
     failures: u32,
@@ -41,9 +51,11 @@ const MAX_SLEEP: Duration = Duration::from_secs(3600);
 
 impl Scheduler {
     pub fn new(node: Arc<NodeContext>) -> Self {
+        let term = node_term(&node);
         Scheduler {
             node,
             timer: None,
+            term,
             in_flight: false,
             again: false,
             failures: 0,
@@ -59,14 +71,29 @@ impl Scheduler {
         if let Some(timer) = self.timer.take() {
             ctx.cancel_future(timer);
         }
+        let Some(term) = self.term else {
+            return; // not the coordinator: another node fires
+        };
         self.in_flight = true;
         let node = self.node.clone();
         let since = self.since;
-        let fut = async move { queries::scheduler_tick(&node.pool, node.group_id, since).await };
-        ctx.spawn(fut.into_actor(self).map(|result, act, ctx| {
+        let fut = async move {
+            queries::scheduler_tick(&node.pool, node.group_id, node.worker_id, term, since).await
+        };
+        ctx.spawn(fut.into_actor(self).map(move |result, act, ctx| {
             act.in_flight = false;
             let delay = match result {
-                Ok(tick) => {
+                Ok(None) => {
+                    warn!(
+                        term,
+                        "term superseded: this node no longer runs the scheduler"
+                    );
+                    if act.term == Some(term) {
+                        act.term = None;
+                    }
+                    None
+                }
+                Ok(Some(tick)) => {
                     act.failures = 0;
                     act.since = Some(tick.db_now);
                     if tick.fired > 0 {
@@ -132,6 +159,25 @@ impl Handler<SchedulerMsg> for Scheduler {
     fn handle(&mut self, msg: SchedulerMsg, ctx: &mut Self::Context) {
         match msg {
             SchedulerMsg::Reload => self.fire(ctx),
+            SchedulerMsg::Term(term) => {
+                if term != self.term {
+                    info!(
+                        ?term,
+                        "schedule firing {}",
+                        if term.is_some() {
+                            "taken over"
+                        } else {
+                            "stopped"
+                        }
+                    );
+                }
+                self.term = term;
+                if term.is_some() {
+                    self.fire(ctx);
+                } else if let Some(timer) = self.timer.take() {
+                    ctx.cancel_future(timer);
+                }
+            }
         }
     }
 }

@@ -20,6 +20,7 @@ use actix::prelude::*;
 use tokio::signal::unix::{signal, SignalKind};
 use tracing::{error, info, warn};
 
+use super::coordinator::{Coordinator, CoordinatorMsg};
 use super::dispatcher::{Dispatcher, DispatcherMsg};
 use super::listener::Listener;
 use super::membership::Membership;
@@ -87,6 +88,11 @@ impl Supervisor {
         self.node.peers().membership = Some(addr);
     }
 
+    fn start_coordinator(&self) {
+        let addr = Coordinator::new(self.node.clone()).start();
+        self.node.peers().coordinator = Some(addr);
+    }
+
     fn start_listener(&mut self) {
         self.listener = Some(Listener::new(self.node.clone()).start());
     }
@@ -94,14 +100,19 @@ impl Supervisor {
     /// Recreates any actor whose mailbox closed (it panicked or stopped unexpectedly).
     fn watchdog(&mut self) {
         let paused = self.shutdown.is_some();
-        let (dispatcher_dead, scheduler_dead, membership_dead) = {
+        let (dispatcher_dead, scheduler_dead, membership_dead, coordinator_dead) = {
             let peers = self.node.peers();
             (
                 !peers.dispatcher.as_ref().is_some_and(|a| a.connected()),
                 !peers.scheduler.as_ref().is_some_and(|a| a.connected()),
                 !peers.membership.as_ref().is_some_and(|a| a.connected()),
+                !peers.coordinator.as_ref().is_some_and(|a| a.connected()),
             )
         };
+        if coordinator_dead && self.shutdown.is_none() {
+            error!("coordinator crashed; restarting it");
+            self.start_coordinator();
+        }
         if dispatcher_dead {
             error!("dispatcher crashed; restarting it");
             self.start_dispatcher(paused);
@@ -176,6 +187,9 @@ impl Supervisor {
             return;
         }
         self.finishing = true;
+        if let Some(c) = self.node.coordinator() {
+            c.do_send(CoordinatorMsg::Stop);
+        }
         let node = self.node.clone();
         let dispatcher = node.dispatcher();
         let fut = async move {
@@ -230,6 +244,7 @@ impl Actor for Supervisor {
         self.start_dispatcher(paused);
         self.start_scheduler();
         self.start_membership();
+        self.start_coordinator();
         self.start_listener();
         // an embedded node leaves the host program's signals alone (it stops through its handle)
         if !self.node.options.embedded {

@@ -32,6 +32,21 @@ pub struct DevArgs {
     /// Use this database instead of the embedded cluster.
     #[arg(long, env = "DATABASE_URL")]
     database_url: Option<String>,
+    /// Directory of per-node config files `node-<i>.toml` (node i uses the i-th; flags set only
+    /// the database). Default with --nodes > 1: `cluster-configs/three-node` when it exists.
+    #[arg(long)]
+    cluster: Option<PathBuf>,
+}
+
+/// The config file of node `i`, if a cluster directory applies.
+fn node_config(args: &DevArgs, i: u32) -> Option<PathBuf> {
+    let dir = match &args.cluster {
+        Some(dir) => dir.clone(),
+        None if args.nodes > 1 => PathBuf::from("cluster-configs/three-node"),
+        None => return None,
+    };
+    let file = dir.join(format!("node-{i}.toml"));
+    file.is_file().then_some(file)
 }
 
 const DEV_DATABASE: &str = "pgtaskd";
@@ -87,23 +102,30 @@ async fn run_nodes(args: &DevArgs, url: &str, log_format: Option<LogFormat>) -> 
                 LogFormat::Json => "json",
             });
         }
-        cmd.arg("node")
-            .arg("--database-url")
-            .arg(url)
-            .arg("--worker-id")
-            .arg(i.to_string())
-            .arg("--max-tasks")
-            .arg(args.max_tasks.to_string())
-            .arg("--node-name")
-            .arg(format!("dev-{i}"))
-            .stdin(Stdio::null())
+        cmd.arg("node").arg("--database-url").arg(url);
+        match node_config(args, i) {
+            Some(file) => {
+                println!("node {i}: {}", file.display());
+                cmd.arg("--config").arg(file);
+            }
+            None => {
+                cmd.arg("--worker-id")
+                    .arg(i.to_string())
+                    .arg("--max-tasks")
+                    .arg(args.max_tasks.to_string())
+                    .arg("--node-name")
+                    .arg(format!("dev-{i}"));
+            }
+        }
+        cmd.stdin(Stdio::null())
             // own process group: a terminal Ctrl-C reaches only us, and we stop the nodes in order
             .process_group(0);
         children.push(cmd.spawn().context("starting a node")?);
     }
 
     println!();
-    println!("pgtaskd is running: {} node(s) in group 0.", args.nodes);
+    println!("pgtaskd is running: {} node(s).", args.nodes);
+    println!("  cluster:  pgtaskd status --database-url '{url}'");
     println!("  connect:  psql '{url}'");
     println!("  queue a task:");
     println!("    INSERT INTO long_task.task (group_id, state_id, priority, command)");

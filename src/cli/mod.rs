@@ -98,6 +98,7 @@ pub enum Command {
     Logs(tasks::IdArgs),
     /// Cluster overview: nodes, coordinators, queues, running tasks.
     #[command(
+        alias = "cluster",
         after_help = "Examples:\n  pgtaskd status\n  pgtaskd status --json | jq '.nodes[] | select(.alive)'"
     )]
     Status(status::StatusArgs),

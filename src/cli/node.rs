@@ -53,6 +53,12 @@ pub struct NodeArgs {
     /// How long running tasks may finish after SIGTERM before they are killed and re-queued.
     #[arg(long, env = "PGTASKD_SHUTDOWN_GRACE", value_parser = humantime::parse_duration)]
     pub shutdown_grace: Option<std::time::Duration>,
+    /// How often the coordinator looks for dead nodes (e.g. 250ms).
+    #[arg(long, env = "PGTASKD_COORDINATOR_INTERVAL", value_parser = humantime::parse_duration)]
+    pub coordinator_interval: Option<std::time::Duration>,
+    /// Local state directory (the outcome spool).
+    #[arg(long, env = "PGTASKD_STATE_DIR")]
+    pub state_dir: Option<PathBuf>,
     /// Lines of stdout/stderr kept per run.
     #[arg(long, env = "PGTASKD_TAIL_LINES")]
     pub tail_lines: Option<usize>,
@@ -103,6 +109,10 @@ impl NodeArgs {
         set!(kill_grace, self.kill_grace);
         set!(shutdown_grace, self.shutdown_grace);
         set!(tail_lines, self.tail_lines);
+        set!(coordinator_interval, self.coordinator_interval);
+        if let Some(dir) = self.state_dir.clone() {
+            cfg.state_dir = Some(dir);
+        }
         set!(pool_size, self.pool_size);
         if let Some(root) = self.cwd_root.clone() {
             cfg.cwd_root = Some(root);

@@ -30,6 +30,11 @@ pub const MIGRATIONS: &[Migration] = &[
         sql: include_str!("../../migrations/0002_queue.sql"),
     },
     Migration {
+        version: 3,
+        name: "cluster",
+        sql: include_str!("../../migrations/0003_cluster.sql"),
+    },
+    Migration {
         version: 4,
         name: "observability",
         sql: include_str!("../../migrations/0004_observability.sql"),

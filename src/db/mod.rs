@@ -6,6 +6,7 @@
 //! the database, and never LISTEN or take a session lock on a pooled connection (bb8 drops
 //! notifications and recycles sessions).
 
+pub mod cluster;
 pub mod migrate;
 pub mod overview;
 pub mod queries;
@@ -60,9 +61,22 @@ impl From<bb8::RunError<tokio_postgres::Error>> for DbError {
 /// Connection settings for every connection a node opens: the server drops a silent peer after
 /// ~3 s (`tcp_keepalives_*`, `tcp_user_timeout`), and the client notices a dead server by TCP
 /// keepalives too.
+///
+/// A node names its sessions `pgtaskd w<worker id> <purpose>` (pass `w<id> <purpose>`), so a
+/// coordinator can end every session of a hung node.
 pub fn connection_config(url: &str, purpose: &str) -> Result<tokio_postgres::Config, DbError> {
+    connection_config_with(url, purpose, "")
+}
+
+/// `connection_config` plus extra session settings (`-c name=value ...`).
+pub fn connection_config_with(
+    url: &str,
+    purpose: &str,
+    extra: &str,
+) -> Result<tokio_postgres::Config, DbError> {
     let mut cfg: tokio_postgres::Config = url.parse().map_err(DbError::Url)?;
-    let session = "-c tcp_keepalives_idle=2 -c tcp_keepalives_interval=1 -c tcp_keepalives_count=2 -c tcp_user_timeout=3000";
+    let session = format!("-c tcp_keepalives_idle=2 -c tcp_keepalives_interval=1 -c tcp_keepalives_count=2 -c tcp_user_timeout=3000 {extra}");
+    let session = session.trim_end();
     let options = match cfg.get_options() {
         Some(existing) if !existing.is_empty() => format!("{existing} {session}"),
         _ => session.to_owned(),
@@ -82,8 +96,8 @@ pub fn connection_config(url: &str, purpose: &str) -> Result<tokio_postgres::Con
 }
 
 /// Creates the shared pool. Connections are made lazily; a broken one is dropped when returned.
-pub fn create_pool(url: &str, size: u32) -> Result<Pool, DbError> {
-    let cfg = connection_config(url, "pool")?;
+pub fn create_pool(url: &str, purpose: &str, size: u32) -> Result<Pool, DbError> {
+    let cfg = connection_config(url, purpose)?;
     let manager = PostgresConnectionManager::new(cfg, NoTls);
     Ok(bb8::Pool::builder()
         .max_size(size)
@@ -96,7 +110,16 @@ pub fn create_pool(url: &str, size: u32) -> Result<Pool, DbError> {
 /// Opens a dedicated connection whose driver runs on the current runtime; notifications and
 /// notices are dropped. For session-scoped work (advisory locks, migrations).
 pub async fn connect_dedicated(url: &str, purpose: &str) -> Result<Client, DbError> {
-    let cfg = connection_config(url, purpose)?;
+    connect_dedicated_with(url, purpose, "").await
+}
+
+/// `connect_dedicated` with extra session settings (`-c name=value ...`).
+pub async fn connect_dedicated_with(
+    url: &str,
+    purpose: &str,
+    extra: &str,
+) -> Result<Client, DbError> {
+    let cfg = connection_config_with(url, purpose, extra)?;
     let (client, connection) = cfg.connect(NoTls).await.map_err(DbError::Connect)?;
     let purpose = purpose.to_owned();
     tokio::spawn(async move {
@@ -119,9 +142,10 @@ pub struct Notice {
 /// returned receiver of the end signal resolves.
 pub async fn connect_listening(
     url: &str,
+    purpose: &str,
     tx: tokio::sync::mpsc::UnboundedSender<Notice>,
 ) -> Result<(Client, tokio::sync::oneshot::Receiver<String>), DbError> {
-    let cfg = connection_config(url, "listener")?;
+    let cfg = connection_config(url, purpose)?;
     let (client, mut connection) = cfg.connect(NoTls).await.map_err(DbError::Connect)?;
     let (ended_tx, ended_rx) = tokio::sync::oneshot::channel();
     tokio::spawn(async move {

@@ -178,6 +178,15 @@ pub async fn finish_runs(
     pool: &Pool,
     outcomes: &[RunOutcome],
 ) -> Result<Vec<(i64, String)>, DbError> {
+    let conn = pool.get().await?;
+    finish_runs_on(&conn, outcomes).await
+}
+
+/// `finish_runs` on a given connection (start-up replays the spool before the pool exists).
+pub async fn finish_runs_on(
+    client: &Client,
+    outcomes: &[RunOutcome],
+) -> Result<Vec<(i64, String)>, DbError> {
     let ids: Vec<i64> = outcomes.iter().map(|o| o.task_id).collect();
     let run_ids: Vec<Uuid> = outcomes.iter().map(|o| o.run_id).collect();
     let states: Vec<&str> = outcomes.iter().map(|o| o.state.code()).collect();
@@ -190,9 +199,8 @@ pub async fn finish_runs(
         outcomes.iter().map(|o| o.result.as_ref()).collect();
     // complete_runs: finish_runs plus results (and retry times, unused by nodes); a failure with
     // attempts left goes back to AW with its back-off, every attempt lands in task_run.
-    let rows = query(
-        pool,
-        "writing task outcomes",
+    let rows = client
+        .query_typed(
         "SELECT id, state_id::text FROM long_task.complete_runs($1, $2, $3, $4, $5, $6, $7, $8, $9, NULL)",
         &[
             (&ids, Type::INT8_ARRAY),
@@ -206,7 +214,8 @@ pub async fn finish_runs(
             (&results, Type::JSONB_ARRAY),
         ],
     )
-    .await?;
+    .await
+    .map_err(DbError::query("writing task outcomes"))?;
     Ok(rows.iter().map(|r| (r.get(0), r.get(1))).collect())
 }
 
@@ -243,20 +252,6 @@ pub async fn running_state(
         .collect())
 }
 
-/// Fires the due schedules of a group; returns how many fired and the seconds until the next one.
-pub async fn fire_schedules(pool: &Pool, group_id: i32) -> Result<(i32, Option<f64>), DbError> {
-    let rows = query(
-        pool,
-        "firing schedules",
-        "SELECT fired, next_due_in FROM long_task.fire_schedules($1)",
-        &[(&group_id, Type::INT4)],
-    )
-    .await?;
-    Ok(rows
-        .first()
-        .map_or((0, None), |r| (r.get::<_, i32>(0), r.get(1))))
-}
-
 /// What one `long_task.scheduler_tick` did.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct Tick {
@@ -270,31 +265,44 @@ pub struct Tick {
     pub next_due_in: Option<f64>,
 }
 
-/// Everything time-driven of a group in one round trip: fires schedules, expires consumer
-/// leases, applies retention, wakes the group when retries came due since `since`.
+/// Everything time-driven of a group in one round trip, under the coordinator's term: fires
+/// schedules, expires consumer leases, applies retention, wakes the group when retries came due
+/// since `since`. None: the term is not (or no longer) this node's, and nothing happened.
 pub async fn scheduler_tick(
     pool: &Pool,
     group_id: i32,
+    worker_id: i64,
+    term: i64,
     since: Option<chrono::DateTime<chrono::Utc>>,
-) -> Result<Tick, DbError> {
+) -> Result<Option<Tick>, DbError> {
     let rows = query(
         pool,
         "running the scheduler tick",
-        "SELECT fired, expired, purged, woken, db_now, next_due_in FROM long_task.scheduler_tick($1, $2)",
-        &[(&group_id, Type::INT4), (&since, Type::TIMESTAMPTZ)],
+        "SELECT fired, expired, purged, woken, db_now, next_due_in
+           FROM long_task.scheduler_tick_as($1, $2, $3, $4)",
+        &[
+            (&group_id, Type::INT4),
+            (&worker_id, Type::INT8),
+            (&term, Type::INT8),
+            (&since, Type::TIMESTAMPTZ),
+        ],
     )
     .await?;
     let Some(r) = rows.first() else {
         return Err(DbError::Unexpected("the scheduler tick returned no row"));
     };
-    Ok(Tick {
-        fired: r.get(0),
+    let fired: i32 = r.get(0);
+    if fired < 0 {
+        return Ok(None);
+    }
+    Ok(Some(Tick {
+        fired,
         expired: r.get(1),
         purged: r.get(2),
         woken: r.get(3),
         db_now: r.get(4),
         next_due_in: r.get(5),
-    })
+    }))
 }
 
 /// This database's installation id (scopes host-local markers).

@@ -26,14 +26,20 @@ pub const FAST: &[&str] = &[
 impl NodeProcess {
     /// Starts `pgtaskd node --database-url URL --worker-id ID EXTRA...` with fast timings.
     pub fn start(url: &str, worker_id: i64, extra: &[&str]) -> NodeProcess {
+        let mut args: Vec<&str> = FAST.to_vec();
+        args.extend_from_slice(extra);
+        NodeProcess::start_with(url, worker_id, &args)
+    }
+
+    /// Starts `pgtaskd node --database-url URL --worker-id ID ARGS...` (no preset timings).
+    pub fn start_with(url: &str, worker_id: i64, args: &[&str]) -> NodeProcess {
         let mut cmd = Command::new(env!("CARGO_BIN_EXE_pgtaskd"));
         cmd.arg("node")
             .arg("--database-url")
             .arg(url)
             .arg("--worker-id")
             .arg(worker_id.to_string())
-            .args(FAST)
-            .args(extra)
+            .args(args)
             .env(
                 "RUST_LOG",
                 std::env::var("TEST_NODE_LOG").unwrap_or_else(|_| "warn".into()),
@@ -214,4 +220,62 @@ pub fn processes_with_env(key: &str, value: &str) -> Vec<i32> {
         }
     }
     found
+}
+
+/// The group's coordinator and its term, as the coordinator table says.
+pub async fn coordinator(client: &Client, group_id: i32) -> Option<(i64, i64)> {
+    client
+        .query_opt(
+            "SELECT worker_id, term FROM long_task.coordinator WHERE group_id = $1",
+            &[&group_id],
+        )
+        .await
+        .expect("read coordinator")
+        .map(|r| (r.get::<_, Option<i64>>(0).unwrap_or(0), r.get(1)))
+}
+
+/// Waits until the group has a coordinator matching `pred`; returns it.
+pub async fn wait_coordinator(
+    client: &Client,
+    group_id: i32,
+    limit: Duration,
+    pred: impl Fn(i64, i64) -> bool,
+) -> (i64, i64) {
+    let deadline = Instant::now() + limit;
+    loop {
+        if let Some((w, t)) = coordinator(client, group_id).await {
+            if pred(w, t) {
+                return (w, t);
+            }
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no matching coordinator within {limit:?}: {:?}",
+            coordinator(client, group_id).await
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// The (worker_id, run_id) of a task.
+pub async fn owner(client: &Client, id: i64) -> (Option<i64>, Option<uuid::Uuid>) {
+    let row = client
+        .query_one(
+            "SELECT worker_id, run_id FROM long_task.task WHERE id = $1",
+            &[&id],
+        )
+        .await
+        .expect("task exists");
+    (row.get(0), row.get(1))
+}
+
+/// Sets a worker's stop code (1 pauses claiming, 0 resumes).
+pub async fn set_stop(client: &Client, worker_id: i64, code: i16) {
+    client
+        .execute(
+            "UPDATE long_task.worker SET stop = $2 WHERE id = $1",
+            &[&worker_id, &code],
+        )
+        .await
+        .expect("set stop");
 }

@@ -1,0 +1,184 @@
+//! `chaos`: the chaos harness (DESIGN.md §4's guarantees under faults). Starts a throw-away
+//! PostgreSQL and N real `pgtaskd node` processes, feeds tasks that record each execution (task id
+//! and run id appended to a file), injects faults at random from a printed seed for a bounded
+//! time, then lets the cluster settle and checks the invariants (see `check.rs`). Exit 1 on any
+//! violation; the last line is a summary.
+//!
+//!   short (CI):  chaos --duration 40s
+//!   soak:        chaos --duration 10m --rate 40 --fault-every 2s
+//!
+//! Owns only what it starts (its cluster directory, its PostgreSQL, its nodes): it must never
+//! signal any other process.
+
+mod check;
+mod faults;
+
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+use anyhow::Context as _;
+use clap::Parser;
+use rand::{Rng, SeedableRng};
+
+use faults::{Counts, Nodes};
+use pgtaskd::pgcluster::{create_database, PgCluster};
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "chaos",
+    about = "pgtaskd chaos harness: faults at random, then invariants"
+)]
+struct Args {
+    /// How long to inject faults (then the cluster settles and is checked).
+    #[arg(long, default_value = "60s", value_parser = humantime::parse_duration)]
+    duration: Duration,
+    /// Number of node processes.
+    #[arg(long, default_value_t = 3)]
+    nodes: usize,
+    /// Tasks queued per second.
+    #[arg(long, default_value_t = 20)]
+    rate: u32,
+    /// Longest task run time in seconds (each task sleeps a random time up to this).
+    #[arg(long, default_value_t = 1.5)]
+    max_task_secs: f64,
+    /// Mean time between faults.
+    #[arg(long, default_value = "2s", value_parser = humantime::parse_duration)]
+    fault_every: Duration,
+    /// Random seed (printed; a run's fault sequence follows from it, its timing does not).
+    #[arg(long)]
+    seed: Option<u64>,
+    /// Node heartbeat timeout (death of a hung node; SIGSTOPs last longer than this).
+    #[arg(long, default_value = "1s", value_parser = humantime::parse_duration)]
+    heartbeat_timeout: Duration,
+    /// Never restart PostgreSQL.
+    #[arg(long)]
+    no_pg_restart: bool,
+    /// Working directory (default: a new directory under the system temp dir).
+    #[arg(long)]
+    dir: Option<PathBuf>,
+    /// Keep the working directory (cluster, node logs, execution log) afterwards.
+    #[arg(long)]
+    keep: bool,
+    /// How long the cluster may take to finish every task after the faults stop.
+    #[arg(long, default_value = "120s", value_parser = humantime::parse_duration)]
+    settle: Duration,
+}
+
+#[tokio::main(flavor = "multi_thread", worker_threads = 2)]
+async fn main() -> std::process::ExitCode {
+    let args = Args::parse();
+    match run(args).await {
+        Ok(0) => std::process::ExitCode::SUCCESS,
+        Ok(_) => std::process::ExitCode::from(1),
+        Err(e) => {
+            eprintln!("chaos: error: {e:#}");
+            std::process::ExitCode::from(2)
+        }
+    }
+}
+
+async fn run(args: Args) -> anyhow::Result<usize> {
+    let seed = args.seed.unwrap_or_else(rand::random);
+    println!("chaos: seed {seed} (rerun with --seed {seed})");
+    let dir = match &args.dir {
+        Some(d) => d.clone(),
+        None => std::env::temp_dir().join(format!("pgtaskd-chaos-{}-{seed}", std::process::id())),
+    };
+    std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
+    let dir = std::fs::canonicalize(&dir)?;
+    let exe = sibling_exe("pgtaskd")?;
+
+    let cluster = PgCluster::open_or_init(&dir.join("pg")).context("initdb")?;
+    cluster.start().context("starting PostgreSQL")?;
+    let result = run_on(&args, seed, &dir, &exe, &cluster).await;
+    let _ = cluster.stop();
+    if !args.keep && result.as_ref().is_ok_and(|v| *v == 0) {
+        let _ = std::fs::remove_dir_all(&dir);
+        let _ = std::fs::remove_dir_all(cluster.socket_dir());
+    } else {
+        println!("chaos: kept {}", dir.display());
+    }
+    result
+}
+
+async fn run_on(
+    args: &Args,
+    seed: u64,
+    dir: &std::path::Path,
+    exe: &std::path::Path,
+    cluster: &PgCluster,
+) -> anyhow::Result<usize> {
+    create_database(&cluster.url("postgres"), "chaos").await?;
+    let url = cluster.url("chaos");
+    {
+        let mut client = pgtaskd::db::connect_dedicated(&url, "chaos").await?;
+        pgtaskd::db::migrate::migrate(&mut client).await?;
+        client
+            .batch_execute("CREATE TABLE chaos_cancel (task_id bigint NOT NULL)")
+            .await?;
+    }
+    let exec_log = dir.join("executions.log");
+    std::fs::write(&exec_log, b"")?;
+    let mut nodes = Nodes::new(exe, &url, dir, args.nodes, args.heartbeat_timeout)?;
+    nodes.start_all()?;
+    nodes.wait_ready(Duration::from_secs(30)).await?;
+
+    let feeder = faults::spawn_feeder(url.clone(), exec_log.clone(), args.rate, args.max_task_secs);
+    let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
+    let mut counts = Counts::default();
+    let deadline = Instant::now() + args.duration;
+    println!(
+        "chaos: {} nodes, {} tasks/s, a fault every ~{:?} for {:?}",
+        args.nodes, args.rate, args.fault_every, args.duration
+    );
+    while Instant::now() < deadline {
+        let mean = args.fault_every.as_secs_f64();
+        let wait = Duration::from_secs_f64(rng.gen_range(mean * 0.5..mean * 1.5));
+        let tick = Instant::now() + wait;
+        while Instant::now() < tick {
+            nodes.maintain(&mut counts)?;
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        faults::inject(
+            &mut rng,
+            &mut nodes,
+            cluster,
+            &url,
+            !args.no_pg_restart,
+            &mut counts,
+        )
+        .await;
+    }
+    let fed = feeder.stop().await;
+    println!("chaos: faults over; settling");
+    nodes.heal(&mut counts)?;
+    if !cluster.is_running() {
+        cluster
+            .start()
+            .context("restarting PostgreSQL for the checks")?;
+    }
+    let settled = check::settle(&url, args.settle).await;
+    nodes.stop_all(Duration::from_secs(30)).await;
+    let report = check::run(&url, &exec_log, fed, &counts, settled).await?;
+    println!(
+        "chaos: seed={seed} tasks={} executions={} reruns={} faults: {} violations={}",
+        report.tasks,
+        report.executions,
+        report.reruns,
+        counts.summary(),
+        report.violations.len()
+    );
+    Ok(report.violations.len())
+}
+
+/// A binary built next to this one (same target directory).
+fn sibling_exe(name: &str) -> anyhow::Result<PathBuf> {
+    let me = std::env::current_exe()?;
+    let dir = me.parent().context("no parent directory")?;
+    for candidate in [dir.join(name), dir.join("..").join(name)] {
+        if candidate.is_file() {
+            return Ok(candidate);
+        }
+    }
+    anyhow::bail!("cannot find the {name} binary next to {}", me.display())
+}

@@ -1,0 +1,150 @@
+//! The cluster's SQL calls (DESIGN.md §4), typed: the coordinator lock, election, the
+//! coordinator's round, deposing a hung coordinator, releasing self-fenced runs, firing schedules
+//! under a term, and the cluster overview of `pgtaskd status`. The logic lives in the schema
+//! (`migrations/0003_cluster.sql`); this module only calls it.
+//!
+//! Must never take a session lock on a pooled connection: the lock calls take a dedicated `Client`.
+
+use std::time::Duration;
+
+use tokio_postgres::error::SqlState;
+use tokio_postgres::Client;
+use uuid::Uuid;
+
+use super::{DbError, Pool};
+
+/// Advisory lock namespace (first int of the two-int key) of group coordinator locks; must match
+/// `long_task.ns_group()`.
+pub const NS_GROUP: i32 = 0x7074_6e02;
+
+/// One thing the coordinator's round did (or `deposed`: it is no longer the coordinator).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CoordinatorAction {
+    pub kind: String,
+    pub worker_id: Option<i64>,
+    pub task_id: Option<i64>,
+    pub run_id: Option<Uuid>,
+    pub detail: Option<String>,
+}
+
+impl CoordinatorAction {
+    pub fn is_deposed(&self) -> bool {
+        self.kind == "deposed"
+    }
+}
+
+/// Names this session `pgtaskd w<worker id> <purpose>` (for sessions opened before the id was known).
+pub async fn name_session(client: &Client, worker_id: i64, purpose: &str) -> Result<(), DbError> {
+    client
+        .execute(
+            "SELECT set_config('application_name', $1, false)",
+            &[&format!("pgtaskd w{worker_id} {purpose}")],
+        )
+        .await
+        .map_err(DbError::query("naming the session"))?;
+    Ok(())
+}
+
+/// Waits for the group's coordinator lock at most `wait` (the session's `lock_timeout`); true when
+/// this session now holds it.
+pub async fn wait_group_lock(
+    client: &Client,
+    group_id: i32,
+    wait: Duration,
+) -> Result<bool, DbError> {
+    let ms = format!("{}ms", wait.as_millis().max(1));
+    client
+        .execute("SELECT set_config('lock_timeout', $1, false)", &[&ms])
+        .await
+        .map_err(DbError::query("setting the lock wait"))?;
+    match client
+        .execute("SELECT pg_advisory_lock($1, $2)", &[&NS_GROUP, &group_id])
+        .await
+    {
+        Ok(_) => Ok(true),
+        Err(e) if e.code() == Some(&SqlState::LOCK_NOT_AVAILABLE) => Ok(false),
+        Err(source) => Err(DbError::Query {
+            context: "waiting for the coordinator lock",
+            source,
+        }),
+    }
+}
+
+/// Starts a new term for the group; the session must hold the group lock.
+pub async fn become_coordinator(
+    client: &Client,
+    group_id: i32,
+    worker_id: i64,
+) -> Result<i64, DbError> {
+    let row = client
+        .query_one(
+            "SELECT long_task.become_coordinator($1, $2)",
+            &[&group_id, &worker_id],
+        )
+        .await
+        .map_err(DbError::query("starting a coordinator term"))?;
+    Ok(row.get(0))
+}
+
+/// Ends the sessions of the group lock's holder when its heartbeat is older than `timeout`.
+pub async fn depose_stale_coordinator(
+    client: &Client,
+    group_id: i32,
+    worker_id: i64,
+    timeout: Duration,
+) -> Result<Option<i64>, DbError> {
+    let row = client
+        .query_one(
+            "SELECT long_task.depose_stale_coordinator($1, $2, $3)",
+            &[&group_id, &worker_id, &timeout.as_secs_f64()],
+        )
+        .await
+        .map_err(DbError::query("checking the coordinator's heartbeat"))?;
+    Ok(row.get(0))
+}
+
+/// The coordinator's round: detect dead nodes and hand their tasks back, under `term`.
+pub async fn coordinate(
+    client: &Client,
+    group_id: i32,
+    worker_id: i64,
+    term: i64,
+    timeout: Duration,
+) -> Result<Vec<CoordinatorAction>, DbError> {
+    let rows = client
+        .query(
+            "SELECT kind, worker_id, task_id, run_id, detail FROM long_task.coordinate($1, $2, $3, $4)",
+            &[&group_id, &worker_id, &term, &timeout.as_secs_f64()],
+        )
+        .await
+        .map_err(DbError::query("coordinating the group"))?;
+    Ok(rows
+        .iter()
+        .map(|r| CoordinatorAction {
+            kind: r.get(0),
+            worker_id: r.get(1),
+            task_id: r.get(2),
+            run_id: r.get(3),
+            detail: r.get(4),
+        })
+        .collect())
+}
+
+/// Hands back runs this node killed when it fenced itself (unless already handed back).
+pub async fn release_runs(
+    pool: &Pool,
+    worker_id: i64,
+    runs: &[(i64, Uuid)],
+) -> Result<i32, DbError> {
+    let ids: Vec<i64> = runs.iter().map(|r| r.0).collect();
+    let run_ids: Vec<Uuid> = runs.iter().map(|r| r.1).collect();
+    let conn = pool.get().await?;
+    let row = conn
+        .query_one(
+            "SELECT long_task.release_runs($1, $2, $3)",
+            &[&worker_id, &ids, &run_ids],
+        )
+        .await
+        .map_err(DbError::query("releasing self-fenced runs"))?;
+    Ok(row.get(0))
+}
