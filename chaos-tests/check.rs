@@ -104,19 +104,21 @@ pub async fn run(
         ));
     }
 
-    // Re-runs only where a node was lost mid-run (each loss is an event), and the final state
-    // was written by the task's last run.
-    let losses: HashMap<i64, i64> = client
+    // Re-runs only where a node was lost mid-run (each loss is an event naming the lost run),
+    // and no final state written by a lost (stale) run.
+    let mut lost_runs: HashMap<i64, Vec<Uuid>> = HashMap::new();
+    for r in client
         .query(
-            "SELECT task_id, count(*) FROM long_task.event
+            "SELECT task_id, run_id FROM long_task.event
               WHERE kind IN ('requeued', 'released', 'recovered') AND task_id IS NOT NULL
-              GROUP BY task_id",
+                AND NOT (kind = 'recovered' AND detail LIKE '%now CC')",
             &[],
         )
         .await?
-        .iter()
-        .map(|r| (r.get(0), r.get(1)))
-        .collect();
+    {
+        let run: Option<Uuid> = r.get(1);
+        lost_runs.entry(r.get(0)).or_default().extend(run);
+    }
     let rows = client
         .query(
             "SELECT id, state_id::text, run_id, error FROM long_task.task WHERE state_id IN ('CS', 'CF', 'CC')",
@@ -131,7 +133,9 @@ pub async fn run(
         let error: Option<String> = row.get(3);
         let ran = runs.get(&id).map_or(&[][..], |v| v.as_slice());
         reruns += ran.len().saturating_sub(1);
-        let allowed = 1 + losses.get(&id).copied().unwrap_or(0) as usize;
+        let lost = lost_runs.get(&id).map_or(&[][..], |v| v.as_slice());
+        let allowed = 1 + lost.len();
+        let stale_writer = run_id.is_some_and(|r| lost.contains(&r));
         let mut problem = None;
         if ran.len() > allowed {
             problem = Some(format!(
@@ -139,19 +143,14 @@ pub async fn run(
                 ran.len(),
                 allowed - 1
             ));
-        } else if state == "CS" && ran.is_empty() {
-            problem = Some(format!("task {id} succeeded without running"));
-        } else if state == "CS" && ran.last().copied() != run_id {
+        } else if state == "CS" && !run_id.is_some_and(|r| ran.contains(&r)) {
             problem = Some(format!(
-                "task {id} CS written by run {run_id:?}, not its last run {:?}",
-                ran.last()
+                "task {id} CS under run {run_id:?}, which never ran"
             ));
-        } else if state == "CF"
-            && error.as_deref() != Some("worker lost")
-            && !ran.is_empty()
-            && ran.last().copied() != run_id
-        {
-            problem = Some(format!("task {id} CF written by a stale run {run_id:?}"));
+        } else if stale_writer && (state == "CS" || error.as_deref() != Some("worker lost")) {
+            problem = Some(format!(
+                "task {id} {state} written by the lost (stale) run {run_id:?}"
+            ));
         }
         if let Some(p) = problem {
             violate(p);

@@ -174,6 +174,19 @@ impl Dispatcher {
                     if (tasks.len() as u32) < free && act.wake_seq == sent_at_wake {
                         act.backlog = false; // the queue was empty, and nothing was queued since
                     }
+                    // A claim that comes back after the node was cut off (or stopped) past its
+                    // heartbeat timeout may already have been reassigned: start nothing and hand
+                    // the runs straight back (run_id-guarded: a no-op for reassigned ones).
+                    if act.fenced || act.node.heartbeat_age() > act.node.config.heartbeat_timeout {
+                        warn!(
+                            claimed = tasks.len(),
+                            "claim returned while this node is cut off: not starting it"
+                        );
+                        act.to_release
+                            .extend(tasks.iter().map(|t| (t.id, t.run_id)));
+                        act.release(ctx);
+                        return;
+                    }
                     for task in tasks {
                         act.start_process(task);
                     }
