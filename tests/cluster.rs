@@ -140,6 +140,26 @@ async fn a_killed_nodes_tasks_run_again_on_a_survivor_and_the_event_log_says_who
         .expect("events")
         .get(0);
     assert_eq!(failed, 1);
+    // Each lost attempt is in the attempt history, with the node that lost it.
+    for (i, &id) in ids.iter().chain([no_rerun].iter()).enumerate() {
+        let row = client
+            .query_one(
+                "SELECT attempt, worker_id, state_id::text, error FROM long_task.task_run
+                  WHERE task_id = $1 AND run_id = $2",
+                &[&id, &old_runs[i]],
+            )
+            .await
+            .expect("one task_run row for the lost attempt");
+        assert_eq!(
+            (
+                row.get::<_, i32>(0),
+                row.get::<_, Option<i64>>(1),
+                row.get::<_, String>(2),
+                row.get::<_, Option<String>>(3)
+            ),
+            (1, Some(1), "CF".to_owned(), Some("worker lost".to_owned()))
+        );
+    }
     // The killed node left no process of its runs.
     for run in &old_runs {
         wait_until(Duration::from_secs(5), || async {
@@ -490,4 +510,55 @@ async fn status_shows_nodes_coordinator_term_and_queue_depth() {
         "{status}"
     );
     cancel_all(&client).await;
+}
+
+#[tokio::test]
+async fn the_coordinator_leaves_a_sql_consumers_lease_alone() {
+    let (db, client) = migrated_db().await;
+    let _a = NodeProcess::start(&db.url, 1, &["--max-tasks", "1"]);
+    wait_node_ready(&client, 1).await;
+    wait_coordinator(&client, 0, LONG, |w, _| w == 1).await;
+    let id: i64 = client
+        .query_one(
+            "SELECT long_task.publish('report.build', '{}', NULL, 60)",
+            &[],
+        )
+        .await
+        .expect("publish")
+        .get(0);
+    let consumer = common::connect(&db.url).await;
+    let leased: i64 = consumer
+        .query_one("SELECT id FROM long_task.consume(1)", &[])
+        .await
+        .expect("consume")
+        .get(0);
+    assert_eq!(leased, id);
+    // Its worker_id is minus the consumer's backend pid: no liveness lock, no heartbeat. The
+    // coordinator (round every 250 ms by default) must not take it for a dead node.
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let row = client
+        .query_one(
+            "SELECT state_id::text, worker_id, lost_reruns FROM long_task.task WHERE id = $1",
+            &[&id],
+        )
+        .await
+        .expect("row");
+    assert_eq!(row.get::<_, String>(0), "AE", "still leased");
+    assert!(row.get::<_, i64>(1) < 0, "still the consumer's");
+    assert_eq!(row.get::<_, i32>(2), 0);
+    let dead: i64 = client
+        .query_one(
+            "SELECT count(*) FROM long_task.event WHERE kind = 'node_dead'",
+            &[],
+        )
+        .await
+        .expect("events")
+        .get(0);
+    assert_eq!(dead, 0, "no node declared dead");
+    let acked: Option<String> = consumer
+        .query_one("SELECT long_task.ack($1, NULL)::text", &[&id])
+        .await
+        .expect("ack")
+        .get(0);
+    assert_eq!(acked.as_deref(), Some("CS"), "the consumer still owns it");
 }

@@ -116,7 +116,10 @@ WITH nodes AS (
                SELECT 1 FROM pg_locks l
                 WHERE l.locktype = 'advisory' AND l.granted AND l.objsubid = 2
                   AND l.database = (SELECT oid FROM pg_database WHERE datname = current_database())
-                  AND l.classid = $1::int::oid AND l.objid = w.id::int::oid) AS alive
+                  AND l.classid = $1::int::oid AND l.objid = w.id::int::oid) AS alive,
+           -- counted now, not as of the last heartbeat
+           (SELECT count(*) FROM long_task.task t
+             WHERE t.worker_id = w.id AND t.state_id IN ('AE', 'AC'))::integer AS running_now
       FROM long_task.worker w
      WHERE w.id <= 2147483647
 ), per_group AS (
@@ -154,7 +157,7 @@ SELECT jsonb_build_object(
     'now', now(),
     'nodes', coalesce((SELECT jsonb_agg(jsonb_build_object(
         'id', n.id, 'node_name', n.node_name, 'host', n.host, 'pid', n.pid, 'group_id', n.group_id,
-        'alive', n.alive, 'active', n.active, 'stop', n.stop, 'task_count', n.task_count,
+        'alive', n.alive, 'active', n.active, 'stop', n.stop, 'task_count', n.running_now,
         'max_task_count', n.max_task_count,
         'heartbeat_age', extract(epoch FROM now() - n.heartbeat_at)::float8,
         'load1', n.load1, 'free_memory', n.free_memory, 'total_memory', n.total_memory,
