@@ -6,6 +6,8 @@
 --   (1886678530 = 0x70746e02, group_id)   a group's coordinator lock, held by its coordinator session
 -- Node sessions are named `pgtaskd w<worker_id> <purpose>` (application_name), so the coordinator
 -- can end every session of a hung node.
+-- A node that registers notifies its group channel with payload `peer`, so the coordinator starts
+-- watching its liveness lock (a shared request, granted the moment the node's session ends).
 
 CREATE FUNCTION long_task.ns_node() RETURNS integer LANGUAGE sql IMMUTABLE AS $$ SELECT 1886678529 $$;
 CREATE FUNCTION long_task.ns_group() RETURNS integer LANGUAGE sql IMMUTABLE AS $$ SELECT 1886678530 $$;
@@ -64,13 +66,15 @@ CREATE INDEX event_at_idx ON long_task.event (at);
 -- Helpers
 -- ---------------------------------------------------------------------------------------------
 
--- Granted advisory locks (two-int form) of one namespace in this database: key → holder pid.
+-- Granted exclusive advisory locks (two-int form) of one namespace in this database: key → holder
+-- pid. (Shared holds are the coordinator's watchers, waiting for a node's lock to come free: they
+-- say nothing about the node's liveness.)
 CREATE FUNCTION long_task.advisory_holders(p_ns integer)
 RETURNS TABLE (key bigint, pid integer)
 LANGUAGE sql STABLE AS $$
     SELECT l.objid::bigint, l.pid
       FROM pg_locks l
-     WHERE l.locktype = 'advisory' AND l.granted AND l.objsubid = 2
+     WHERE l.locktype = 'advisory' AND l.granted AND l.objsubid = 2 AND l.mode = 'ExclusiveLock'
        AND l.classid = p_ns::oid
        AND l.database = (SELECT d.oid FROM pg_database d WHERE d.datname = current_database())
 $$;
@@ -188,15 +192,19 @@ END
 $$;
 
 -- ---------------------------------------------------------------------------------------------
--- The coordinator's round: one call every coordinator_interval on the coordinator's own session.
+-- The coordinator's round, on the coordinator's own session: when a watcher saw a node's liveness
+-- lock come free, when the earliest heartbeat deadline passes, and at least every p_timeout.
 -- Idle, it only reads (pg_locks, the worker rows, the running tasks of the group). A node is dead
 -- when its liveness lock is free or its heartbeat is older than p_timeout; a hung node's sessions
 -- are ended first. Every write happens under the term (row lock on the coordinator row).
--- Returns one row per action; kind 'deposed' means this session is no longer the coordinator.
+-- Returns one row per action; kind 'deposed' means this session is no longer the coordinator;
+-- kind 'live' (not an action) names each live node with the seconds until its heartbeat
+-- deadline (due_in), so the caller can watch its lock and sleep until the earliest deadline.
 -- ---------------------------------------------------------------------------------------------
 CREATE FUNCTION long_task.coordinate(p_group_id integer, p_worker_id bigint, p_term bigint,
                                      p_timeout double precision)
-RETURNS TABLE (kind text, worker_id bigint, task_id bigint, run_id uuid, detail text)
+RETURNS TABLE (kind text, worker_id bigint, task_id bigint, run_id uuid, detail text,
+               due_in double precision)
 LANGUAGE plpgsql AS $$
 DECLARE
     live bigint[];
@@ -209,7 +217,7 @@ BEGIN
        OR NOT EXISTS (SELECT 1 FROM long_task.coordinator c
                        WHERE c.group_id = p_group_id AND c.term = p_term AND c.worker_id = p_worker_id) THEN
         RETURN QUERY SELECT 'deposed'::text, p_worker_id, NULL::bigint, NULL::uuid,
-                            'this session no longer holds term ' || p_term;
+                            'this session no longer holds term ' || p_term, NULL::double precision;
         RETURN;
     END IF;
     SELECT coalesce(array_agg(h.key), '{}') INTO live FROM long_task.advisory_holders(long_task.ns_node()) h;
@@ -225,14 +233,18 @@ BEGIN
           LEFT JOIN long_task.worker wk ON wk.id = c.id
          WHERE c.id <> p_worker_id
     LOOP
-        CONTINUE WHEN NOT (w.lock_free OR w.stale);
+        IF NOT (w.lock_free OR w.stale) THEN
+            RETURN QUERY SELECT 'live'::text, w.id, NULL::bigint, NULL::uuid, NULL::text,
+                extract(epoch FROM w.heartbeat_at + make_interval(secs => p_timeout) - now())::double precision;
+            CONTINUE;
+        END IF;
         -- A dead node: act under the term (blocks a concurrent election until we commit).
         PERFORM 1 FROM long_task.coordinator c
           WHERE c.group_id = p_group_id AND c.term = p_term AND c.worker_id = p_worker_id
             FOR UPDATE;
         IF NOT FOUND THEN
             RETURN QUERY SELECT 'deposed'::text, p_worker_id, NULL::bigint, NULL::uuid,
-                                'term ' || p_term || ' was superseded';
+                                'term ' || p_term || ' was superseded', NULL::double precision;
             RETURN;
         END IF;
         IF NOT w.lock_free THEN
@@ -246,7 +258,8 @@ BEGIN
                 CASE WHEN w.lock_free THEN 'liveness lock free'
                      ELSE 'heartbeat older than ' || p_timeout || ' s (last ' || coalesce(w.heartbeat_at::text, 'never') || ')' END);
         RETURN QUERY SELECT 'node_dead'::text, w.id, NULL::bigint, NULL::uuid,
-                            CASE WHEN w.lock_free THEN 'liveness lock free' ELSE 'heartbeat stale' END;
+                            CASE WHEN w.lock_free THEN 'liveness lock free' ELSE 'heartbeat stale' END,
+                            NULL::double precision;
         UPDATE long_task.worker x SET active = false, task_count = 0, stopped_at = now(), locked_until = NULL
          WHERE x.id = w.id AND x.active;
 
@@ -257,7 +270,7 @@ BEGIN
         LOOP
             INSERT INTO long_task.event (group_id, term, by_worker_id, kind, worker_id, task_id, run_id)
             VALUES (p_group_id, p_term, p_worker_id, 'lost_cancelled', w.id, r.id, r.run_id);
-            RETURN QUERY SELECT 'lost_cancelled'::text, w.id, r.id, r.run_id, NULL::text;
+            RETURN QUERY SELECT 'lost_cancelled'::text, w.id, r.id, r.run_id, NULL::text, NULL::double precision;
         END LOOP;
 
         SELECT coalesce(array_agg(t.id), '{}'), coalesce(array_agg(t.run_id), '{}') INTO ids, run_ids
@@ -268,7 +281,7 @@ BEGIN
             VALUES (p_group_id, p_term, p_worker_id,
                     CASE WHEN r.state_id = 'AW' THEN 'requeued' ELSE 'lost_failed' END, w.id, r.id, r.run_id);
             RETURN QUERY SELECT CASE WHEN r.state_id = 'AW' THEN 'requeued' ELSE 'lost_failed' END,
-                                w.id, r.id, r.run_id, NULL::text;
+                                w.id, r.id, r.run_id, NULL::text, NULL::double precision;
         END LOOP;
     END LOOP;
 END

@@ -67,8 +67,9 @@ pub struct NodeConfig {
     /// How often the listener checks its own connection (notifications are only hints).
     #[serde(with = "humantime_serde")]
     pub listener_check_interval: Duration,
-    /// How often the group's coordinator looks for dead nodes (one cheap read of `pg_locks` and
-    /// the group's worker rows; only the coordinator sends it).
+    /// The least time between two rounds of the group's coordinator (a round is one cheap read of
+    /// `pg_locks` and the group's worker rows, sent by the coordinator only, when a watched node's
+    /// liveness lock comes free or a heartbeat deadline passes, else every `heartbeat_timeout`).
     #[serde(with = "humantime_serde")]
     pub coordinator_interval: Duration,
     /// Where the node keeps local state (the outcome spool), scoped by installation and worker id

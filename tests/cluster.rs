@@ -562,3 +562,51 @@ async fn the_coordinator_leaves_a_sql_consumers_lease_alone() {
         .get(0);
     assert_eq!(acked.as_deref(), Some("CS"), "the consumer still owns it");
 }
+
+#[tokio::test]
+async fn a_killed_node_is_noticed_through_its_liveness_lock_not_a_poll() {
+    let (db, client) = migrated_db().await;
+    // With a 60 s heartbeat timeout, rounds without news come at most every 60 s: a kill handled
+    // well within that came through the watcher on the node's liveness lock.
+    let slow = [
+        "--heartbeat-timeout",
+        "60s",
+        "--heartbeat-interval",
+        "2s",
+        "--kill-grace",
+        "500ms",
+    ];
+    let _b = NodeProcess::start_with(&db.url, 2, &[&["--max-tasks", "0"][..], &slow].concat());
+    wait_node_ready(&client, 2).await;
+    wait_coordinator(&client, 0, LONG, |w, _| w == 2).await;
+    let mut a = NodeProcess::start_with(&db.url, 1, &[&["--max-tasks", "1"][..], &slow].concat());
+    wait_node_ready(&client, 1).await;
+    let id = queue(&client, &["sleep", "1000"]).await;
+    wait_owned_by(&client, id, 1).await;
+    // the coordinator watches node 1 (a shared request waiting on its lock)
+    wait_until(LONG, || async {
+        client
+            .query_one(
+                "SELECT count(*) FROM pg_locks l JOIN pg_stat_activity a ON a.pid = l.pid
+                  WHERE l.locktype = 'advisory' AND NOT l.granted AND l.mode = 'ShareLock'
+                    AND l.objid = 1 AND a.application_name = 'pgtaskd w2 watch w1'",
+                &[],
+            )
+            .await
+            .map(|r| r.get::<_, i64>(0) == 1)
+            .unwrap_or(false)
+    })
+    .await
+    .expect("the coordinator watches node 1");
+    set_limit(&client, 2, 1).await;
+    let started = std::time::Instant::now();
+    a.signal(Signal::SIGKILL);
+    let _ = a.child.wait();
+    wait_owned_by(&client, id, 2).await;
+    assert!(
+        started.elapsed() < Duration::from_secs(30),
+        "handed over after {:?}: not through the watcher",
+        started.elapsed()
+    );
+    cancel_all(&client).await;
+}

@@ -5,20 +5,26 @@
 //! while the coordinator lives and wins the moment the coordinator's session ends. The wait is cut
 //! every `heartbeat_timeout / 2` to check whether the lock's holder is hung (its heartbeat older
 //! than `heartbeat_timeout`); then its sessions are terminated. The winner starts a new term
-//! (`long_task.become_coordinator`) and runs `long_task.coordinate` every `coordinator_interval`:
-//! dead nodes (liveness lock free, or heartbeat stale: sessions terminated first) have their
-//! tasks handed back, every write under the term. The Scheduler fires schedules only under it.
+//! (`long_task.become_coordinator`) and runs rounds of `long_task.coordinate`: dead nodes
+//! (liveness lock free, or heartbeat stale: sessions terminated first) have their tasks handed
+//! back, every write under the term. A round runs when a watcher sees a node's liveness lock come
+//! free (one blocked session per live node: a crash is noticed at once), just after the earliest
+//! heartbeat deadline (a hung node), and at least every `heartbeat_timeout` — never in a tight
+//! poll, so an idle cluster costs a query every few seconds. The Scheduler ticks only under the
+//! term.
 //!
 //! Steps down at once when its connection fails, a round fails or times out, the term is
 //! superseded, or the node's own heartbeat is late (`NodeContext::may_coordinate`). Must never
 //! act without a term, and never on a pooled connection.
 
+use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
 use actix::prelude::*;
+use tokio::sync::mpsc;
 use tokio_postgres::Client;
-use tracing::{info, warn};
+use tracing::{debug, info, warn};
 
 use super::backoff;
 use super::scheduler::SchedulerMsg;
@@ -31,6 +37,8 @@ use crate::node::NodeContext;
 pub enum CoordinatorMsg {
     /// Step down and stop (node shutdown).
     Stop,
+    /// A node joined the group (notification `peer`): run a round to start watching it.
+    PeerJoined,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -43,11 +51,19 @@ enum CoordinatorError {
 
 pub struct Coordinator {
     node: Arc<NodeContext>,
+    /// Wakes the campaign for a round (a node joined).
+    poke: mpsc::UnboundedSender<()>,
+    poked: Option<mpsc::UnboundedReceiver<()>>,
 }
 
 impl Coordinator {
     pub fn new(node: Arc<NodeContext>) -> Self {
-        Coordinator { node }
+        let (poke, poked) = mpsc::unbounded_channel();
+        Coordinator {
+            node,
+            poke,
+            poked: Some(poked),
+        }
     }
 }
 
@@ -76,10 +92,10 @@ async fn bounded<T>(
 }
 
 /// Runs for coordinator forever: each pass waits for the lock, leads while it can, steps down.
-async fn run(node: Arc<NodeContext>) {
+async fn run(node: Arc<NodeContext>, mut poked: mpsc::UnboundedReceiver<()>) {
     let mut failures = 0u32;
     loop {
-        let result = campaign(&node).await;
+        let result = campaign(&node, &mut poked).await;
         set_term(&node, None);
         match result {
             Ok(()) => failures = 0,
@@ -93,7 +109,10 @@ async fn run(node: Arc<NodeContext>) {
 }
 
 /// One campaign on one connection; returns when this node steps down (Ok) or the connection fails.
-async fn campaign(node: &NodeContext) -> Result<(), CoordinatorError> {
+async fn campaign(
+    node: &NodeContext,
+    poked: &mut mpsc::UnboundedReceiver<()>,
+) -> Result<(), CoordinatorError> {
     let cfg = &node.config;
     let group = node.group_id;
     let me = node.worker_id;
@@ -157,21 +176,31 @@ async fn campaign(node: &NodeContext) -> Result<(), CoordinatorError> {
     );
     set_term(node, Some(term));
 
-    let mut tick = tokio::time::interval(cfg.coordinator_interval);
-    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let (freed_tx, mut freed_rx) = mpsc::unbounded_channel::<i64>();
+    let mut watchers = Watchers::default();
+    let mut next_round = Duration::ZERO;
     loop {
-        tick.tick().await;
+        // Sleep until the earliest heartbeat deadline, a watcher's news, or the safety bound.
+        tokio::select! {
+            _ = tokio::time::sleep(next_round) => {}
+            Some(worker) = freed_rx.recv() => {
+                info!(term, worker_id = worker, "a node's liveness lock came free");
+            }
+            Some(()) = poked.recv() => {
+                debug!(term, "a node joined the group");
+            }
+        }
         if !node.may_coordinate() {
             warn!(term, "own heartbeat is late: stepping down as coordinator");
             return Ok(());
         }
-        let actions = bounded(
+        let round = bounded(
             round_limit,
             "the coordinator round",
             cluster::coordinate(&client, group, me, term, cfg.heartbeat_timeout),
         )
         .await?;
-        for action in actions {
+        for action in &round.actions {
             if action.is_deposed() {
                 warn!(term, detail = ?action.detail, "no longer the coordinator");
                 return Ok(());
@@ -186,7 +215,82 @@ async fn campaign(node: &NodeContext) -> Result<(), CoordinatorError> {
                 "coordinator action"
             );
         }
+        watchers.keep(node, &round.live, &freed_tx);
+        next_round = next_round_in(cfg, &round.live);
     }
+}
+
+/// When the next round is due: just after the earliest heartbeat deadline of a live node, but
+/// never sooner than `coordinator_interval` nor later than `heartbeat_timeout` (a node that joined
+/// since is watched from the next round on; a lock freed meanwhile wakes the round at once).
+fn next_round_in(cfg: &crate::config::NodeConfig, live: &[(i64, f64)]) -> Duration {
+    let earliest = live
+        .iter()
+        .map(|&(_, due_in)| due_in)
+        .fold(f64::INFINITY, f64::min);
+    let bound = cfg.heartbeat_timeout.as_secs_f64();
+    let secs = earliest.min(bound).max(0.0) + 0.05;
+    Duration::from_secs_f64(secs.min(bound)).max(cfg.coordinator_interval)
+}
+
+/// One watcher per live node of the group: a task blocked on a dedicated session in a shared
+/// request for the node's liveness lock, which the server grants the moment the node's session
+/// ends. Death by crash or kill is thus noticed at once, with no query while nothing happens.
+#[derive(Default)]
+struct Watchers {
+    tasks: HashMap<i64, tokio::task::JoinHandle<()>>,
+}
+
+impl Watchers {
+    /// Watches exactly the given live nodes (a watcher that ended, e.g. on a lost connection, is
+    /// started again).
+    fn keep(
+        &mut self,
+        node: &NodeContext,
+        live: &[(i64, f64)],
+        freed: &mpsc::UnboundedSender<i64>,
+    ) {
+        self.tasks.retain(|worker, task| {
+            let keep = !task.is_finished() && live.iter().any(|&(w, _)| w == *worker);
+            if !keep {
+                task.abort();
+            }
+            keep
+        });
+        for &(worker, _) in live {
+            self.tasks.entry(worker).or_insert_with(|| {
+                let url = node.database_url.clone();
+                let purpose = node.session_purpose(&format!("watch w{worker}"));
+                let freed = freed.clone();
+                tokio::spawn(async move {
+                    match watch(&url, &purpose, worker).await {
+                        Ok(()) => {
+                            let _ = freed.send(worker);
+                        }
+                        Err(e) => debug!(worker_id = worker, error = %e, "watcher ended"),
+                    }
+                })
+            });
+        }
+    }
+}
+
+impl Drop for Watchers {
+    fn drop(&mut self) {
+        for task in self.tasks.values() {
+            task.abort();
+        }
+    }
+}
+
+async fn watch(url: &str, purpose: &str, worker: i64) -> Result<(), DbError> {
+    let client = tokio::time::timeout(
+        Duration::from_secs(5),
+        db::connect_dedicated_with(url, purpose, "-c client_connection_check_interval=500"),
+    )
+    .await
+    .map_err(|_| DbError::Timeout("connecting a watcher"))??;
+    cluster::watch_liveness_lock(&client, worker).await
 }
 
 impl Actor for Coordinator {
@@ -194,7 +298,9 @@ impl Actor for Coordinator {
 
     fn started(&mut self, ctx: &mut Self::Context) {
         let node = self.node.clone();
-        ctx.spawn(run(node).into_actor(self));
+        if let Some(poked) = self.poked.take() {
+            ctx.spawn(run(node, poked).into_actor(self));
+        }
     }
 
     fn stopped(&mut self, _ctx: &mut Self::Context) {
@@ -209,6 +315,9 @@ impl Handler<CoordinatorMsg> for Coordinator {
     fn handle(&mut self, msg: CoordinatorMsg, ctx: &mut Self::Context) {
         match msg {
             CoordinatorMsg::Stop => ctx.stop(),
+            CoordinatorMsg::PeerJoined => {
+                let _ = self.poke.send(());
+            }
         }
     }
 }

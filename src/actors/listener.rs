@@ -16,6 +16,7 @@ use tokio_postgres::Client;
 use tracing::{info, warn};
 
 use super::backoff;
+use super::coordinator::CoordinatorMsg;
 use super::dispatcher::DispatcherMsg;
 use super::membership::MembershipMsg;
 use super::scheduler::SchedulerMsg;
@@ -174,6 +175,11 @@ impl Listener {
             "sched" => {
                 if let Some(s) = self.node.scheduler() {
                     s.do_send(SchedulerMsg::Reload);
+                }
+            }
+            "peer" => {
+                if let Some(c) = self.node.coordinator() {
+                    c.do_send(CoordinatorMsg::PeerJoined);
                 }
             }
             other => {

@@ -53,7 +53,7 @@ pub struct NodeArgs {
     /// How long running tasks may finish after SIGTERM before they are killed and re-queued.
     #[arg(long, env = "PGTASKD_SHUTDOWN_GRACE", value_parser = humantime::parse_duration)]
     pub shutdown_grace: Option<std::time::Duration>,
-    /// How often the coordinator looks for dead nodes (e.g. 250ms).
+    /// Least time between two coordinator rounds (e.g. 250ms).
     #[arg(long, env = "PGTASKD_COORDINATOR_INTERVAL", value_parser = humantime::parse_duration)]
     pub coordinator_interval: Option<std::time::Duration>,
     /// Local state directory (the outcome spool).

@@ -1,6 +1,6 @@
 //! The cluster's SQL calls (DESIGN.md §4), typed: the coordinator lock, election, the
-//! coordinator's round, deposing a hung coordinator, releasing self-fenced runs, firing schedules
-//! under a term, and the cluster overview of `pgtaskd status`. The logic lives in the schema
+//! coordinator's round, watching a node's liveness lock, deposing a hung coordinator, releasing
+//! self-fenced runs. The logic lives in the schema
 //! (`migrations/0003_cluster.sql`); this module only calls it.
 //!
 //! Must never take a session lock on a pooled connection: the lock calls take a dedicated `Client`.
@@ -8,9 +8,11 @@
 use std::time::Duration;
 
 use tokio_postgres::error::SqlState;
+use tokio_postgres::types::Type;
 use tokio_postgres::Client;
 use uuid::Uuid;
 
+use super::queries::NS_NODE;
 use super::{DbError, Pool};
 
 /// Advisory lock namespace (first int of the two-int key) of group coordinator locks; must match
@@ -103,6 +105,16 @@ pub async fn depose_stale_coordinator(
     Ok(row.get(0))
 }
 
+/// What one coordinator round did and saw.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Round {
+    /// What it did (or `deposed`: it is no longer the coordinator).
+    pub actions: Vec<CoordinatorAction>,
+    /// The live nodes of the group (not this one), each with the seconds until its heartbeat
+    /// deadline: the coordinator watches their liveness locks and wakes at the earliest deadline.
+    pub live: Vec<(i64, f64)>,
+}
+
 /// The coordinator's round: detect dead nodes and hand their tasks back, under `term`.
 pub async fn coordinate(
     client: &Client,
@@ -110,24 +122,56 @@ pub async fn coordinate(
     worker_id: i64,
     term: i64,
     timeout: Duration,
-) -> Result<Vec<CoordinatorAction>, DbError> {
+) -> Result<Round, DbError> {
     let rows = client
-        .query(
-            "SELECT kind, worker_id, task_id, run_id, detail FROM long_task.coordinate($1, $2, $3, $4)",
-            &[&group_id, &worker_id, &term, &timeout.as_secs_f64()],
+        .query_typed(
+            "SELECT kind, worker_id, task_id, run_id, detail, due_in
+               FROM long_task.coordinate($1, $2, $3, $4)",
+            &[
+                (&group_id, Type::INT4),
+                (&worker_id, Type::INT8),
+                (&term, Type::INT8),
+                (&timeout.as_secs_f64(), Type::FLOAT8),
+            ],
         )
         .await
         .map_err(DbError::query("coordinating the group"))?;
-    Ok(rows
-        .iter()
-        .map(|r| CoordinatorAction {
-            kind: r.get(0),
-            worker_id: r.get(1),
-            task_id: r.get(2),
-            run_id: r.get(3),
-            detail: r.get(4),
-        })
-        .collect())
+    let mut round = Round::default();
+    for r in &rows {
+        let kind: String = r.get(0);
+        let worker: Option<i64> = r.get(1);
+        match (kind.as_str(), worker) {
+            ("live", Some(worker)) => {
+                round
+                    .live
+                    .push((worker, r.get::<_, Option<f64>>(5).unwrap_or(0.0)));
+            }
+            _ => round.actions.push(CoordinatorAction {
+                kind,
+                worker_id: worker,
+                task_id: r.get(2),
+                run_id: r.get(3),
+                detail: r.get(4),
+            }),
+        }
+    }
+    Ok(round)
+}
+
+/// Waits (on its own dedicated session, without a time limit) until node `worker_id`'s liveness
+/// lock comes free — its session ended: crash, kill, dropped connection — then lets it go at
+/// once, so a restarted node can take it again. The hold is shared: it never makes the node look
+/// alive (`long_task.advisory_holders` counts exclusive holds only).
+pub async fn watch_liveness_lock(client: &Client, worker_id: i64) -> Result<(), DbError> {
+    let key = i32::try_from(worker_id).unwrap_or(i32::MAX);
+    client
+        .query_typed(
+            "SELECT pg_advisory_lock_shared($1, $2), pg_advisory_unlock_shared($1, $2)",
+            &[(&NS_NODE, Type::INT4), (&key, Type::INT4)],
+        )
+        .await
+        .map_err(DbError::query("watching a node's liveness lock"))?;
+    Ok(())
 }
 
 /// Hands back runs this node killed when it fenced itself (unless already handed back).

@@ -115,6 +115,7 @@ WITH nodes AS (
            w.active AND coalesce(w.locked_until > now(), false) AND EXISTS (
                SELECT 1 FROM pg_locks l
                 WHERE l.locktype = 'advisory' AND l.granted AND l.objsubid = 2
+                  AND l.mode = 'ExclusiveLock'
                   AND l.database = (SELECT oid FROM pg_database WHERE datname = current_database())
                   AND l.classid = $1::int::oid AND l.objid = w.id::int::oid) AS alive,
            -- counted now, not as of the last heartbeat

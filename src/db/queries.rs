@@ -357,6 +357,14 @@ pub async fn register_worker(
         )
         .await
         .map_err(DbError::query("registering the node"))?;
+    // The group's coordinator starts watching this node's liveness lock at once.
+    client
+        .query_typed(
+            "SELECT pg_notify(long_task.channel($1), 'peer')",
+            &[(&group_id, Type::INT4)],
+        )
+        .await
+        .map_err(DbError::query("announcing the node"))?;
     Ok(WorkerControl {
         stop: row.get(0),
         max_task_count: row.get(1),
