@@ -219,33 +219,5 @@ pub async fn run(
 
 /// Live, non-zombie processes whose environment has an entry starting with `prefix`.
 fn processes_with_prefix(prefix: &str) -> Vec<i32> {
-    let mut found = Vec::new();
-    let Ok(entries) = std::fs::read_dir("/proc") else {
-        return found;
-    };
-    for entry in entries.flatten() {
-        let Ok(pid) = entry.file_name().to_string_lossy().parse::<i32>() else {
-            continue;
-        };
-        let Ok(environ) = std::fs::read(format!("/proc/{pid}/environ")) else {
-            continue;
-        };
-        if !environ
-            .split(|b| *b == 0)
-            .any(|kv| kv.starts_with(prefix.as_bytes()))
-        {
-            continue;
-        }
-        let zombie = std::fs::read_to_string(format!("/proc/{pid}/stat"))
-            .ok()
-            .and_then(|s| {
-                s.rsplit_once(')')
-                    .map(|(_, r)| r.trim_start().starts_with('Z'))
-            })
-            .unwrap_or(true);
-        if !zombie {
-            found.push(pid);
-        }
-    }
-    found
+    pgtaskd::process::processes_with_env(|kv| kv.starts_with(prefix.as_bytes()))
 }

@@ -2,7 +2,7 @@
 //!
 //! Owns: scanning `/proc/*/environ` for processes whose environment holds an
 //! exact `marker=value` entry (e.g. `PGTASKD_WORKER_ID=7`) and SIGKILLing
-//! their process groups.
+//! their process groups; the same scan for tests and the chaos checker.
 //! Must never: kill our own process or process group, fail on processes it
 //! cannot read (other users, processes exiting mid-scan: skipped), or match
 //! a prefix (`PGTASKD_WORKER_ID=7` must not match `...=70`).
@@ -16,17 +16,15 @@ use nix::unistd::{getpgid, getpgrp, getpid, Pid};
 
 use super::kill::signal_group;
 
-/// SIGKILLs the process group of every process whose environment contains
-/// `marker=value`. Returns how many process groups it killed.
-pub fn kill_leftovers(marker: &str, value: &str) -> usize {
-    let needle = format!("{marker}={value}").into_bytes();
+/// Live (non-zombie) processes other than this one whose environment has an entry (`KEY=value`
+/// bytes) for which `matches` is true. Processes that cannot be read are skipped.
+pub fn processes_with_env(matches: impl Fn(&[u8]) -> bool) -> Vec<i32> {
     let own_pid = getpid().as_raw();
-    let own_pgid = getpgrp().as_raw();
-    let mut groups = BTreeSet::new();
     let Ok(dir) = std::fs::read_dir("/proc") else {
-        tracing::warn!("cannot read /proc: leftover task processes not killed");
-        return 0;
+        tracing::warn!("cannot read /proc");
+        return Vec::new();
     };
+    let mut found = Vec::new();
     for entry in dir.flatten() {
         let Some(pid) = entry
             .file_name()
@@ -41,9 +39,30 @@ pub fn kill_leftovers(marker: &str, value: &str) -> usize {
         let Ok(environ) = std::fs::read(format!("/proc/{pid}/environ")) else {
             continue;
         };
-        if !environ.split(|&b| b == 0).any(|kv| kv == needle.as_slice()) {
+        if !environ.split(|&b| b == 0).any(&matches) {
             continue;
         }
+        let zombie = std::fs::read_to_string(format!("/proc/{pid}/stat"))
+            .ok()
+            .and_then(|s| {
+                s.rsplit_once(')')
+                    .map(|(_, rest)| rest.trim_start().starts_with('Z'))
+            })
+            .unwrap_or(true);
+        if !zombie {
+            found.push(pid);
+        }
+    }
+    found
+}
+
+/// SIGKILLs the process group of every process whose environment contains
+/// `marker=value`. Returns how many process groups it killed.
+pub fn kill_leftovers(marker: &str, value: &str) -> usize {
+    let needle = format!("{marker}={value}").into_bytes();
+    let own_pgid = getpgrp().as_raw();
+    let mut groups = BTreeSet::new();
+    for pid in processes_with_env(|kv| kv == needle.as_slice()) {
         match getpgid(Some(Pid::from_raw(pid))) {
             Ok(pgid) if pgid.as_raw() != own_pgid && pgid.as_raw() > 1 => {
                 groups.insert(pgid.as_raw());

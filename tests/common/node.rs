@@ -194,32 +194,7 @@ pub async fn task_processes(client: &Client, id: i64) -> Vec<i32> {
 /// Live (non-zombie) processes whose environment carries `key=value`.
 pub fn processes_with_env(key: &str, value: &str) -> Vec<i32> {
     let needle = format!("{key}={value}");
-    let mut found = Vec::new();
-    let Ok(entries) = std::fs::read_dir("/proc") else {
-        return found;
-    };
-    for entry in entries.flatten() {
-        let Ok(pid) = entry.file_name().to_string_lossy().parse::<i32>() else {
-            continue;
-        };
-        let Ok(environ) = std::fs::read(format!("/proc/{pid}/environ")) else {
-            continue;
-        };
-        if !environ.split(|b| *b == 0).any(|kv| kv == needle.as_bytes()) {
-            continue;
-        }
-        let zombie = std::fs::read_to_string(format!("/proc/{pid}/stat"))
-            .ok()
-            .and_then(|s| {
-                s.rsplit_once(')')
-                    .map(|(_, rest)| rest.trim_start().starts_with('Z'))
-            })
-            .unwrap_or(true);
-        if !zombie {
-            found.push(pid);
-        }
-    }
-    found
+    pgtaskd::process::processes_with_env(|kv| kv == needle.as_bytes())
 }
 
 /// The group's coordinator and its term, as the coordinator table says.
