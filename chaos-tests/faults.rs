@@ -248,6 +248,20 @@ impl Nodes {
     }
 }
 
+impl Drop for Nodes {
+    /// An interrupted run leaves no node behind (their guardians take the task processes).
+    fn drop(&mut self) {
+        for node in &mut self.nodes {
+            if let Some(child) = node.child.as_mut() {
+                if matches!(child.try_wait(), Ok(None)) {
+                    let _ = child.kill();
+                    let _ = child.wait();
+                }
+            }
+        }
+    }
+}
+
 pub async fn connect(url: &str) -> anyhow::Result<Client> {
     Ok(pgtaskd::db::connect_dedicated(url, "chaos harness").await?)
 }

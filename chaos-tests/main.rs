@@ -5,7 +5,7 @@
 //! violation; the last line is a summary.
 //!
 //!   short (CI):  chaos --duration 40s
-//!   soak:        chaos --duration 10m --rate 40 --fault-every 2s
+//!   soak:        chaos --duration 10m --rate 40 --max-task-secs 0.3 --fault-every 2s
 //!
 //! Owns only what it starts (its cluster directory, its PostgreSQL, its nodes): it must never
 //! signal any other process.
@@ -90,7 +90,11 @@ async fn run(args: Args) -> anyhow::Result<usize> {
 
     let cluster = PgCluster::open_or_init(&dir.join("pg")).context("initdb")?;
     cluster.start().context("starting PostgreSQL")?;
-    let result = run_on(&args, seed, &dir, &exe, &cluster).await;
+    // Ctrl-C or SIGTERM ends the run early; dropping it kills the nodes, then PostgreSQL stops.
+    let result = tokio::select! {
+        result = run_on(&args, seed, &dir, &exe, &cluster) => result,
+        signal = interrupted() => Err(anyhow::anyhow!("interrupted by {signal}")),
+    };
     let _ = cluster.stop();
     if !args.keep && result.as_ref().is_ok_and(|v| *v == 0) {
         let _ = std::fs::remove_dir_all(&dir);
@@ -169,6 +173,21 @@ async fn run_on(
         report.violations.len()
     );
     Ok(report.violations.len())
+}
+
+/// Resolves on SIGINT or SIGTERM, naming it.
+async fn interrupted() -> &'static str {
+    use tokio::signal::unix::{signal, SignalKind};
+    let (Ok(mut int), Ok(mut term)) = (
+        signal(SignalKind::interrupt()),
+        signal(SignalKind::terminate()),
+    ) else {
+        return std::future::pending().await;
+    };
+    tokio::select! {
+        _ = int.recv() => "SIGINT",
+        _ = term.recv() => "SIGTERM",
+    }
 }
 
 /// A binary built next to this one (same target directory).
