@@ -39,6 +39,11 @@ pub const MIGRATIONS: &[Migration] = &[
         name: "observability",
         sql: include_str!("../../migrations/0004_observability.sql"),
     },
+    Migration {
+        version: 5,
+        name: "write_path",
+        sql: include_str!("../../migrations/0005_write_path.sql"),
+    },
 ];
 
 /// The schema version this binary expects.

@@ -136,16 +136,18 @@ pub async fn claim(
     let rows = query(
         pool,
         "claiming tasks",
-        // The join reads the rows as they were when the statement started (its snapshot), so
-        // the wait runs from the task's last entry into AW to the claim. A task that became
-        // waiting after that snapshot (the claim function sees newer rows) waited ~0 s.
+        // The subquery reads the rows as they were when the statement started (its snapshot),
+        // so the wait runs from the task's last entry into AW to the claim. A task that became
+        // waiting after that snapshot (the claim function sees newer rows) waited ~0 s. A
+        // correlated subquery, not a join: the planner cannot know how many rows claim returns
+        // and hashed a scan of the whole task table for the join.
         "WITH c AS (SELECT * FROM long_task.claim($1, $2, $3, $4, $5))
          SELECT c.id, c.run_id, c.command::text[], c.cwd::text, c.timeout, c.attempt,
                 c.topic, c.params, c.max_attempts,
-                CASE WHEN before.state_id = 'AW'
-                     THEN extract(epoch FROM now() - before.last_state_change)::float8
-                     ELSE 0 END
-           FROM c LEFT JOIN long_task.task before ON before.id = c.id",
+                coalesce((SELECT extract(epoch FROM now() - before.last_state_change)::float8
+                            FROM long_task.task before
+                           WHERE before.id = c.id AND before.state_id = 'AW'), 0)
+           FROM c",
         &[
             (&worker_id, Type::INT8),
             (&group_id, Type::INT4),
