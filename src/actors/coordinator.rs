@@ -9,9 +9,9 @@
 //! (liveness lock free, or heartbeat stale: sessions terminated first) have their tasks handed
 //! back, every write under the term. A round runs when a watcher sees a node's liveness lock come
 //! free (one blocked session per live node: a crash is noticed at once), just after the earliest
-//! heartbeat deadline (a hung node), and at least every `heartbeat_timeout` — never in a tight
-//! poll, so an idle cluster costs a query every few seconds. The Scheduler ticks only under the
-//! term.
+//! heartbeat deadline (a hung node), and at least every `heartbeat_timeout` (30 s for a lone
+//! node) — never in a tight poll, so an idle cluster costs a query every few seconds. The
+//! Scheduler ticks only under the term.
 //!
 //! Steps down at once when its connection fails, a round fails or times out, the term is
 //! superseded, or the node's own heartbeat is late (`NodeContext::may_coordinate`). Must never
@@ -220,17 +220,25 @@ async fn campaign(
     }
 }
 
+/// A round at least this often while the group has no other live node (a node that joins
+/// announces itself with `peer`; this bounds the cost of a missed announcement).
+const LONE_ROUND: Duration = Duration::from_secs(30);
+
 /// When the next round is due: just after the earliest heartbeat deadline of a live node, but
-/// never sooner than `coordinator_interval` nor later than `heartbeat_timeout` (a node that joined
-/// since is watched from the next round on; a lock freed meanwhile wakes the round at once).
+/// never sooner than `coordinator_interval` nor later than `heartbeat_timeout` (`LONE_ROUND`
+/// with no live peer). A lock freed or a node joining meanwhile wakes the round at once.
 fn next_round_in(cfg: &crate::config::NodeConfig, live: &[(i64, f64)]) -> Duration {
+    let bound = if live.is_empty() {
+        LONE_ROUND.max(cfg.heartbeat_timeout)
+    } else {
+        cfg.heartbeat_timeout
+    };
     let earliest = live
         .iter()
-        .map(|&(_, due_in)| due_in)
-        .fold(f64::INFINITY, f64::min);
-    let bound = cfg.heartbeat_timeout.as_secs_f64();
-    let secs = earliest.min(bound).max(0.0) + 0.05;
-    Duration::from_secs_f64(secs.min(bound)).max(cfg.coordinator_interval)
+        .map(|&(_, due_in)| due_in + 0.05)
+        .fold(bound.as_secs_f64(), f64::min)
+        .max(0.0);
+    Duration::from_secs_f64(earliest).max(cfg.coordinator_interval)
 }
 
 /// One watcher per live node of the group: a task blocked on a dedicated session in a shared
@@ -319,5 +327,34 @@ impl Handler<CoordinatorMsg> for Coordinator {
                 let _ = self.poke.send(());
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::NodeConfig;
+
+    fn cfg() -> NodeConfig {
+        NodeConfig {
+            heartbeat_timeout: Duration::from_secs(5),
+            coordinator_interval: Duration::from_millis(250),
+            ..NodeConfig::default()
+        }
+    }
+
+    #[test]
+    fn the_next_round_follows_the_earliest_heartbeat_deadline_within_bounds() {
+        let c = cfg();
+        // just after the earliest deadline
+        assert_eq!(
+            next_round_in(&c, &[(1, 3.0), (2, 1.2)]),
+            Duration::from_secs_f64(1.25)
+        );
+        // never sooner than coordinator_interval, never later than heartbeat_timeout
+        assert_eq!(next_round_in(&c, &[(1, 0.0)]), Duration::from_millis(250));
+        assert_eq!(next_round_in(&c, &[(1, 60.0)]), Duration::from_secs(5));
+        // a lone coordinator only waits for news
+        assert_eq!(next_round_in(&c, &[]), LONE_ROUND);
     }
 }

@@ -129,6 +129,10 @@ impl Listener {
         if let Some(m) = self.node.membership() {
             m.do_send(MembershipMsg::Refresh);
         }
+        // a node may have joined unannounced meanwhile
+        if let Some(c) = self.node.coordinator() {
+            c.do_send(CoordinatorMsg::PeerJoined);
+        }
     }
 
     fn check(&mut self, ctx: &mut Context<Self>) {
