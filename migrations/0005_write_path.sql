@@ -24,7 +24,11 @@ CREATE OR REPLACE FUNCTION long_task.claim(p_worker_id bigint, p_group_id intege
                                            p_topics text[], p_commands boolean)
 RETURNS TABLE (id bigint, run_id uuid, command varchar[], cwd varchar, timeout double precision,
                attempt integer, topic text, params jsonb, max_attempts integer)
-LANGUAGE sql AS $$
+LANGUAGE plpgsql AS $$
+BEGIN
+    -- a node's write: the statement trigger skips what only a person's write can cause
+    PERFORM set_config('long_task.node_write', 'on', true);
+    RETURN QUERY
     WITH picked AS (
         SELECT t.id, t.priority, t.last_state_change
           FROM long_task.task t
@@ -48,7 +52,9 @@ LANGUAGE sql AS $$
     )
     SELECT u.id, u.run_id, u.command, u.cwd, u.timeout, u.attempt, u.topic, u.params, u.max_attempts
       FROM upd u JOIN picked p ON p.id = u.id
-     ORDER BY p.priority, p.last_state_change, p.id
+     ORDER BY p.priority, p.last_state_change, p.id;
+    PERFORM set_config('long_task.node_write', 'off', true);
+END
 $$;
 
 -- Version 2's consume_topic (same signature, same rows): the update goes through the primary
@@ -193,12 +199,15 @@ BEGIN
     -- cached plan is sized by the transition tables of the session's first statement (often a
     -- claim of one row), and its nested loop is quadratic for a batch of thousands of outcomes.
     IF TG_OP = 'UPDATE' THEN
-        EXECUTE $q$
-        SELECT array_agg(n.id) FILTER (WHERE n.state_id = 'CS'),
-               array_agg(n.id) FILTER (WHERE n.state_id IN ('CF', 'CC'))
-          FROM new_rows n JOIN old_rows o ON o.id = n.id
-         WHERE n.state_id <> o.state_id AND n.state_id IN ('CS', 'CF', 'CC')
-        $q$ INTO done, failed;
+        -- (a claim ends no task: no join to plan)
+        IF EXISTS (SELECT 1 FROM new_rows n WHERE n.state_id IN ('CS', 'CF', 'CC')) THEN
+            EXECUTE $q$
+            SELECT array_agg(n.id) FILTER (WHERE n.state_id = 'CS'),
+                   array_agg(n.id) FILTER (WHERE n.state_id IN ('CF', 'CC'))
+              FROM new_rows n JOIN old_rows o ON o.id = n.id
+             WHERE n.state_id <> o.state_id AND n.state_id IN ('CS', 'CF', 'CC')
+            $q$ INTO done, failed;
+        END IF;
     ELSE
         SELECT array_agg(o.id) INTO failed FROM old_rows o WHERE o.state_id <> 'CS';
     END IF;
@@ -217,6 +226,13 @@ BEGIN
     END IF;
 
     IF TG_OP = 'UPDATE' THEN
+        -- A node's write (claim, outcome) can only wake (a retry queued) or set a timer: when none
+        -- of its rows is waiting or carries a timer, there is nothing to notify, no join to plan.
+        IF node_write AND NOT EXISTS (
+               SELECT 1 FROM new_rows n
+                WHERE n.state_id = 'AW' OR n.run_after IS NOT NULL OR n.lease_until IS NOT NULL) THEN
+            RETURN NULL;
+        END IF;
         FOR r IN EXECUTE $q$
             SELECT DISTINCT k.group_id, k.kind
               FROM new_rows n JOIN old_rows o ON o.id = n.id
