@@ -77,11 +77,20 @@ async fn consumer_api(url: &str, n: usize) {
         let url = url.to_owned();
         consumers.push(tokio::spawn(async move {
             let c = connect(&url).await;
+            // prepared once, as a consumer in any language would (one round trip per call)
+            let consume = c
+                .prepare("SELECT id FROM long_task.consume(100)")
+                .await
+                .expect("prepare consume");
+            let ack = c
+                .prepare("SELECT count(*) FROM long_task.ack_many($1)")
+                .await
+                .expect("prepare ack");
             let mut done = 0usize;
             let mut idle = 0;
             loop {
                 let ids: Vec<i64> = c
-                    .query("SELECT id FROM long_task.consume(100)", &[])
+                    .query(&consume, &[])
                     .await
                     .expect("consume")
                     .iter()
@@ -97,9 +106,7 @@ async fn consumer_api(url: &str, n: usize) {
                 }
                 idle = 0;
                 // the batch consumer's ack: one statement for the whole batch
-                c.execute("SELECT count(*) FROM long_task.ack_many($1)", &[&ids])
-                    .await
-                    .expect("ack");
+                c.execute(&ack, &[&ids]).await.expect("ack");
                 done += ids.len();
             }
             done
