@@ -6,22 +6,12 @@ mod common;
 use std::time::Duration;
 
 use common::node::{
-    queue, state, task_processes, wait_node_ready, wait_state, wait_until, NodeProcess,
+    queue, set_stop, state, task_processes, wait_node_ready, wait_state, wait_until, NodeProcess,
 };
 use common::{migrated_db, PrivateCluster};
 use nix::sys::signal::Signal;
 
 const LONG: Duration = Duration::from_secs(20);
-
-async fn set_stop(client: &tokio_postgres::Client, worker_id: i64, code: i16) {
-    client
-        .execute(
-            "UPDATE long_task.worker SET stop = $2 WHERE id = $1",
-            &[&worker_id, &code],
-        )
-        .await
-        .expect("set stop");
-}
 
 async fn worker_row(client: &tokio_postgres::Client, worker_id: i64) -> (bool, i16) {
     let row = client
