@@ -345,8 +345,12 @@ mod tests {
     #[test]
     fn dead_guardian_is_tolerated() {
         // `true __guardian` exits at once: writes hit a closed pipe.
-        let g = Guardian::start(Path::new("true"), None).expect("start");
-        std::thread::sleep(Duration::from_millis(200));
+        let mut g = Guardian::start(Path::new("true"), None).expect("start");
+        // wait until it has exited (a fixed sleep was too short on a loaded machine)
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        while matches!(g.child.try_wait(), Ok(None)) && std::time::Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(10));
+        }
         for i in 0..10 {
             g.register(1000 + i);
             g.unregister(1000 + i);
