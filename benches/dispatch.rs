@@ -142,23 +142,6 @@ fn node_binary() -> Result<PathBuf> {
     Ok(exe)
 }
 
-/// Replaces the database name in a `postgres://` URL or a `key=value` connection string.
-fn with_dbname(url: &str, dbname: &str) -> String {
-    let Some(scheme_end) = url.find("://") else {
-        return format!("{url} dbname={dbname}");
-    };
-    let (head, query) = match url.find('?') {
-        Some(q) => url.split_at(q),
-        None => (url, ""),
-    };
-    let authority_start = scheme_end + 3;
-    let base = match head[authority_start..].find('/') {
-        Some(slash) => &head[..authority_start + slash],
-        None => head,
-    };
-    format!("{base}/{dbname}{query}")
-}
-
 async fn connect(url: &str) -> Result<Client> {
     pgtaskd::db::connect_dedicated(url, "bench")
         .await
@@ -579,7 +562,7 @@ async fn main() -> Result<()> {
     create_database(&admin_url, &db)
         .await
         .with_context(|| format!("cannot create database {db}"))?;
-    let url = with_dbname(&admin_url, &db);
+    let url = pgtaskd::db::with_dbname(&admin_url, &db);
 
     let result = run(&knobs, &url, &admin_url, &db).await;
     if let Err(e) = drop_database(&admin_url, &db).await {

@@ -169,3 +169,38 @@ pub async fn connect_listening(
     });
     Ok((client, ended_rx))
 }
+/// Replaces the database name in a `postgres://` URL or a `key=value` connection string (for
+/// tools that create a database next to an admin URL: tests, benches).
+pub fn with_dbname(url: &str, dbname: &str) -> String {
+    let Some(scheme_end) = url.find("://") else {
+        return format!("{url} dbname={dbname}");
+    };
+    let (head, query) = match url.find('?') {
+        Some(q) => url.split_at(q),
+        None => (url, ""),
+    };
+    let authority_start = scheme_end + 3;
+    let base = match head[authority_start..].find('/') {
+        Some(slash) => &head[..authority_start + slash],
+        None => head,
+    };
+    format!("{base}/{dbname}{query}")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::with_dbname;
+
+    #[test]
+    fn with_dbname_replaces_or_adds_the_database() {
+        assert_eq!(
+            with_dbname("postgresql://u@h:5/admin?sslmode=disable", "t1"),
+            "postgresql://u@h:5/t1?sslmode=disable"
+        );
+        assert_eq!(with_dbname("postgres://u@h", "t2"), "postgres://u@h/t2");
+        assert_eq!(
+            with_dbname("host=/tmp port=5", "t3"),
+            "host=/tmp port=5 dbname=t3"
+        );
+    }
+}

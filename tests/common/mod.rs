@@ -68,23 +68,6 @@ fn shared_cluster() -> PgCluster {
     cluster
 }
 
-/// Replaces the database name in a `postgres://` URL or a `key=value` connection string.
-fn with_dbname(url: &str, dbname: &str) -> String {
-    let Some(scheme_end) = url.find("://") else {
-        return format!("{url} dbname={dbname}");
-    };
-    let (head, query) = match url.find('?') {
-        Some(q) => url.split_at(q),
-        None => (url, ""),
-    };
-    let authority_start = scheme_end + 3;
-    let base = match head[authority_start..].find('/') {
-        Some(slash) => &head[..authority_start + slash],
-        None => head,
-    };
-    format!("{base}/{dbname}{query}")
-}
-
 pub async fn connect(url: &str) -> tokio_postgres::Client {
     let (client, connection) = tokio_postgres::connect(url, tokio_postgres::NoTls)
         .await
@@ -154,7 +137,7 @@ impl TestDb {
             .await
             .unwrap_or_else(|e| panic!("cannot create test database {name}: {e}"));
         TestDb {
-            url: with_dbname(&admin_url, &name),
+            url: pgtaskd::db::with_dbname(&admin_url, &name),
             name,
         }
     }
