@@ -3,23 +3,12 @@
 
 mod common;
 
-use common::migrated_db;
+use common::{migrated_db, publish};
 use tokio_postgres::Client;
 use uuid::Uuid;
 
 async fn text(client: &Client, sql: &str, id: i64) -> Option<String> {
     client.query_one(sql, &[&id]).await.expect(sql).get(0)
-}
-
-async fn publish(client: &Client, topic: &str) -> i64 {
-    client
-        .query_one(
-            "SELECT long_task.publish($1, '{\"x\": 1}'::jsonb)",
-            &[&topic],
-        )
-        .await
-        .expect("publish")
-        .get(0)
 }
 
 #[tokio::test]

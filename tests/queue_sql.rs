@@ -4,7 +4,7 @@
 
 mod common;
 
-use common::migrated_db;
+use common::{migrated_db, publish};
 use tokio_postgres::Client;
 use uuid::Uuid;
 
@@ -228,17 +228,6 @@ async fn success_and_cancel_are_final_and_recorded() {
         .expect("count")
         .get(0);
     assert_eq!(n, 2);
-}
-
-async fn publish(client: &Client, topic: &str) -> i64 {
-    client
-        .query_one(
-            "SELECT long_task.publish($1, '{\"x\": 1}'::jsonb)",
-            &[&topic],
-        )
-        .await
-        .expect("publish")
-        .get(0)
 }
 
 #[tokio::test]

@@ -186,6 +186,18 @@ impl Drop for PrivateCluster {
     }
 }
 
+/// Publishes a consumer task of `topic` with params `{"x": 1}`; returns its id.
+pub async fn publish(client: &tokio_postgres::Client, topic: &str) -> i64 {
+    client
+        .query_one(
+            "SELECT long_task.publish($1, '{\"x\": 1}'::jsonb)",
+            &[&topic],
+        )
+        .await
+        .expect("publish")
+        .get(0)
+}
+
 pub mod http;
 pub mod node;
 
