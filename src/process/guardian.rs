@@ -293,6 +293,11 @@ mod tests {
         let doomed = spawn(&SpawnSpec::new(["sh", "-c", "sleep 1000 & wait"])).expect("spawn");
         let (pk, pd) = (kept.pid, doomed.pid);
         let wd = tokio::spawn(doomed.wait());
+        // `sh` has forked its `sleep` (a loaded machine may take a while)
+        let forked = std::time::Instant::now() + Duration::from_secs(10);
+        while live_members(pd).len() < 2 && std::time::Instant::now() < forked {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
         g.register(pk);
         g.register(pd);
         g.unregister(pk);
