@@ -6,7 +6,8 @@
 //! `cargo bench --bench queue` starts a throw-away PostgreSQL under the target dir (or uses
 //! `DATABASE_URL` as an admin URL); `QUEUE_BENCH_TASKS` (default 20000) and `QUEUE_BENCH_FINAL`
 //! (default 1000000) change the sizes; `QUEUE_BENCH_SYNC_COMMIT=off` sets the bench databases'
-//! `synchronous_commit = off` (every commit otherwise waits for the disk's fsync).
+//! `synchronous_commit = off` (every commit otherwise waits for the disk's fsync);
+//! `QUEUE_BENCH_ONLY=consumer,handler,claim` (any of them) runs only those parts.
 
 use std::time::{Duration, Instant};
 
@@ -248,14 +249,22 @@ async fn main() {
         Some(i) if base.contains("://") => format!("{}/{name}", &base[..i]),
         _ => format!("{base} dbname={name}"),
     };
-    let url = fresh_db(&admin_url, "pgtaskd_bench_queue", &with_url).await;
-    consumer_api(&url, n).await;
-    let url = fresh_db(&admin_url, "pgtaskd_bench_handler", &with_url).await;
-    handler_throughput(&url, n).await;
-    let url = fresh_db(&admin_url, "pgtaskd_bench_claim", &with_url).await;
-    claim_latency(&url, "0 final rows").await;
-    fill_final(&url, n_final).await;
-    claim_latency(&url, &format!("{n_final} final rows")).await;
+    let only = std::env::var("QUEUE_BENCH_ONLY").unwrap_or_default();
+    let runs = |part: &str| only.is_empty() || only.split(',').any(|p| p.trim() == part);
+    if runs("consumer") {
+        let url = fresh_db(&admin_url, "pgtaskd_bench_queue", &with_url).await;
+        consumer_api(&url, n).await;
+    }
+    if runs("handler") {
+        let url = fresh_db(&admin_url, "pgtaskd_bench_handler", &with_url).await;
+        handler_throughput(&url, n).await;
+    }
+    if runs("claim") {
+        let url = fresh_db(&admin_url, "pgtaskd_bench_claim", &with_url).await;
+        claim_latency(&url, "0 final rows").await;
+        fill_final(&url, n_final).await;
+        claim_latency(&url, &format!("{n_final} final rows")).await;
+    }
     if let Some(cluster) = _cluster {
         let _ = cluster.stop();
     }

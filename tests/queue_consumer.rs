@@ -421,3 +421,47 @@ async fn ack_many_acknowledges_a_batch_in_one_statement() {
         );
     }
 }
+
+#[tokio::test]
+async fn a_lease_is_the_task_timeout_else_the_group_lease_else_60_s() {
+    let (_db, client) = migrated_db().await;
+    client
+        .batch_execute("INSERT INTO long_task.group_settings (group_id, lease) VALUES (1, 7)")
+        .await
+        .expect("group settings");
+    let with_timeout = client
+        .query_one(
+            "SELECT long_task.publish('t', NULL, NULL, 3, 0, NULL, 1)",
+            &[],
+        )
+        .await
+        .expect("publish")
+        .get::<_, i64>(0);
+    let group_lease = client
+        .query_one(
+            "SELECT long_task.publish('t', NULL, NULL, NULL, 0, NULL, 1)",
+            &[],
+        )
+        .await
+        .expect("publish")
+        .get::<_, i64>(0);
+    let default_lease = publish(&client, "t").await; // group 0: no settings
+    let leases = client
+        .query(
+            // now(): the transaction's start, which consume stamps as the attempt's start
+            "SELECT c.id, extract(epoch FROM c.lease_until - now())::float8
+               FROM long_task.consume(10) c ORDER BY c.id",
+            &[],
+        )
+        .await
+        .expect("consume");
+    let leases: Vec<(i64, f64)> = leases.iter().map(|r| (r.get(0), r.get(1))).collect();
+    assert_eq!(
+        leases,
+        vec![
+            (with_timeout, 3.0),
+            (group_lease, 7.0),
+            (default_lease, 60.0)
+        ]
+    );
+}

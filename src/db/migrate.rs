@@ -44,6 +44,11 @@ pub const MIGRATIONS: &[Migration] = &[
         name: "write_path",
         sql: include_str!("../../migrations/0005_write_path.sql"),
     },
+    Migration {
+        version: 6,
+        name: "consumer_path",
+        sql: include_str!("../../migrations/0006_consumer_path.sql"),
+    },
 ];
 
 /// The schema version this binary expects.
