@@ -7,7 +7,8 @@
 //! `DATABASE_URL` as an admin URL); `QUEUE_BENCH_TASKS` (default 20000) and `QUEUE_BENCH_FINAL`
 //! (default 1000000) change the sizes; `QUEUE_BENCH_SYNC_COMMIT=off` sets the bench databases'
 //! `synchronous_commit = off` (every commit otherwise waits for the disk's fsync);
-//! `QUEUE_BENCH_ONLY=consumer,handler,claim` (any of them) runs only those parts.
+//! `QUEUE_BENCH_ONLY=consumer,handler,claim` (any of them) runs only those parts;
+//! `QUEUE_BENCH_CONSUMERS` (default 4) sets the number of SQL consumers.
 
 use std::time::{Duration, Instant};
 
@@ -74,7 +75,8 @@ async fn consumer_api(url: &str, n: usize) {
         tokio::spawn(async move { publish(&connect(&url).await, n, "bench").await })
     };
     let mut consumers = Vec::new();
-    for _ in 0..4 {
+    let n_consumers = env_usize("QUEUE_BENCH_CONSUMERS", 4);
+    for _ in 0..n_consumers {
         let url = url.to_owned();
         consumers.push(tokio::spawn(async move {
             let c = connect(&url).await;
@@ -121,7 +123,7 @@ async fn consumer_api(url: &str, n: usize) {
     // the consumers' final idle second is not work
     let elapsed = started.elapsed().saturating_sub(Duration::from_secs(1));
     println!(
-        "consumer API: {total} tasks published (publish_bulk x100) -> consumed (4 consumers, consume(100)) -> acked in {:.2} s = {:.0} tasks/s",
+        "consumer API: {total} tasks published (publish_bulk x100) -> consumed ({n_consumers} consumers, consume(100)) -> acked in {:.2} s = {:.0} tasks/s",
         elapsed.as_secs_f64(),
         total as f64 / elapsed.as_secs_f64()
     );
