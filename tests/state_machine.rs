@@ -104,6 +104,24 @@ async fn unknown_state_codes_and_periods_are_rejected() {
         .expect("db")
         .message()
         .contains("must start in state DR or AW"));
+
+    // Writes that bypass the triggers (a replica's apply, a bulk fixture) still cannot store an
+    // unknown code: the table's constraint holds without them.
+    client
+        .batch_execute("SET session_replication_role = replica")
+        .await
+        .expect("replica role");
+    let err = client
+        .execute(
+            "UPDATE long_task.task SET state_id = 'QQ' WHERE id = $1",
+            &[&id],
+        )
+        .await
+        .unwrap_err();
+    assert_eq!(
+        err.as_db_error().expect("db").constraint(),
+        Some("task_state_id_known")
+    );
 }
 
 #[tokio::test]
