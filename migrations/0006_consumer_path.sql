@@ -75,13 +75,7 @@ BEGIN
     END IF;
 
     IF NEW.state_id IS DISTINCT FROM OLD.state_id THEN
-        -- long_task.legal_next_states, spelled out: a SQL function call per row costs more
-        IF NEW.state_id IS NULL OR NOT NEW.state_id = ANY (CASE OLD.state_id
-                WHEN 'DR' THEN '{AW,CC}'::char(2)[]
-                WHEN 'AW' THEN '{AE,AC,CC,DR}'::char(2)[]
-                WHEN 'AE' THEN '{CS,CF,CC,AC,AW}'::char(2)[]
-                WHEN 'AC' THEN '{CC,CS,CF,AW}'::char(2)[]
-                ELSE '{AW,DR}'::char(2)[] END) THEN
+        IF NEW.state_id IS NULL OR NOT NEW.state_id = ANY (long_task.legal_next_states(OLD.state_id)) THEN
             PERFORM long_task.reject_task_state(NEW.state_id, OLD.state_id, OLD.id);
         END IF;
         NEW.last_state_change := now();
