@@ -32,7 +32,7 @@ async fn connect(url: &str) -> Client {
     client
 }
 
-async fn fresh_db(admin_url: &str, name: &str, with_url: impl Fn(&str) -> String) -> String {
+async fn fresh_db(admin_url: &str, name: &str) -> String {
     let admin = connect(admin_url).await;
     admin
         .batch_execute(&format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)"))
@@ -48,7 +48,7 @@ async fn fresh_db(admin_url: &str, name: &str, with_url: impl Fn(&str) -> String
             .await
             .expect("alter");
     }
-    let url = with_url(name);
+    let url = pgtaskd::db::with_dbname(admin_url, name);
     let mut client = connect(&url).await;
     pgtaskd::db::migrate::migrate(&mut client)
         .await
@@ -248,23 +248,18 @@ async fn main() {
             (Some(cluster), url)
         }
     };
-    let base = admin_url.clone();
-    let with_url = move |name: &str| match base.rfind('/') {
-        Some(i) if base.contains("://") => format!("{}/{name}", &base[..i]),
-        _ => format!("{base} dbname={name}"),
-    };
     let only = std::env::var("QUEUE_BENCH_ONLY").unwrap_or_default();
     let runs = |part: &str| only.is_empty() || only.split(',').any(|p| p.trim() == part);
     if runs("consumer") {
-        let url = fresh_db(&admin_url, "pgtaskd_bench_queue", &with_url).await;
+        let url = fresh_db(&admin_url, "pgtaskd_bench_queue").await;
         consumer_api(&url, n).await;
     }
     if runs("handler") {
-        let url = fresh_db(&admin_url, "pgtaskd_bench_handler", &with_url).await;
+        let url = fresh_db(&admin_url, "pgtaskd_bench_handler").await;
         handler_throughput(&url, n).await;
     }
     if runs("claim") {
-        let url = fresh_db(&admin_url, "pgtaskd_bench_claim", &with_url).await;
+        let url = fresh_db(&admin_url, "pgtaskd_bench_claim").await;
         claim_latency(&url, "0 final rows").await;
         fill_final(&url, n_final).await;
         claim_latency(&url, &format!("{n_final} final rows")).await;
