@@ -429,22 +429,22 @@ async fn a_lease_is_the_task_timeout_else_the_group_lease_else_60_s() {
         .batch_execute("INSERT INTO long_task.group_settings (group_id, lease) VALUES (1, 7)")
         .await
         .expect("group settings");
-    let with_timeout = client
-        .query_one(
-            "SELECT long_task.publish('t', NULL, NULL, 3, 0, NULL, 1)",
-            &[],
-        )
-        .await
-        .expect("publish")
-        .get::<_, i64>(0);
-    let group_lease = client
-        .query_one(
-            "SELECT long_task.publish('t', NULL, NULL, NULL, 0, NULL, 1)",
-            &[],
-        )
-        .await
-        .expect("publish")
-        .get::<_, i64>(0);
+    // group 1, with and without a task timeout
+    let publish_in_group_1 = |timeout: Option<f64>| {
+        let client = &client;
+        async move {
+            client
+                .query_one(
+                    "SELECT long_task.publish('t', NULL, NULL, $1, 0, NULL, 1)",
+                    &[&timeout],
+                )
+                .await
+                .expect("publish")
+                .get::<_, i64>(0)
+        }
+    };
+    let with_timeout = publish_in_group_1(Some(3.0)).await;
+    let group_lease = publish_in_group_1(None).await;
     let default_lease = publish(&client, "t").await; // group 0: no settings
     let leases = client
         .query(
