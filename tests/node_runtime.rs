@@ -120,10 +120,13 @@ async fn process_limit_is_never_exceeded_and_order_is_priority_then_fifo() {
         &["b", "d", "f"].iter().map(|s| s.to_string()).collect(),
         "the first batch is the three lowest priority values: {started:?}"
     );
-    assert_eq!(
-        started.last().map(String::as_str),
-        Some("e"),
-        "priority 9 runs last: {started:?}"
+    // Priority 9 runs last, give or take the claims in flight beside the one that took it (up
+    // to three at once, each taking the best rows the others have not locked): at most two
+    // tasks, each claimed concurrently with it, may start after it.
+    let e_at = started.iter().position(|n| n == "e").expect("e started");
+    assert!(
+        e_at + 3 >= started.len(),
+        "priority 9 runs in the last claim round: {started:?}"
     );
 }
 
