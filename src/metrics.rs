@@ -32,6 +32,7 @@ struct Metrics {
     heartbeat_age: Gauge,
     reconnects: IntCounterVec,
     fenced_writes: IntCounter,
+    scheduler_ticks: IntCounter,
     low_memory: IntGauge,
     free_memory: Gauge,
     load1: Gauge,
@@ -141,6 +142,10 @@ impl Metrics {
                 "pgtaskd_fenced_writes_total",
                 "Outcomes discarded because the run no longer owned its task (run_id fencing)."
             )?),
+            scheduler_ticks: reg!(IntCounter::new(
+                "pgtaskd_scheduler_ticks_total",
+                "Scheduler ticks this node ran as its group's coordinator (schedules, leases, retention, retries)."
+            )?),
             low_memory: reg!(IntGauge::new(
                 "pgtaskd_low_memory",
                 "1 while free memory is under min_free_memory and the node claims nothing."
@@ -207,6 +212,13 @@ pub fn task_finished(group_id: i32, state: &str, seconds: Option<f64>) {
 pub fn fenced_write() {
     if let Some(m) = metrics() {
         m.fenced_writes.inc();
+    }
+}
+
+/// The Scheduler ran a tick.
+pub fn scheduler_tick() {
+    if let Some(m) = metrics() {
+        m.scheduler_ticks.inc();
     }
 }
 

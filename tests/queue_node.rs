@@ -5,10 +5,11 @@ mod common;
 
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
+use common::http::{node_with_http, request};
 use common::migrated_db;
-use common::node::{state, wait_node_ready, wait_state, wait_until, NodeProcess};
+use common::node::{state, wait_coordinator, wait_node_ready, wait_state, wait_until, NodeProcess};
 use pgtaskd::client::{Client, NewTask, TaskState};
 use pgtaskd::config::NodeConfig;
 use pgtaskd::embedded::Node;
@@ -129,6 +130,55 @@ async fn the_node_expires_a_consumer_lease_and_requeues_it() {
     assert_eq!(n, 1);
     // and the process node never ran the consumer task
     assert_eq!(state(&client, id).await, "AW");
+}
+
+/// The node's `pgtaskd_scheduler_ticks_total`.
+fn scheduler_ticks(base: &str) -> u64 {
+    let (status, text) = request("GET", &format!("{base}/metrics"), None);
+    assert_eq!(status, 200, "{text}");
+    text.lines()
+        .find_map(|l| l.strip_prefix("pgtaskd_scheduler_ticks_total "))
+        .and_then(|v| v.trim().parse().ok())
+        .unwrap_or_else(|| panic!("no pgtaskd_scheduler_ticks_total in {text}"))
+}
+
+#[tokio::test]
+async fn a_burst_of_consumes_costs_the_coordinator_a_few_scheduler_ticks() {
+    let (db, client) = migrated_db().await;
+    let (_node, base) = node_with_http(&db.url, 1, &[]).await;
+    wait_node_ready(&client, 1).await;
+    wait_coordinator(&client, 0, LONG, |worker, _| worker == 1).await;
+    client
+        .execute(
+            "SELECT long_task.publish_bulk(array_agg(
+                 ROW('burst', NULL::jsonb, NULL::timestamptz, 60::float8, 0, 1, NULL::text)::long_task.bulk_task))
+               FROM generate_series(1, 60)",
+            &[],
+        )
+        .await
+        .expect("publish");
+    let before = scheduler_ticks(&base);
+    // 60 consumes pipelined on one connection, each its own transaction: 60 `sched`
+    // notifications, one per new lease deadline
+    let started = Instant::now();
+    let consumes = (0..60).map(|_| client.query("SELECT id FROM long_task.consume(1)", &[]));
+    let consumed: usize = futures_util::future::try_join_all(consumes)
+        .await
+        .expect("consume")
+        .iter()
+        .map(Vec::len)
+        .sum();
+    let burst = started.elapsed();
+    assert_eq!(consumed, 60);
+    // the tick the last notifications asked for (held back at most 100 ms) has run
+    tokio::time::sleep(Duration::from_millis(600)).await;
+    let ticks = scheduler_ticks(&base) - before;
+    // one tick per 100 ms of burst at most, plus the one that follows it
+    let bound = 2 + u64::try_from(burst.as_millis() / 100).unwrap_or(u64::MAX);
+    assert!(
+        (1..=bound).contains(&ticks),
+        "{ticks} scheduler ticks for 60 consumes in {burst:?} (at most {bound})"
+    );
 }
 
 fn embedded_config(url: &str) -> NodeConfig {

@@ -3,7 +3,9 @@
 //! (`lease_until`), applies retention, wakes the group when retries (`run_after`) came due, and
 //! says when the next of these is due; the Scheduler then sleeps exactly that long (database
 //! clock), or until a `sched` notification says a schedule, a retry delay or a lease changed.
-//! With nothing due it sends no query at all.
+//! With nothing due it sends no query at all. Notifications are coalesced: a busy group's SQL
+//! consumers set lease deadlines many times a second, and a tick at most every
+//! `NOTIFIED_TICK_SPACING` covers them all (a tick due at a deadline is never held back).
 //!
 //! It ticks only while this node is its group's coordinator (the Coordinator sends the term), and
 //! every tick is checked against that term in the database (`long_task.scheduler_tick_as`), so a
@@ -11,7 +13,7 @@
 //! Must never compute due times from the node's clock.
 
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use actix::prelude::*;
 use tracing::{debug, info, warn};
@@ -37,6 +39,10 @@ pub enum SchedulerMsg {
 pub struct Scheduler {
     node: Arc<NodeContext>,
     timer: Option<SpawnHandle>,
+    /// When the armed timer fires.
+    timer_due: Option<Instant>,
+    /// When the last tick started.
+    last_tick: Option<Instant>,
     /// The coordinator term under which this node fires; None: it does not fire.
     term: Option<i64>,
     in_flight: bool,
@@ -49,12 +55,17 @@ pub struct Scheduler {
 /// Never sleep longer than this between checks (a bound on a lost notification's cost).
 const MAX_SLEEP: Duration = Duration::from_secs(3600);
 
+/// The least time from one tick to a tick asked for by a notification.
+const NOTIFIED_TICK_SPACING: Duration = Duration::from_millis(100);
+
 impl Scheduler {
     pub fn new(node: Arc<NodeContext>) -> Self {
         let term = node_term(&node);
         Scheduler {
             node,
             timer: None,
+            timer_due: None,
+            last_tick: None,
             term,
             in_flight: false,
             again: false,
@@ -68,13 +79,13 @@ impl Scheduler {
             self.again = true;
             return;
         }
-        if let Some(timer) = self.timer.take() {
-            ctx.cancel_future(timer);
-        }
+        self.disarm(ctx);
         let Some(term) = self.term else {
             return; // not the coordinator: another node fires
         };
         self.in_flight = true;
+        self.last_tick = Some(Instant::now());
+        crate::metrics::scheduler_tick();
         let node = self.node.clone();
         let since = self.since;
         let fut = async move {
@@ -128,20 +139,51 @@ impl Scheduler {
                     Some(delay)
                 }
             };
-            if std::mem::take(&mut act.again) {
-                act.fire(ctx);
-                return;
-            }
             if let Some(delay) = delay {
                 debug!(?delay, "next schedule check");
                 // a few ms late rather than early: the row must be due by the database's clock
-                let delay = delay + Duration::from_millis(5);
-                act.timer = Some(ctx.run_later(delay, |act, ctx| {
-                    act.timer = None;
-                    act.fire(ctx);
-                }));
+                act.arm(ctx, delay + Duration::from_millis(5));
+            }
+            if std::mem::take(&mut act.again) {
+                act.reload(ctx);
             }
         }));
+    }
+
+    /// A notification (or a reconnect) says timers may have changed: tick now, or when
+    /// `NOTIFIED_TICK_SPACING` has passed since the last tick, unless a tick is due sooner.
+    fn reload(&mut self, ctx: &mut Context<Self>) {
+        let hold = self.last_tick.map_or(Duration::ZERO, |last| {
+            (last + NOTIFIED_TICK_SPACING).saturating_duration_since(Instant::now())
+        });
+        if self.in_flight || hold.is_zero() {
+            return self.fire(ctx);
+        }
+        if self
+            .timer_due
+            .is_some_and(|due| due <= Instant::now() + hold)
+        {
+            return; // the armed tick comes soon enough and covers this change
+        }
+        self.arm(ctx, hold);
+    }
+
+    /// Ticks after `delay`, instead of when the timer armed before would have.
+    fn arm(&mut self, ctx: &mut Context<Self>, delay: Duration) {
+        self.disarm(ctx);
+        self.timer_due = Some(Instant::now() + delay);
+        self.timer = Some(ctx.run_later(delay, |act, ctx| {
+            act.timer = None;
+            act.timer_due = None;
+            act.fire(ctx);
+        }));
+    }
+
+    fn disarm(&mut self, ctx: &mut Context<Self>) {
+        if let Some(timer) = self.timer.take() {
+            ctx.cancel_future(timer);
+        }
+        self.timer_due = None;
     }
 }
 
@@ -158,7 +200,7 @@ impl Handler<SchedulerMsg> for Scheduler {
 
     fn handle(&mut self, msg: SchedulerMsg, ctx: &mut Self::Context) {
         match msg {
-            SchedulerMsg::Reload => self.fire(ctx),
+            SchedulerMsg::Reload => self.reload(ctx),
             SchedulerMsg::Term(term) => {
                 if term != self.term {
                     info!(
@@ -174,8 +216,8 @@ impl Handler<SchedulerMsg> for Scheduler {
                 self.term = term;
                 if term.is_some() {
                     self.fire(ctx);
-                } else if let Some(timer) = self.timer.take() {
-                    ctx.cancel_future(timer);
+                } else {
+                    self.disarm(ctx);
                 }
             }
         }
