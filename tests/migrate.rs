@@ -33,6 +33,10 @@ async fn concurrent_migrations_apply_each_file_once() {
     let mut client = db.client().await;
     let report = migrate::migrate(&mut client).await.expect("idempotent");
     assert!(report.applied.is_empty());
+    assert!(
+        !report.schema_files_applied,
+        "unchanged schema files are not applied again"
+    );
     migrate::check(&client).await.expect("schema is current");
 }
 
@@ -115,4 +119,81 @@ async fn the_migrate_verb_reports_and_a_node_without_auto_migrate_refuses_an_emp
         .expect("run migrate again");
     assert!(output.status.success());
     assert!(String::from_utf8_lossy(&output.stdout).contains("schema is up to date"));
+}
+
+fn node_stderr(url: &str, extra: &[&str]) -> String {
+    let output = std::process::Command::new(env!("CARGO_BIN_EXE_pgtaskd"))
+        .args(["node", "--database-url", url, "--worker-id", "1"])
+        .args(extra)
+        .output()
+        .expect("run node");
+    assert!(!output.status.success());
+    String::from_utf8_lossy(&output.stderr).into_owned()
+}
+
+#[tokio::test]
+async fn schema_files_newer_than_the_binary_are_refused_and_older_ones_replaced() {
+    let db = TestDb::new().await;
+    let mut client = db.client().await;
+    migrate::migrate(&mut client).await.expect("migrate");
+
+    // A newer pgtaskd replaced the functions after this binary's were applied.
+    client
+        .execute(
+            "INSERT INTO long_task.schema_files (checksum, migration_version, pgtaskd_version)
+             VALUES (12345, $1, '9.9.9')",
+            &[&latest_version()],
+        )
+        .await
+        .expect("pretend a newer binary applied its schema files");
+    let before: i64 = client
+        .query_one("SELECT count(*) FROM long_task.schema_files", &[])
+        .await
+        .expect("count")
+        .get(0);
+    for err in [
+        migrate::migrate(&mut client).await.unwrap_err(),
+        migrate::check(&client).await.unwrap_err(),
+    ] {
+        assert!(
+            matches!(err, MigrateError::SchemaFilesNewer { .. }),
+            "{err}"
+        );
+        let text = err.to_string();
+        assert!(
+            text.contains("newer than this pgtaskd") && text.contains("9.9.9"),
+            "{text}"
+        );
+    }
+    let after: i64 = client
+        .query_one("SELECT count(*) FROM long_task.schema_files", &[])
+        .await
+        .expect("count")
+        .get(0);
+    assert_eq!(before, after, "a refused migrate writes nothing");
+    for extra in [&[][..], &["--no-migrate"][..]] {
+        let stderr = node_stderr(&db.url, extra);
+        assert!(stderr.contains("upgrade pgtaskd"), "{extra:?}: {stderr}");
+    }
+
+    // Older (or never applied) schema files: a node that may not migrate says what to run, and
+    // migrate replaces them.
+    client
+        .batch_execute(
+            "DELETE FROM long_task.schema_files;
+             INSERT INTO long_task.schema_files (checksum, migration_version, pgtaskd_version)
+             VALUES (54321, 6, '0.0.1')",
+        )
+        .await
+        .expect("pretend an older binary applied its schema files");
+    let err = migrate::check(&client).await.unwrap_err();
+    assert!(
+        matches!(err, MigrateError::SchemaFilesOlder { .. }),
+        "{err}"
+    );
+    let stderr = node_stderr(&db.url, &["--no-migrate"]);
+    assert!(stderr.contains("run `pgtaskd migrate`"), "{stderr}");
+    let report = migrate::migrate(&mut client).await.expect("migrate");
+    assert!(report.applied.is_empty() && report.schema_files_applied);
+    migrate::check(&client).await.expect("current again");
 }

@@ -116,8 +116,13 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
             rt.block_on(async {
                 let mut client = pgtaskd::db::connect_dedicated(&database_url, "migrate").await?;
                 let report = pgtaskd::db::migrate::migrate(&mut client).await?;
-                if report.applied.is_empty() {
+                if report.applied.is_empty() && !report.schema_files_applied {
                     println!("schema is up to date (version {})", report.to_version);
+                } else if report.applied.is_empty() {
+                    println!(
+                        "schema functions, triggers and views updated (version {})",
+                        report.to_version
+                    );
                 } else {
                     println!(
                         "schema migrated from version {} to {} (applied {:?})",

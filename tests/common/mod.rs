@@ -200,6 +200,7 @@ pub async fn publish(client: &tokio_postgres::Client, topic: &str) -> i64 {
 
 pub mod http;
 pub mod node;
+pub mod schema;
 
 /// A fresh database with the pgtaskd schema applied, and a connection to it.
 pub async fn migrated_db() -> (TestDb, tokio_postgres::Client) {

@@ -1,0 +1,93 @@
+-- The coordinator's round, on the coordinator's own session: when a watcher saw a node's liveness
+-- lock come free, when the earliest heartbeat deadline passes, and at least every p_timeout.
+-- Idle, it only reads (pg_locks, the worker rows, the running tasks of the group). A node is dead
+-- when its liveness lock is free or its heartbeat is older than p_timeout; a hung node's sessions
+-- are ended first. Every write happens under the term (row lock on the coordinator row).
+-- Returns one row per action; kind 'deposed' means this session is no longer the coordinator;
+-- kind 'live' (not an action) names each live node with the seconds until its heartbeat
+-- deadline (due_in), so the caller can watch its lock and sleep until the earliest deadline.
+CREATE OR REPLACE FUNCTION long_task.coordinate(p_group_id integer, p_worker_id bigint, p_term bigint,
+                                     p_timeout double precision)
+RETURNS TABLE (kind text, worker_id bigint, task_id bigint, run_id uuid, detail text,
+               due_in double precision)
+LANGUAGE plpgsql AS $$
+DECLARE
+    live bigint[];
+    w record;
+    r record;
+    ids bigint[];
+    run_ids uuid[];
+BEGIN
+    IF NOT long_task.holds_group_lock(p_group_id)
+       OR NOT EXISTS (SELECT 1 FROM long_task.coordinator c
+                       WHERE c.group_id = p_group_id AND c.term = p_term AND c.worker_id = p_worker_id) THEN
+        RETURN QUERY SELECT 'deposed'::text, p_worker_id, NULL::bigint, NULL::uuid,
+                            'this session no longer holds term ' || p_term, NULL::double precision;
+        RETURN;
+    END IF;
+    SELECT coalesce(array_agg(h.key), '{}') INTO live FROM long_task.advisory_holders(long_task.ns_node()) h;
+
+    FOR w IN
+        SELECT c.id, NOT (c.id = ANY (live)) AS lock_free, wk.heartbeat_at,
+               wk.heartbeat_at IS NULL OR wk.heartbeat_at < now() - make_interval(secs => p_timeout) AS stale
+          FROM (SELECT x.id FROM long_task.worker x WHERE x.group_id = p_group_id AND x.active
+                UNION
+                SELECT t.worker_id FROM long_task.task t
+                 WHERE t.state_id IN ('AE', 'AC') AND t.group_id = p_group_id AND t.worker_id > 0) c
+                 -- (a negative worker_id is a SQL consumer's lease: expire_leases handles those)
+          LEFT JOIN long_task.worker wk ON wk.id = c.id
+         WHERE c.id <> p_worker_id
+    LOOP
+        IF NOT (w.lock_free OR w.stale) THEN
+            RETURN QUERY SELECT 'live'::text, w.id, NULL::bigint, NULL::uuid, NULL::text,
+                extract(epoch FROM w.heartbeat_at + make_interval(secs => p_timeout) - now())::double precision;
+            CONTINUE;
+        END IF;
+        -- A dead node: act under the term (blocks a concurrent election until we commit).
+        PERFORM 1 FROM long_task.coordinator c
+          WHERE c.group_id = p_group_id AND c.term = p_term AND c.worker_id = p_worker_id
+            FOR UPDATE;
+        IF NOT FOUND THEN
+            RETURN QUERY SELECT 'deposed'::text, p_worker_id, NULL::bigint, NULL::uuid,
+                                'term ' || p_term || ' was superseded', NULL::double precision;
+            RETURN;
+        END IF;
+        IF NOT w.lock_free THEN
+            -- Hung, stopped or partitioned but its session lives: fence it before moving anything.
+            INSERT INTO long_task.event (group_id, term, by_worker_id, kind, worker_id, detail)
+            VALUES (p_group_id, p_term, p_worker_id, 'sessions_terminated', w.id,
+                    long_task.terminate_node_sessions(w.id) || ' session(s) ended');
+        END IF;
+        INSERT INTO long_task.event (group_id, term, by_worker_id, kind, worker_id, detail)
+        VALUES (p_group_id, p_term, p_worker_id, 'node_dead', w.id,
+                CASE WHEN w.lock_free THEN 'liveness lock free'
+                     ELSE 'heartbeat older than ' || p_timeout || ' s (last ' || coalesce(w.heartbeat_at::text, 'never') || ')' END);
+        RETURN QUERY SELECT 'node_dead'::text, w.id, NULL::bigint, NULL::uuid,
+                            CASE WHEN w.lock_free THEN 'liveness lock free' ELSE 'heartbeat stale' END,
+                            NULL::double precision;
+        UPDATE long_task.worker x SET active = false, task_count = 0, stopped_at = now(), locked_until = NULL
+         WHERE x.id = w.id AND x.active;
+
+        FOR r IN
+            UPDATE long_task.task t SET state_id = 'CC', error = 'cancelled (worker lost)'
+             WHERE t.worker_id = w.id AND t.group_id = p_group_id AND t.state_id = 'AC'
+            RETURNING t.id, t.run_id
+        LOOP
+            INSERT INTO long_task.event (group_id, term, by_worker_id, kind, worker_id, task_id, run_id)
+            VALUES (p_group_id, p_term, p_worker_id, 'lost_cancelled', w.id, r.id, r.run_id);
+            RETURN QUERY SELECT 'lost_cancelled'::text, w.id, r.id, r.run_id, NULL::text, NULL::double precision;
+        END LOOP;
+
+        SELECT coalesce(array_agg(t.id), '{}'), coalesce(array_agg(t.run_id), '{}') INTO ids, run_ids
+          FROM long_task.task t
+         WHERE t.worker_id = w.id AND t.group_id = p_group_id AND t.state_id = 'AE';
+        FOR r IN SELECT * FROM long_task.requeue_lost(ids, run_ids, 'worker lost') LOOP
+            INSERT INTO long_task.event (group_id, term, by_worker_id, kind, worker_id, task_id, run_id)
+            VALUES (p_group_id, p_term, p_worker_id,
+                    CASE WHEN r.state_id = 'AW' THEN 'requeued' ELSE 'lost_failed' END, w.id, r.id, r.run_id);
+            RETURN QUERY SELECT CASE WHEN r.state_id = 'AW' THEN 'requeued' ELSE 'lost_failed' END,
+                                w.id, r.id, r.run_id, NULL::text, NULL::double precision;
+        END LOOP;
+    END LOOP;
+END
+$$;

@@ -1,0 +1,24 @@
+-- Acknowledges many consumed tasks in one statement (the fast path for batch consumers):
+-- ack of each id with the matching result (p_results NULL: no results). Returns the ids written
+-- and their new state; ids not running are left out.
+CREATE OR REPLACE FUNCTION long_task.ack_many(p_ids bigint[], p_results jsonb[] DEFAULT NULL)
+RETURNS TABLE (id bigint, state_id char(2))
+LANGUAGE plpgsql AS $$
+DECLARE
+    ids bigint[];
+    run_ids uuid[];
+    results jsonb[];
+BEGIN
+    SELECT array_agg(t.id ORDER BY a.ord), array_agg(t.run_id ORDER BY a.ord), array_agg(a.result ORDER BY a.ord)
+      INTO ids, run_ids, results
+      FROM unnest(p_ids, p_results) WITH ORDINALITY AS a(id, result, ord)
+      JOIN long_task.task t ON t.id = a.id AND t.state_id IN ('AE', 'AC');
+    IF ids IS NULL THEN
+        RETURN;
+    END IF;
+    RETURN QUERY
+        SELECT c.id, c.state_id
+          FROM long_task.complete_runs(ids, run_ids, array_fill('CS'::text, ARRAY[cardinality(ids)]),
+                                       NULL, NULL, NULL, NULL, NULL, results, NULL) c;
+END
+$$;

@@ -1,0 +1,35 @@
+-- Fires due schedules, expires leases, applies retention, and wakes the group's nodes and
+-- consumers (NOTIFY 'wake') when retries came due since the previous tick (p_since: the db_now
+-- it returned; a 5 s margin covers a retry committed after that tick's snapshot). Returns what it
+-- did, the database time, and the seconds until the next due moment of any kind (NULL: none).
+CREATE OR REPLACE FUNCTION long_task.scheduler_tick(p_group_id integer, p_since timestamptz DEFAULT NULL)
+RETURNS TABLE (fired integer, expired integer, purged integer, woken integer, db_now timestamptz,
+               next_due_in double precision)
+LANGUAGE plpgsql AS $$
+DECLARE
+    f record;
+    e record;
+    p record;
+    n_woken integer;
+    next_retry double precision;
+BEGIN
+    SELECT * INTO f FROM long_task.fire_schedules(p_group_id);
+    SELECT * INTO e FROM long_task.expire_leases(p_group_id);
+    SELECT * INTO p FROM long_task.purge_finished(p_group_id);
+    SELECT count(*) INTO n_woken
+      FROM long_task.task t
+     WHERE t.group_id = p_group_id AND t.state_id = 'AW' AND t.run_after IS NOT NULL
+       AND t.run_after <= now() AND (p_since IS NULL OR t.run_after > p_since - interval '5 seconds');
+    IF n_woken > 0 THEN
+        PERFORM pg_notify(long_task.channel(p_group_id), 'wake');
+    END IF;
+    SELECT extract(epoch FROM min(t.run_after) - now()) INTO next_retry
+      FROM long_task.task t
+     WHERE t.group_id = p_group_id AND t.state_id = 'AW' AND t.run_after IS NOT NULL AND t.run_after > now();
+    next_retry := least(f.next_due_in, e.next_due_in, p.next_due_in, next_retry);
+    -- something already due (a full batch, a row locked by another session): again soon, not in a
+    -- tight loop
+    RETURN QUERY SELECT f.fired, e.expired, p.deleted, n_woken, now(),
+                        CASE WHEN next_retry IS NOT NULL THEN greatest(next_retry, 0.01) END;
+END
+$$;

@@ -1,0 +1,71 @@
+-- The BEFORE ROW trigger of every insert and update of long_task.task: the state machine
+-- (long_task.legal_next_states), pinning (a worker_id set by a person pins the task), a cancel of
+-- a waiting task ending CC at once, a clean outcome for a new attempt. The task_state and period
+-- tables are read only to word the error of a rejected write (reject_task_state, check_period).
+CREATE OR REPLACE FUNCTION long_task.task_before_write() RETURNS trigger
+LANGUAGE plpgsql AS $$
+BEGIN
+    IF TG_OP = 'INSERT' THEN
+        IF NEW.state_id IS NULL OR NEW.state_id NOT IN ('DR', 'AW') THEN
+            PERFORM long_task.reject_task_state(NEW.state_id, NULL, NULL);
+        END IF;
+        IF NEW.shed_period_id IS NOT NULL THEN
+            PERFORM long_task.check_period(NEW.shed_period_id);
+        END IF;
+        NEW.last_state_change := now();
+        -- a worker_id given by a person pins the task to that node
+        NEW.pinned := NEW.worker_id IS NOT NULL;
+        RETURN NEW;
+    END IF;
+
+    -- Pinning: a worker_id set by a person (not by a node's claim or a node's own write) pins the
+    -- task; the node that merely ran a task last does not.
+    IF NEW.worker_id IS DISTINCT FROM OLD.worker_id AND NEW.state_id IS DISTINCT FROM 'AE'
+       AND coalesce(current_setting('long_task.node_write', true), '') <> 'on' THEN
+        NEW.pinned := NEW.worker_id IS NOT NULL;
+    END IF;
+
+    IF NEW.state_id IS DISTINCT FROM OLD.state_id THEN
+        IF NEW.state_id IS NULL OR NOT NEW.state_id = ANY (long_task.legal_next_states(OLD.state_id)) THEN
+            PERFORM long_task.reject_task_state(NEW.state_id, OLD.state_id, OLD.id);
+        END IF;
+        NEW.last_state_change := now();
+
+        -- A cancel of a task that is not running ends at once: there is no process to kill.
+        IF NEW.state_id = 'AC' AND OLD.state_id = 'AW' THEN
+            NEW.state_id := 'CC';
+            NEW.error := coalesce(NEW.error, 'cancelled before start');
+        END IF;
+
+        IF NEW.state_id = 'AW' THEN
+            -- Queued (again): any node of the group may take it unless it is pinned, and a new
+            -- attempt starts from a clean outcome.
+            IF NOT NEW.pinned THEN
+                NEW.worker_id := NULL;
+            END IF;
+            NEW.run_id := NULL;
+            IF OLD.state_id IN ('CS', 'CF', 'CC', 'DR') THEN
+                NEW.attempt := 0;
+                NEW.error := NULL;
+                NEW.exit_code := NULL;
+                NEW.exit_signal := NULL;
+                NEW.stdout_tail := NULL;
+                NEW.stderr_tail := NULL;
+                NEW.started := NULL;
+                NEW.finished := NULL;
+            END IF;
+        ELSIF NEW.state_id = 'AE' THEN
+            IF NEW.run_id IS NULL OR NEW.worker_id IS NULL THEN
+                RAISE EXCEPTION 'task % can only enter AE through a node''s claim (run_id and worker_id set)', OLD.id
+                    USING ERRCODE = 'check_violation';
+            END IF;
+        ELSIF NEW.state_id IN ('CS', 'CF', 'CC') THEN
+            NEW.finished := coalesce(NEW.finished, now());
+        END IF;
+    END IF;
+    IF NEW.shed_period_id IS DISTINCT FROM OLD.shed_period_id AND NEW.shed_period_id IS NOT NULL THEN
+        PERFORM long_task.check_period(NEW.shed_period_id);
+    END IF;
+    RETURN NEW;
+END
+$$;

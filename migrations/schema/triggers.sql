@@ -1,0 +1,35 @@
+-- Which function runs on which write of which table. Re-creatable (CREATE OR REPLACE TRIGGER);
+-- triggers of one event and timing fire in name order, which the BEFORE ROW functions rely on:
+--   task_before_insert, task_deps_before_insert   (INSERT)
+--   task_before_update, task_before_update_reset_lost   (UPDATE)
+-- The WHEN clauses keep PL/pgSQL out of rows a trigger leaves alone (a WHEN of a BEFORE trigger
+-- sees NEW as changed by the triggers before it).
+
+-- The state machine: legal transitions, pinning, clean outcomes on re-queue (state_machine/).
+CREATE OR REPLACE TRIGGER task_before_insert BEFORE INSERT ON long_task.task
+    FOR EACH ROW EXECUTE FUNCTION long_task.task_before_write();
+CREATE OR REPLACE TRIGGER task_before_update BEFORE UPDATE ON long_task.task
+    FOR EACH ROW EXECUTE FUNCTION long_task.task_before_write();
+
+-- A task queued again from a final state or a draft starts with a fresh lost-run count.
+CREATE OR REPLACE TRIGGER task_before_update_reset_lost BEFORE UPDATE ON long_task.task
+    FOR EACH ROW WHEN (NEW.state_id = 'AW' AND OLD.state_id IN ('CS', 'CF', 'CC', 'DR'))
+    EXECUTE FUNCTION long_task.task_reset_lost();
+
+-- Multistage, at insert: dependencies must exist; a failed one cancels the new task at once.
+CREATE OR REPLACE TRIGGER task_deps_before_insert BEFORE INSERT ON long_task.task
+    FOR EACH ROW WHEN (NEW.depends_on IS NOT NULL)
+    EXECUTE FUNCTION long_task.task_deps_before_insert();
+
+-- One AFTER statement trigger per event: the dependency cascade and the notifications
+-- (notify/task_after_write.sql).
+CREATE OR REPLACE TRIGGER task_after_insert AFTER INSERT ON long_task.task
+    REFERENCING NEW TABLE AS new_rows FOR EACH STATEMENT EXECUTE FUNCTION long_task.task_after_write();
+CREATE OR REPLACE TRIGGER task_after_update AFTER UPDATE ON long_task.task
+    REFERENCING OLD TABLE AS old_rows NEW TABLE AS new_rows FOR EACH STATEMENT EXECUTE FUNCTION long_task.task_after_write();
+CREATE OR REPLACE TRIGGER task_after_delete AFTER DELETE ON long_task.task
+    REFERENCING OLD TABLE AS old_rows FOR EACH STATEMENT EXECUTE FUNCTION long_task.task_after_write();
+
+-- A node's row changed (stop code, process limit): tell that node (notify/worker_notify.sql).
+CREATE OR REPLACE TRIGGER worker_notify AFTER UPDATE ON long_task.worker
+    FOR EACH ROW EXECUTE FUNCTION long_task.worker_notify();
