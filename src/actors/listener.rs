@@ -20,7 +20,7 @@ use super::coordinator::CoordinatorMsg;
 use super::dispatcher::DispatcherMsg;
 use super::membership::MembershipMsg;
 use super::scheduler::SchedulerMsg;
-use crate::db::queries::{group_channel, WORKER_CHANNEL};
+use crate::db::codes::{group_channel, GroupEvent, WORKER_CHANNEL};
 use crate::db::{self, DbError, Notice};
 use crate::node::NodeContext;
 
@@ -165,29 +165,29 @@ impl Listener {
             }
             return;
         }
-        match notice.payload.as_str() {
-            "wake" => {
+        match GroupEvent::from_payload(&notice.payload) {
+            Some(GroupEvent::Wake) => {
                 if let Some(d) = self.node.dispatcher() {
                     d.do_send(DispatcherMsg::Wake);
                 }
             }
-            "ctl" => {
+            Some(GroupEvent::Ctl) => {
                 if let Some(d) = self.node.dispatcher() {
                     d.do_send(DispatcherMsg::Reconcile);
                 }
             }
-            "sched" => {
+            Some(GroupEvent::Sched) => {
                 if let Some(s) = self.node.scheduler() {
                     s.do_send(SchedulerMsg::Reload);
                 }
             }
-            "peer" => {
+            Some(GroupEvent::Peer) => {
                 if let Some(c) = self.node.coordinator() {
                     c.do_send(CoordinatorMsg::PeerJoined);
                 }
             }
-            other => {
-                warn!(channel = %notice.channel, payload = other, "unknown notification ignored")
+            None => {
+                warn!(channel = %notice.channel, payload = %notice.payload, "unknown notification ignored")
             }
         }
     }

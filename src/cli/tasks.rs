@@ -7,7 +7,7 @@ use std::time::Duration;
 use clap::Args;
 use serde_json::{json, Value};
 
-use pgtaskd::db::queries::TaskState;
+use pgtaskd::db::codes::{Period, TaskState};
 use pgtaskd::db::tasks::{self, NewTask, TaskError, TaskFilter, Transition};
 
 use super::output::{cell, print_json, print_table, shorten, Failure};
@@ -107,7 +107,7 @@ fn parse_every(text: &str) -> Result<Every, String> {
                 return Err(format!("`{text}`: must be at least one month"));
             }
             return Ok(Every {
-                period: "MON",
+                period: Period::Month.code(),
                 count,
                 seconds: f64::from(count) * 30.0 * 86400.0,
             });
@@ -120,16 +120,13 @@ fn parse_every(text: &str) -> Result<Every, String> {
         ));
     }
     let secs = d.as_secs();
-    let (period, unit) = [
-        ("WEE", 604_800),
-        ("DAY", 86_400),
-        ("HOU", 3_600),
-        ("MIN", 60),
-        ("SEC", 1),
-    ]
-    .into_iter()
-    .find(|(_, unit)| secs % unit == 0)
-    .unwrap_or(("SEC", 1));
+    // the largest period that divides it: 14 days are 2 WEE, 90 minutes 90 MIN
+    let (period, unit) = Period::ALL
+        .into_iter()
+        .rev()
+        .filter_map(|p| p.seconds().map(|unit| (p.code(), unit)))
+        .find(|(_, unit)| secs % unit == 0)
+        .unwrap_or((Period::Second.code(), 1));
     let count = i32::try_from(secs / unit).map_err(|_| format!("`{text}` is too long"))?;
     Ok(Every {
         period,

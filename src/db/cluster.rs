@@ -12,12 +12,9 @@ use tokio_postgres::types::Type;
 use tokio_postgres::Client;
 use uuid::Uuid;
 
-use super::queries::NS_NODE;
+pub use super::codes::NS_GROUP;
+use super::codes::NS_NODE;
 use super::{DbError, Pool};
-
-/// Advisory lock namespace (first int of the two-int key) of group coordinator locks; must match
-/// `long_task.ns_group()`.
-pub const NS_GROUP: i32 = 0x7074_6e02;
 
 /// One thing the coordinator's round did (or `deposed`: it is no longer the coordinator).
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -7,6 +7,7 @@
 //! notifications and recycles sessions).
 
 pub mod cluster;
+pub mod codes;
 pub mod migrate;
 pub mod overview;
 pub mod queries;

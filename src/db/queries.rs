@@ -7,53 +7,9 @@ use tokio_postgres::types::{ToSql, Type};
 use tokio_postgres::{Client, Row};
 use uuid::Uuid;
 
+use super::codes::GroupEvent;
+pub use super::codes::{group_channel, TaskState, Verdict, NS_NODE, WORKER_CHANNEL};
 use super::{DbError, Pool};
-
-/// Advisory lock namespace (first int of the two-int key) of node liveness locks.
-pub const NS_NODE: i32 = 0x7074_6e01;
-
-/// Task states, as stored in `long_task.task.state_id`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
-pub enum TaskState {
-    Draft,
-    Waiting,
-    Executing,
-    CancelRequested,
-    Succeeded,
-    Failed,
-    Cancelled,
-}
-
-impl TaskState {
-    pub const ALL: [TaskState; 7] = [
-        TaskState::Draft,
-        TaskState::Waiting,
-        TaskState::Executing,
-        TaskState::CancelRequested,
-        TaskState::Succeeded,
-        TaskState::Failed,
-        TaskState::Cancelled,
-    ];
-
-    /// The two-letter code.
-    pub fn code(self) -> &'static str {
-        match self {
-            TaskState::Draft => "DR",
-            TaskState::Waiting => "AW",
-            TaskState::Executing => "AE",
-            TaskState::CancelRequested => "AC",
-            TaskState::Succeeded => "CS",
-            TaskState::Failed => "CF",
-            TaskState::Cancelled => "CC",
-        }
-    }
-
-    /// Parses a code (`char(2)` values may come padded).
-    pub fn from_code(code: &str) -> Option<TaskState> {
-        let code = code.trim();
-        TaskState::ALL.into_iter().find(|s| s.code() == code)
-    }
-}
 
 /// A task a node claimed: what it needs to run it (a process, or an in-process handler when it has
 /// a topic the node handles).
@@ -86,19 +42,6 @@ pub struct RunOutcome {
     /// What a handler returned (`task.result`).
     #[serde(default)]
     pub result: Option<serde_json::Value>,
-}
-
-/// What the database says a node should do with a task it is running.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Verdict {
-    /// Keep running.
-    Run,
-    /// The task was cancelled: kill it and report CC.
-    Cancel,
-    /// The task is no longer this run's (re-queued, reassigned, finished by someone else): kill it, write nothing.
-    Fenced,
-    /// The row is gone: kill it, write nothing.
-    Deleted,
 }
 
 /// Live settings of this node's `worker` row.
@@ -240,18 +183,13 @@ pub async fn running_state(
         ],
     )
     .await?;
-    Ok(rows
-        .iter()
+    rows.iter()
         .map(|r| {
-            let verdict = match r.get::<_, &str>(2) {
-                "cancel" => Verdict::Cancel,
-                "fenced" => Verdict::Fenced,
-                "deleted" => Verdict::Deleted,
-                _ => Verdict::Run,
-            };
-            (r.get(0), r.get(1), verdict)
+            let verdict = Verdict::from_code(r.get::<_, &str>(2))
+                .ok_or(DbError::Unexpected("an unknown verdict of running_state"))?;
+            Ok((r.get(0), r.get(1), verdict))
         })
-        .collect())
+        .collect()
 }
 
 /// What one `long_task.scheduler_tick` did.
@@ -362,8 +300,11 @@ pub async fn register_worker(
     // The group's coordinator starts watching this node's liveness lock at once.
     client
         .query_typed(
-            "SELECT pg_notify(long_task.channel($1), 'peer')",
-            &[(&group_id, Type::INT4)],
+            "SELECT pg_notify(long_task.channel($1), $2)",
+            &[
+                (&group_id, Type::INT4),
+                (&GroupEvent::Peer.payload(), Type::TEXT),
+            ],
         )
         .await
         .map_err(DbError::query("announcing the node"))?;
@@ -475,26 +416,4 @@ pub async fn recover_worker(
         .await
         .map_err(DbError::query("recovering the node's tasks"))?;
     Ok((row.get(0), row.get(1)))
-}
-
-/// The notification channel of a group (must match `long_task.channel()` in the schema).
-pub fn group_channel(group_id: i32) -> String {
-    format!("long_task_g{group_id}")
-}
-
-/// The channel on which worker rows announce changes.
-pub const WORKER_CHANNEL: &str = "long_task_worker";
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn state_codes_round_trip() {
-        for s in TaskState::ALL {
-            assert_eq!(TaskState::from_code(s.code()), Some(s));
-        }
-        assert_eq!(TaskState::from_code("XX"), None);
-        assert_eq!(TaskState::from_code("CS "), Some(TaskState::Succeeded));
-    }
 }

@@ -11,7 +11,7 @@ use tokio_postgres::error::SqlState;
 use tokio_postgres::Client;
 
 use super::DbError;
-use crate::db::queries::TaskState;
+use crate::db::codes::{Period, TaskState};
 
 /// A new task: every key is a column of `long_task.task`. Unknown keys are refused.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
@@ -68,8 +68,6 @@ fn field(key: &'static str, message: impl Into<String>) -> FieldError {
     }
 }
 
-const PERIODS: [&str; 6] = ["SEC", "MIN", "HOU", "DAY", "WEE", "MON"];
-
 impl NewTask {
     /// Checks every field; the first bad one is named.
     pub fn validate(&self) -> Result<(), FieldError> {
@@ -95,10 +93,10 @@ impl NewTask {
             }
         }
         if let Some(p) = &self.shed_period_id {
-            if !PERIODS.contains(&p.as_str()) {
+            if Period::from_code(p).is_none() {
                 return Err(field(
                     "shed_period_id",
-                    format!("unknown period `{p}` (known: {})", PERIODS.join(", ")),
+                    format!("unknown period `{p}` (known: {})", Period::known_codes()),
                 ));
             }
             if self.shed_period_count.is_none() {

@@ -1,0 +1,223 @@
+//! Every value the Rust code and the SQL schema must agree on, in one place: task state and
+//! schedule period codes, advisory lock namespaces, notification channels and payloads, and the
+//! verdicts of `long_task.running_state`. `tests/sql_constants.rs` checks each one against a
+//! migrated database, so a change on either side fails a test instead of a node.
+//!
+//! Must never hold SQL statements (they live in the other `db` modules).
+
+/// Task states, as stored in `long_task.task.state_id` (rows of `long_task.task_state`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub enum TaskState {
+    Draft,
+    Waiting,
+    Executing,
+    CancelRequested,
+    Succeeded,
+    Failed,
+    Cancelled,
+}
+
+impl TaskState {
+    pub const ALL: [TaskState; 7] = [
+        TaskState::Draft,
+        TaskState::Waiting,
+        TaskState::Executing,
+        TaskState::CancelRequested,
+        TaskState::Succeeded,
+        TaskState::Failed,
+        TaskState::Cancelled,
+    ];
+
+    /// The two-letter code.
+    pub fn code(self) -> &'static str {
+        match self {
+            TaskState::Draft => "DR",
+            TaskState::Waiting => "AW",
+            TaskState::Executing => "AE",
+            TaskState::CancelRequested => "AC",
+            TaskState::Succeeded => "CS",
+            TaskState::Failed => "CF",
+            TaskState::Cancelled => "CC",
+        }
+    }
+
+    /// Parses a code (`char(2)` values may come padded).
+    pub fn from_code(code: &str) -> Option<TaskState> {
+        let code = code.trim();
+        TaskState::ALL.into_iter().find(|s| s.code() == code)
+    }
+
+    /// CS, CF or CC.
+    pub fn is_final(self) -> bool {
+        matches!(
+            self,
+            TaskState::Succeeded | TaskState::Failed | TaskState::Cancelled
+        )
+    }
+}
+
+/// Schedule periods, as stored in `long_task.task.shed_period_id` (rows of `long_task.period`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Period {
+    Second,
+    Minute,
+    Hour,
+    Day,
+    Week,
+    Month,
+}
+
+impl Period {
+    pub const ALL: [Period; 6] = [
+        Period::Second,
+        Period::Minute,
+        Period::Hour,
+        Period::Day,
+        Period::Week,
+        Period::Month,
+    ];
+
+    /// The three-letter code.
+    pub fn code(self) -> &'static str {
+        match self {
+            Period::Second => "SEC",
+            Period::Minute => "MIN",
+            Period::Hour => "HOU",
+            Period::Day => "DAY",
+            Period::Week => "WEE",
+            Period::Month => "MON",
+        }
+    }
+
+    pub fn from_code(code: &str) -> Option<Period> {
+        let code = code.trim();
+        Period::ALL.into_iter().find(|p| p.code() == code)
+    }
+
+    /// The period's length in seconds (`long_task.period.step`); None for months, which follow
+    /// the calendar.
+    pub fn seconds(self) -> Option<u64> {
+        match self {
+            Period::Second => Some(1),
+            Period::Minute => Some(60),
+            Period::Hour => Some(3_600),
+            Period::Day => Some(86_400),
+            Period::Week => Some(604_800),
+            Period::Month => None,
+        }
+    }
+
+    /// Every code, comma-separated (for error messages).
+    pub fn known_codes() -> String {
+        Period::ALL.map(Period::code).join(", ")
+    }
+}
+
+/// Advisory lock namespace (first int of the two-int key) of node liveness locks
+/// (`long_task.ns_node()`).
+pub const NS_NODE: i32 = 0x7074_6e01;
+
+/// Advisory lock namespace of group coordinator locks (`long_task.ns_group()`).
+pub const NS_GROUP: i32 = 0x7074_6e02;
+
+/// The notification channel of a group (`long_task.channel(group_id)`).
+pub fn group_channel(group_id: i32) -> String {
+    format!("long_task_g{group_id}")
+}
+
+/// The channel on which worker rows announce changes (payload: the worker id).
+pub const WORKER_CHANNEL: &str = "long_task_worker";
+
+/// What a notification on a group's channel says (its payload).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum GroupEvent {
+    /// Tasks became runnable.
+    Wake,
+    /// A running task was cancelled, deleted, reassigned or finished by someone else.
+    Ctl,
+    /// A schedule, retry delay or lease deadline changed.
+    Sched,
+    /// A node joined the group.
+    Peer,
+}
+
+impl GroupEvent {
+    pub const ALL: [GroupEvent; 4] = [
+        GroupEvent::Wake,
+        GroupEvent::Ctl,
+        GroupEvent::Sched,
+        GroupEvent::Peer,
+    ];
+
+    pub fn payload(self) -> &'static str {
+        match self {
+            GroupEvent::Wake => "wake",
+            GroupEvent::Ctl => "ctl",
+            GroupEvent::Sched => "sched",
+            GroupEvent::Peer => "peer",
+        }
+    }
+
+    pub fn from_payload(payload: &str) -> Option<GroupEvent> {
+        GroupEvent::ALL.into_iter().find(|e| e.payload() == payload)
+    }
+}
+
+/// What the database says a node should do with a task it is running (`long_task.running_state`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Verdict {
+    /// Keep running.
+    Run,
+    /// The task was cancelled: kill it and report CC.
+    Cancel,
+    /// The task is no longer this run's (re-queued, reassigned, finished by someone else): kill it, write nothing.
+    Fenced,
+    /// The row is gone: kill it, write nothing.
+    Deleted,
+}
+
+impl Verdict {
+    pub const ALL: [Verdict; 4] = [
+        Verdict::Run,
+        Verdict::Cancel,
+        Verdict::Fenced,
+        Verdict::Deleted,
+    ];
+
+    pub fn code(self) -> &'static str {
+        match self {
+            Verdict::Run => "run",
+            Verdict::Cancel => "cancel",
+            Verdict::Fenced => "fenced",
+            Verdict::Deleted => "deleted",
+        }
+    }
+
+    pub fn from_code(code: &str) -> Option<Verdict> {
+        Verdict::ALL.into_iter().find(|v| v.code() == code)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn codes_round_trip() {
+        for s in TaskState::ALL {
+            assert_eq!(TaskState::from_code(s.code()), Some(s));
+        }
+        assert_eq!(TaskState::from_code("XX"), None);
+        assert_eq!(TaskState::from_code("CS "), Some(TaskState::Succeeded));
+        for p in Period::ALL {
+            assert_eq!(Period::from_code(p.code()), Some(p));
+        }
+        for e in GroupEvent::ALL {
+            assert_eq!(GroupEvent::from_payload(e.payload()), Some(e));
+        }
+        for v in Verdict::ALL {
+            assert_eq!(Verdict::from_code(v.code()), Some(v));
+        }
+        assert_eq!(Verdict::from_code("maybe"), None);
+    }
+}
