@@ -213,8 +213,8 @@ async fn fill_final(url: &str, n: usize) {
     // bulk history without the triggers (a benchmark fixture, not a state change)
     c.batch_execute(&format!(
         "SET session_replication_role = replica;
-         INSERT INTO long_task.task (state_id, command, attempt, started, finished, last_state_change)
-         SELECT (ARRAY['CS','CF','CC'])[1 + g % 3], '{{true}}', 1, now() - interval '1 hour', now() - interval '1 hour' + g * interval '1 ms', now()
+         INSERT INTO long_task.task (state_id, command, attempt, max_attempts, started, finished, last_state_change)
+         SELECT (ARRAY['CS','CF','CC'])[1 + g % 3], '{{true}}', 1, 1, now() - interval '1 hour', now() - interval '1 hour' + g * interval '1 ms', now()
            FROM generate_series(1, {n}) g;
          SET session_replication_role = origin;"
     ))

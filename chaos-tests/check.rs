@@ -110,8 +110,7 @@ pub async fn run(
     for r in client
         .query(
             "SELECT task_id, run_id FROM long_task.event
-              WHERE kind IN ('requeued', 'released', 'recovered') AND task_id IS NOT NULL
-                AND NOT (kind = 'recovered' AND detail LIKE '%now CC')",
+              WHERE kind = 'requeued' AND task_id IS NOT NULL",
             &[],
         )
         .await?

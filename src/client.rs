@@ -22,15 +22,19 @@ use std::time::{Duration, Instant};
 
 use tokio_postgres::GenericClient;
 
-pub use crate::db::queries::TaskState;
-pub use crate::db::queue::{NewTask, TaskInfo};
-use crate::db::{self, queue, DbError, Pool};
+pub use crate::db::codes::TaskState;
+use crate::db::tasks::{self, TaskError};
+pub use crate::db::tasks::{NewTask, TaskInfo};
+use crate::db::{self, DbError, Pool};
 
 /// Errors of the client API.
 #[derive(Debug, thiserror::Error)]
 pub enum ClientError {
     #[error(transparent)]
     Db(#[from] DbError),
+    /// The task was refused before anything was written (a field, or the database's checks).
+    #[error("task refused: {0}")]
+    Refused(String),
     #[error("task {0} does not exist")]
     NotFound(i64),
     #[error("task {id} did not end within {waited:?} (state {state:?})")]
@@ -64,7 +68,7 @@ impl Client {
     /// Publishes a task; returns its id (the existing task's id when its dedup key is taken).
     pub async fn submit(&self, task: &NewTask) -> Result<i64, ClientError> {
         let conn = self.pool.get().await.map_err(DbError::from)?;
-        Ok(queue::publish(&*conn, task).await?)
+        self.submit_in(&*conn, task).await
     }
 
     /// Publishes a task inside the caller's transaction (or on any connection): it exists, and
@@ -85,20 +89,24 @@ impl Client {
         tx: &C,
         task: &NewTask,
     ) -> Result<i64, ClientError> {
-        Ok(queue::publish(tx, task).await?)
+        tasks::submit(tx, task).await.map_err(|e| match e {
+            TaskError::Field(e) => ClientError::Refused(e.to_string()),
+            TaskError::Refused(m) => ClientError::Refused(m),
+            TaskError::Db(e) => ClientError::Db(e),
+        })
     }
 
     /// Cancels a task: a waiting one ends `CC` at once, a running one is killed by its node
     /// (its handler's token is cancelled). False when it is missing or already final.
     pub async fn cancel(&self, id: i64) -> Result<bool, ClientError> {
         let conn = self.pool.get().await.map_err(DbError::from)?;
-        Ok(queue::cancel(&*conn, id).await?)
+        Ok(tasks::cancel(&*conn, id).await?.is_done())
     }
 
     /// Reads a task.
     pub async fn get(&self, id: i64) -> Result<Option<TaskInfo>, ClientError> {
         let conn = self.pool.get().await.map_err(DbError::from)?;
-        Ok(queue::get(&*conn, id).await?)
+        Ok(tasks::info(&*conn, id).await?)
     }
 
     /// Waits until the task is final (CS, CF or CC), at most `limit`. Reads the row with a

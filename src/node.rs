@@ -241,12 +241,15 @@ pub async fn prepare_with(
             None
         }
     };
-    let (requeued, cancelled) =
-        queries::recover_worker(&membership_client, worker_id, "node restarted").await?;
-    if requeued + cancelled > 0 {
+    let recovered =
+        queries::hand_back(&membership_client, worker_id, "node restarted", None).await?;
+    if recovered.total() > 0 {
         warn!(
             worker_id,
-            requeued, cancelled, "recovered tasks left by a previous run of this node"
+            requeued = recovered.requeued,
+            failed = recovered.failed,
+            cancelled = recovered.cancelled,
+            "handed back the runs a previous run of this node left"
         );
     }
 

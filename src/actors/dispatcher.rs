@@ -6,7 +6,7 @@
 //! Outcomes it cannot write go to the node's spool (`cluster::spool`) and are replayed, under the
 //! run_id guard, when the database answers again. When the node fences itself (cut off past
 //! `heartbeat_timeout`) it kills every running process, claims nothing, and once a heartbeat
-//! succeeds again hands those runs back (`long_task.release_runs`, run_id-guarded).
+//! succeeds again hands those runs back (`long_task.hand_back`, run_id-guarded).
 //!
 //! Reacts only to messages (notifications, finished processes, limit changes): no polling loop.
 //! Must never block its thread, and never claim more than the free slots.
@@ -409,15 +409,19 @@ impl Dispatcher {
         let runs = std::mem::take(&mut self.to_release);
         let node = self.node.clone();
         let fut = async move {
-            let result = crate::db::cluster::release_runs(&node.pool, node.worker_id, &runs).await;
+            let result = async {
+                let conn = node.pool.get().await?;
+                queries::hand_back(&*conn, node.worker_id, "self-fenced", Some(&runs)).await
+            }
+            .await;
             (runs, result)
         };
         ctx.spawn(fut.into_actor(self).map(|(runs, result), act, ctx| {
             act.release_in_flight = false;
             match result {
-                Ok(n) => info!(
+                Ok(handed) => info!(
                     killed = runs.len(),
-                    handed_back = n,
+                    handed_back = handed.total(),
                     "self-fenced runs handed back (the rest were already reassigned)"
                 ),
                 Err(e) => {

@@ -214,18 +214,23 @@ impl Supervisor {
     }
 }
 
-/// Re-queues what the node abandoned and marks its row inactive (the row stays).
+/// Hands back what the node abandoned and marks its row inactive (the row stays).
 async fn finish_worker_row(node: &NodeContext) {
     let result = async {
         let conn = node.pool.get().await?;
-        let recovered = queries::recover_worker(&conn, node.worker_id, "node stopped").await?;
+        let handed = queries::hand_back(&*conn, node.worker_id, "node stopped", None).await?;
         queries::mark_stopped(&conn, node.worker_id).await?;
-        Ok::<_, crate::db::DbError>(recovered)
+        Ok::<_, crate::db::DbError>(handed)
     }
     .await;
     match result {
-        Ok((0, 0)) => {}
-        Ok((requeued, cancelled)) => info!(requeued, cancelled, "abandoned tasks handed back"),
+        Ok(handed) if handed.total() == 0 => {}
+        Ok(handed) => info!(
+            requeued = handed.requeued,
+            failed = handed.failed,
+            cancelled = handed.cancelled,
+            "abandoned tasks handed back"
+        ),
         Err(e) => {
             warn!(error = %e, "could not mark the node stopped; it will be recovered at restart")
         }

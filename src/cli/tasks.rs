@@ -145,7 +145,7 @@ impl SubmitArgs {
     /// keeps the submitted task as a template (a draft) that queues a copy at each firing.
     fn new_task(&self) -> NewTask {
         let mut task = NewTask {
-            command: self.command.clone(),
+            command: Some(self.command.clone()),
             params: self.params.clone(),
             priority: Some(self.priority),
             group_id: Some(self.group),

@@ -14,7 +14,7 @@ use uuid::Uuid;
 
 pub use super::codes::NS_GROUP;
 use super::codes::NS_NODE;
-use super::{DbError, Pool};
+use super::DbError;
 
 /// One thing the coordinator's round did (or `deposed`: it is no longer the coordinator).
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -169,23 +169,4 @@ pub async fn watch_liveness_lock(client: &Client, worker_id: i64) -> Result<(), 
         .await
         .map_err(DbError::query("watching a node's liveness lock"))?;
     Ok(())
-}
-
-/// Hands back runs this node killed when it fenced itself (unless already handed back).
-pub async fn release_runs(
-    pool: &Pool,
-    worker_id: i64,
-    runs: &[(i64, Uuid)],
-) -> Result<i32, DbError> {
-    let ids: Vec<i64> = runs.iter().map(|r| r.0).collect();
-    let run_ids: Vec<Uuid> = runs.iter().map(|r| r.1).collect();
-    let conn = pool.get().await?;
-    let row = conn
-        .query_one(
-            "SELECT long_task.release_runs($1, $2, $3)",
-            &[&worker_id, &ids, &run_ids],
-        )
-        .await
-        .map_err(DbError::query("releasing self-fenced runs"))?;
-    Ok(row.get(0))
 }

@@ -11,7 +11,6 @@ pub mod codes;
 pub mod migrate;
 pub mod overview;
 pub mod queries;
-pub mod queue;
 pub mod tasks;
 
 use std::time::Duration;

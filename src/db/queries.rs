@@ -4,7 +4,7 @@
 //! Must never hold a pooled connection longer than one statement.
 
 use tokio_postgres::types::{ToSql, Type};
-use tokio_postgres::{Client, Row};
+use tokio_postgres::{Client, GenericClient, Row};
 use uuid::Uuid;
 
 use super::codes::GroupEvent;
@@ -401,19 +401,47 @@ pub async fn mark_stopped(client: &Client, worker_id: i64) -> Result<(), DbError
     Ok(())
 }
 
-/// Puts back what this node left behind: running tasks are re-queued (pinned ones stay pinned),
-/// cancel requests end CC. Returns (requeued, cancelled).
-pub async fn recover_worker(
-    client: &Client,
+/// What a hand-back (`long_task.hand_back`) did with a node's abandoned runs.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct HandedBack {
+    /// Back to the queue (lost re-runs left).
+    pub requeued: i64,
+    /// Ended CF 'worker lost' (no lost re-run left).
+    pub failed: i64,
+    /// Cancel requests that ended CC.
+    pub cancelled: i64,
+}
+
+impl HandedBack {
+    pub fn total(&self) -> i64 {
+        self.requeued + self.failed + self.cancelled
+    }
+}
+
+/// Hands back this node's abandoned runs under the one rule of `long_task.hand_back`: the given
+/// runs (each only while still AE/AC under its run_id), or every run the node has in the
+/// database (`None`: at start-up or shutdown).
+pub async fn hand_back(
+    client: &impl GenericClient,
     worker_id: i64,
     reason: &str,
-) -> Result<(i64, i64), DbError> {
+    runs: Option<&[(i64, Uuid)]>,
+) -> Result<HandedBack, DbError> {
+    let ids: Option<Vec<i64>> = runs.map(|r| r.iter().map(|(id, _)| *id).collect());
+    let run_ids: Option<Vec<Uuid>> = runs.map(|r| r.iter().map(|(_, run)| *run).collect());
     let row = client
         .query_one(
-            "SELECT requeued, cancelled FROM long_task.recover_worker($1, $2)",
-            &[&worker_id, &reason],
+            "SELECT count(*) FILTER (WHERE kind = 'requeued'),
+                    count(*) FILTER (WHERE kind = 'lost_failed'),
+                    count(*) FILTER (WHERE kind = 'lost_cancelled')
+               FROM long_task.hand_back($1, $2, $1, $3, $4)",
+            &[&worker_id, &reason, &ids, &run_ids],
         )
         .await
-        .map_err(DbError::query("recovering the node's tasks"))?;
-    Ok((row.get(0), row.get(1)))
+        .map_err(DbError::query("handing back the node's runs"))?;
+    Ok(HandedBack {
+        requeued: row.get(0),
+        failed: row.get(1),
+        cancelled: row.get(2),
+    })
 }

@@ -1,44 +1,199 @@
-//! Task administration statements shared by the CLI verbs and the HTTP API: submit a task, read
-//! one or many, cancel, re-queue. Rows are returned as JSON objects whose keys are the table's
-//! column names (`to_jsonb`), so a column added by a later migration shows up without code here.
+//! The one write path of every client — the CLI verbs, the HTTP API and the Rust client — and
+//! their reads: submit a task (`long_task.submit`), cancel it (`long_task.cancel`), queue it again
+//! (`long_task.requeue`), read one or many. The defaults and the state rules live in those SQL
+//! functions, the same ones a SQL user calls; this module validates a new task's fields (each
+//! error names its key) before anything is written, and calls them. Rows read for people are
+//! JSON objects keyed by the table's column names (`to_jsonb`), so a column added by a later
+//! migration shows up without code here.
 //!
-//! Owns the validation of a new task's fields (each error names its key) before anything is
-//! written. Must never change a task's state except through the state machine's legal moves.
+//! Works on any `GenericClient` (a pooled connection or the caller's transaction); must never
+//! open a transaction of its own, and never change a task's state except through those functions.
 
+use std::time::Duration;
+
+use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use tokio_postgres::error::SqlState;
-use tokio_postgres::Client;
+use tokio_postgres::GenericClient;
 
+use super::codes::{Period, TaskState};
 use super::DbError;
-use crate::db::codes::{Period, TaskState};
 
-/// A new task: every key is a column of `long_task.task`. Unknown keys are refused.
+/// A new task. The serialized keys are columns of `long_task.task` (the HTTP API's body);
+/// unknown keys are refused. Build one with [`NewTask::command`] (an OS process) or
+/// [`NewTask::topic`] (an in-process handler or SQL consumer task) and the setters; every field
+/// left `None` takes the default of `long_task.submit` (docs/interfaces.md).
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct NewTask {
-    /// argv, run without a shell; an element `%TASK` becomes the task id. Required, non-empty.
-    pub command: Vec<String>,
+    /// argv, run without a shell; an element `%TASK` becomes the task id.
+    pub command: Option<Vec<String>>,
+    /// The handler or consumer topic (a task with a topic and no command runs in-process).
+    pub topic: Option<String>,
     pub params: Option<Value>,
     /// `AW` (the default: runs as soon as a node is free) or `DR` (a draft; a schedule fires it).
     pub state_id: Option<String>,
+    /// Lower runs first (default 0).
     pub priority: Option<i32>,
     pub group_id: Option<i32>,
     /// Pins the task to this node.
     pub worker_id: Option<i64>,
     pub cwd: Option<String>,
+    /// Not claimed before this time.
+    pub run_after: Option<DateTime<Utc>>,
+    /// Not claimed before this many seconds from now (database clock), when `run_after` is unset.
+    /// Not a column.
+    #[serde(skip)]
+    pub run_after_in: Option<f64>,
+    /// Seconds: a node kills the task after this long; a SQL consumer's lease.
+    pub timeout: Option<f64>,
+    /// Default: the group's `max_attempts`, else 1.
+    pub max_attempts: Option<i32>,
     /// When the schedule fires first.
-    pub next_start: Option<chrono::DateTime<chrono::Utc>>,
+    pub next_start: Option<DateTime<Utc>>,
+    /// First firing this many seconds from now (database clock), when `next_start` is unset. Not a
+    /// column: set by the CLI's `--at +DURATION` and `--every`.
+    #[serde(skip)]
+    pub next_start_in: Option<f64>,
     pub shed_period_id: Option<String>,
     pub shed_period_count: Option<i32>,
     pub shed_clone: Option<bool>,
-    pub max_attempts: Option<i32>,
-    /// Seconds.
-    pub timeout: Option<f64>,
-    /// First firing this many seconds from now (database clock), when `next_start` is unset. Not a
-    /// column: set by the CLI's `--every` without `--at`.
-    #[serde(skip)]
-    pub next_start_in: Option<f64>,
+    /// Unique among active tasks: submitting it again returns the existing id.
+    pub dedup_key: Option<String>,
+    /// Runs when every one of these is CS.
+    pub depends_on: Option<Vec<i64>>,
+}
+
+impl NewTask {
+    /// A task run as an OS process (argv, no shell).
+    pub fn command<I, S>(argv: I) -> NewTask
+    where
+        I: IntoIterator<Item = S>,
+        S: Into<String>,
+    {
+        NewTask {
+            command: Some(argv.into_iter().map(Into::into).collect()),
+            ..NewTask::default()
+        }
+    }
+
+    /// A task for the handler (or SQL consumer) of `topic`.
+    pub fn topic(topic: impl Into<String>) -> NewTask {
+        NewTask {
+            topic: Some(topic.into()),
+            ..NewTask::default()
+        }
+    }
+
+    pub fn params(mut self, params: Value) -> Self {
+        self.params = Some(params);
+        self
+    }
+
+    pub fn priority(mut self, priority: i32) -> Self {
+        self.priority = Some(priority);
+        self
+    }
+
+    pub fn max_attempts(mut self, n: i32) -> Self {
+        self.max_attempts = Some(n);
+        self
+    }
+
+    pub fn timeout(mut self, timeout: Duration) -> Self {
+        self.timeout = Some(timeout.as_secs_f64());
+        self
+    }
+
+    /// Not before `delay` from now (database clock).
+    pub fn delay(mut self, delay: Duration) -> Self {
+        self.run_after_in = Some(delay.as_secs_f64());
+        self
+    }
+
+    pub fn group(mut self, group_id: i32) -> Self {
+        self.group_id = Some(group_id);
+        self
+    }
+
+    pub fn dedup_key(mut self, key: impl Into<String>) -> Self {
+        self.dedup_key = Some(key.into());
+        self
+    }
+
+    pub fn depends_on(mut self, ids: impl IntoIterator<Item = i64>) -> Self {
+        self.depends_on.get_or_insert_with(Vec::new).extend(ids);
+        self
+    }
+
+    /// Checks every field; the first bad one is named.
+    pub fn validate(&self) -> Result<(), FieldError> {
+        match (&self.command, &self.topic) {
+            (None, None) => {
+                return Err(field(
+                    "command",
+                    "required: a task needs a command (or a topic)",
+                ))
+            }
+            (Some(argv), _) if argv.is_empty() => {
+                return Err(field("command", "must be a non-empty array of strings"))
+            }
+            (Some(argv), _) if argv[0].is_empty() => {
+                return Err(field("command", "the program (first element) is empty"))
+            }
+            (_, Some(topic)) if topic.is_empty() => {
+                return Err(field("topic", "must not be empty"))
+            }
+            _ => {}
+        }
+        if let Some(state) = &self.state_id {
+            if !matches!(state.as_str(), "AW" | "DR") {
+                return Err(field("state_id", "a new task starts in AW or DR"));
+            }
+        }
+        if let Some(n) = self.max_attempts {
+            if n < 1 {
+                return Err(field("max_attempts", "must be at least 1"));
+            }
+        }
+        if let Some(t) = self.timeout {
+            if !(t.is_finite() && t > 0.0) {
+                return Err(field("timeout", "must be a positive number of seconds"));
+            }
+        }
+        for (key, delay) in [
+            ("run_after", self.run_after_in),
+            ("next_start", self.next_start_in),
+        ] {
+            if delay.is_some_and(|d| !d.is_finite()) {
+                return Err(field(key, "the delay must be a finite number of seconds"));
+            }
+        }
+        if let Some(p) = &self.shed_period_id {
+            if Period::from_code(p).is_none() {
+                return Err(field(
+                    "shed_period_id",
+                    format!("unknown period `{p}` (known: {})", Period::known_codes()),
+                ));
+            }
+            if self.shed_period_count.is_none() {
+                return Err(field("shed_period_count", "required with shed_period_id"));
+            }
+        }
+        if let Some(n) = self.shed_period_count {
+            if n < 1 {
+                return Err(field("shed_period_count", "must be at least 1"));
+            }
+            if self.shed_period_id.is_none() {
+                return Err(field("shed_period_id", "required with shed_period_count"));
+            }
+        }
+        if self.worker_id.is_some_and(|w| w < 1) {
+            return Err(field("worker_id", "must be a positive worker id"));
+        }
+        Ok(())
+    }
 }
 
 /// A task's field was refused: `key` names it.
@@ -68,56 +223,6 @@ fn field(key: &'static str, message: impl Into<String>) -> FieldError {
     }
 }
 
-impl NewTask {
-    /// Checks every field; the first bad one is named.
-    pub fn validate(&self) -> Result<(), FieldError> {
-        if self.command.is_empty() {
-            return Err(field("command", "must be a non-empty array of strings"));
-        }
-        if self.command[0].is_empty() {
-            return Err(field("command", "the program (first element) is empty"));
-        }
-        if let Some(state) = &self.state_id {
-            if !matches!(state.as_str(), "AW" | "DR") {
-                return Err(field("state_id", "a new task starts in AW or DR"));
-            }
-        }
-        if let Some(n) = self.max_attempts {
-            if n < 1 {
-                return Err(field("max_attempts", "must be at least 1"));
-            }
-        }
-        if let Some(t) = self.timeout {
-            if !(t.is_finite() && t > 0.0) {
-                return Err(field("timeout", "must be a positive number of seconds"));
-            }
-        }
-        if let Some(p) = &self.shed_period_id {
-            if Period::from_code(p).is_none() {
-                return Err(field(
-                    "shed_period_id",
-                    format!("unknown period `{p}` (known: {})", Period::known_codes()),
-                ));
-            }
-            if self.shed_period_count.is_none() {
-                return Err(field("shed_period_count", "required with shed_period_id"));
-            }
-        }
-        if let Some(n) = self.shed_period_count {
-            if n < 1 {
-                return Err(field("shed_period_count", "must be at least 1"));
-            }
-            if self.shed_period_id.is_none() {
-                return Err(field("shed_period_id", "required with shed_period_count"));
-            }
-        }
-        if self.worker_id.is_some_and(|w| w < 1) {
-            return Err(field("worker_id", "must be a positive worker id"));
-        }
-        Ok(())
-    }
-}
-
 /// Turns a database refusal of the values into `Refused`; other errors stay database errors.
 fn classify(context: &'static str) -> impl FnOnce(tokio_postgres::Error) -> TaskError {
     move |e| {
@@ -132,33 +237,41 @@ fn classify(context: &'static str) -> impl FnOnce(tokio_postgres::Error) -> Task
     }
 }
 
-/// Inserts a task after validating it; returns its id.
-pub async fn submit(client: &Client, task: &NewTask) -> Result<i64, TaskError> {
+/// Submits a task through `long_task.submit` after validating it; returns its id (the existing
+/// task's id when its dedup key is taken).
+pub async fn submit<C: GenericClient + Sync>(client: &C, task: &NewTask) -> Result<i64, TaskError> {
     task.validate()?;
     let row = client
         .query_one(
-            "INSERT INTO long_task.task
-                 (command, params, state_id, priority, group_id, worker_id, cwd, next_start,
-                  shed_period_id, shed_period_count, shed_clone, max_attempts, timeout)
-             VALUES ($1, $2, coalesce($3, 'AW'), coalesce($4, 0), coalesce($5, 0), $6, $7,
-                     coalesce($8, now() + make_interval(secs => $9)),
-                     $10, $11, coalesce($12, false), coalesce($13, 1), $14)
-             RETURNING id",
+            "SELECT long_task.submit(
+                 p_command => $1::text[]::varchar[], p_topic => $2, p_params => $3,
+                 p_state_id => $4, p_priority => $5, p_group_id => $6, p_worker_id => $7,
+                 p_cwd => $8,
+                 p_run_after => coalesce($9, now() + make_interval(secs => $10)),
+                 p_timeout => $11, p_max_attempts => $12,
+                 p_next_start => coalesce($13, now() + make_interval(secs => $14)),
+                 p_shed_period_id => $15, p_shed_period_count => $16, p_shed_clone => $17,
+                 p_dedup_key => $18, p_depends_on => $19)",
             &[
                 &task.command,
+                &task.topic,
                 &task.params,
                 &task.state_id,
                 &task.priority,
                 &task.group_id,
                 &task.worker_id,
                 &task.cwd,
+                &task.run_after,
+                &task.run_after_in,
+                &task.timeout,
+                &task.max_attempts,
                 &task.next_start,
                 &task.next_start_in,
                 &task.shed_period_id,
                 &task.shed_period_count,
                 &task.shed_clone,
-                &task.max_attempts,
-                &task.timeout,
+                &task.dedup_key,
+                &task.depends_on,
             ],
         )
         .await
@@ -166,8 +279,60 @@ pub async fn submit(client: &Client, task: &NewTask) -> Result<i64, TaskError> {
     Ok(row.get(0))
 }
 
+/// The result of a state change asked for by a person.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Transition {
+    /// No task has this id.
+    NotFound,
+    /// The task's state does not allow it; carries that state.
+    Refused(String),
+    /// Done (or nothing to do): the state before and after.
+    Done { before: String, after: String },
+}
+
+impl Transition {
+    /// Whether the task is (now) in the asked-for state.
+    pub fn is_done(&self) -> bool {
+        matches!(self, Transition::Done { .. })
+    }
+}
+
+/// Calls `long_task.cancel` or `long_task.requeue` (same result shape).
+async fn transition<C: GenericClient + Sync>(
+    client: &C,
+    function: &'static str,
+    id: i64,
+) -> Result<Transition, DbError> {
+    let sql = format!("SELECT before::text, after::text FROM long_task.{function}($1)");
+    let row = client
+        .query_opt(&sql, &[&id])
+        .await
+        .map_err(DbError::query(function))?;
+    let Some(row) = row else {
+        return Ok(Transition::NotFound);
+    };
+    let before: String = row.get(0);
+    Ok(match row.get::<_, Option<String>>(1) {
+        Some(after) => Transition::Done { before, after },
+        None => Transition::Refused(before),
+    })
+}
+
+/// Cancels a task (`long_task.cancel`): a waiting or draft task ends `CC` at once, a running one
+/// becomes `AC` (its node kills the process group and writes `CC`). A task already cancelling is
+/// left alone; a final task is refused.
+pub async fn cancel<C: GenericClient + Sync>(client: &C, id: i64) -> Result<Transition, DbError> {
+    transition(client, "cancel", id).await
+}
+
+/// Queues a final or draft task again (`long_task.requeue`): a new attempt from a clean outcome.
+/// A waiting task is left alone; a running one is refused (cancel it first).
+pub async fn requeue<C: GenericClient + Sync>(client: &C, id: i64) -> Result<Transition, DbError> {
+    transition(client, "requeue", id).await
+}
+
 /// One task as a JSON object (every column, plus `state_name`); None when there is no such task.
-pub async fn get(client: &Client, id: i64) -> Result<Option<Value>, DbError> {
+pub async fn get<C: GenericClient + Sync>(client: &C, id: i64) -> Result<Option<Value>, DbError> {
     let row = client
         .query_opt(
             "SELECT to_jsonb(t) || jsonb_build_object('state_name', s.name)
@@ -180,6 +345,63 @@ pub async fn get(client: &Client, id: i64) -> Result<Option<Value>, DbError> {
     Ok(row.map(|r| r.get(0)))
 }
 
+/// A task as a program reads it back.
+#[derive(Debug, Clone, PartialEq)]
+pub struct TaskInfo {
+    pub id: i64,
+    pub state: TaskState,
+    pub topic: Option<String>,
+    pub params: Option<Value>,
+    pub result: Option<Value>,
+    pub error: Option<String>,
+    pub attempt: i32,
+    pub max_attempts: i32,
+    pub exit_code: Option<i32>,
+    pub exit_signal: Option<i32>,
+    pub created: DateTime<Utc>,
+    pub finished: Option<DateTime<Utc>>,
+}
+
+impl TaskInfo {
+    /// CS, CF or CC.
+    pub fn is_final(&self) -> bool {
+        self.state.is_final()
+    }
+}
+
+/// One task, typed; None when there is no such task.
+pub async fn info<C: GenericClient + Sync>(
+    client: &C,
+    id: i64,
+) -> Result<Option<TaskInfo>, DbError> {
+    let row = client
+        .query_opt(
+            "SELECT id, state_id::text, topic, params, result, error, attempt, max_attempts, exit_code,
+                    exit_signal, created, finished
+               FROM long_task.task WHERE id = $1",
+            &[&id],
+        )
+        .await
+        .map_err(DbError::query("reading a task"))?;
+    let Some(r) = row else { return Ok(None) };
+    let code: String = r.get(1);
+    let state = TaskState::from_code(&code).ok_or(DbError::Unexpected("unknown task state"))?;
+    Ok(Some(TaskInfo {
+        id: r.get(0),
+        state,
+        topic: r.get(2),
+        params: r.get(3),
+        result: r.get(4),
+        error: r.get(5),
+        attempt: r.get(6),
+        max_attempts: r.get(7),
+        exit_code: r.get(8),
+        exit_signal: r.get(9),
+        created: r.get(10),
+        finished: r.get(11),
+    }))
+}
+
 /// Which tasks `list` returns.
 #[derive(Debug, Clone, Default)]
 pub struct TaskFilter {
@@ -189,7 +411,10 @@ pub struct TaskFilter {
 }
 
 /// Tasks, newest first, without their output tails (use `get` for those).
-pub async fn list(client: &Client, filter: &TaskFilter) -> Result<Vec<Value>, DbError> {
+pub async fn list<C: GenericClient + Sync>(
+    client: &C,
+    filter: &TaskFilter,
+) -> Result<Vec<Value>, DbError> {
     let states: Option<Vec<&str>> =
         (!filter.states.is_empty()).then(|| filter.states.iter().map(|s| s.code()).collect());
     let rows = client
@@ -207,106 +432,23 @@ pub async fn list(client: &Client, filter: &TaskFilter) -> Result<Vec<Value>, Db
     Ok(rows.iter().map(|r| r.get(0)).collect())
 }
 
-/// The result of a state change asked for by a person.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Transition {
-    /// No task has this id.
-    NotFound,
-    /// The task's state does not allow it; carries that state.
-    Refused(String),
-    /// Done (or nothing to do): the state before and after.
-    Done { before: String, after: String },
-}
-
-async fn transition(
-    client: &Client,
-    id: i64,
-    sql: &str,
-    context: &'static str,
-    already: &[&str],
-) -> Result<Transition, DbError> {
-    let row = client
-        .query_opt(sql, &[&id])
-        .await
-        .map_err(DbError::query(context))?;
-    let Some(row) = row else {
-        return Ok(Transition::NotFound);
-    };
-    let before: String = row.get(0);
-    let after: Option<String> = row.get(1);
-    Ok(match after {
-        Some(after) => Transition::Done { before, after },
-        None if already.contains(&before.as_str()) => Transition::Done {
-            after: before.clone(),
-            before,
-        },
-        None => Transition::Refused(before),
-    })
-}
-
-/// Cancels a task: a waiting or draft task ends `CC` at once, a running one becomes `AC` (its node
-/// kills the process group and writes `CC`). A task already cancelling is left alone; a final
-/// task is refused.
-pub async fn cancel(client: &Client, id: i64) -> Result<Transition, DbError> {
-    transition(
-        client,
-        id,
-        "WITH target AS (SELECT id, state_id FROM long_task.task WHERE id = $1 FOR UPDATE),
-              moved AS (
-                UPDATE long_task.task t
-                   SET state_id = CASE WHEN target.state_id = 'DR' THEN 'CC' ELSE 'AC' END,
-                       error = CASE WHEN target.state_id = 'DR' THEN 'cancelled' ELSE t.error END
-                  FROM target
-                 WHERE t.id = target.id AND target.state_id IN ('DR', 'AW', 'AE')
-             RETURNING t.state_id)
-         SELECT target.state_id::text, (SELECT state_id::text FROM moved) FROM target",
-        "cancelling a task",
-        &["AC"],
-    )
-    .await
-}
-
-/// Queues a final or draft task again (a new attempt from a clean outcome). A waiting task is left
-/// alone; a running one is refused (cancel it first).
-pub async fn requeue(client: &Client, id: i64) -> Result<Transition, DbError> {
-    transition(
-        client,
-        id,
-        "WITH target AS (SELECT id, state_id FROM long_task.task WHERE id = $1 FOR UPDATE),
-              moved AS (
-                UPDATE long_task.task t SET state_id = 'AW'
-                  FROM target
-                 WHERE t.id = target.id AND target.state_id IN ('DR', 'CS', 'CF', 'CC')
-             RETURNING t.state_id)
-         SELECT target.state_id::text, (SELECT state_id::text FROM moved) FROM target",
-        "re-queueing a task",
-        &["AW"],
-    )
-    .await
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
 
     fn task() -> NewTask {
-        NewTask {
-            command: vec!["true".into()],
-            ..NewTask::default()
-        }
+        NewTask::command(["true"])
     }
 
     #[test]
     fn validation_names_the_key() {
         assert!(task().validate().is_ok());
+        assert!(NewTask::topic("t").validate().is_ok());
         let cases = [
-            (
-                NewTask {
-                    command: vec![],
-                    ..task()
-                },
-                "command",
-            ),
+            (NewTask::default(), "command"),
+            (NewTask::command(Vec::<String>::new()), "command"),
+            (NewTask::command([""]), "command"),
+            (NewTask::topic(""), "topic"),
             (
                 NewTask {
                     state_id: Some("AE".into()),
@@ -314,13 +456,7 @@ mod tests {
                 },
                 "state_id",
             ),
-            (
-                NewTask {
-                    max_attempts: Some(0),
-                    ..task()
-                },
-                "max_attempts",
-            ),
+            (task().max_attempts(0), "max_attempts"),
             (
                 NewTask {
                     timeout: Some(-1.0),
@@ -330,15 +466,29 @@ mod tests {
             ),
             (
                 NewTask {
+                    run_after_in: Some(f64::NAN),
+                    ..task()
+                },
+                "run_after",
+            ),
+            (
+                NewTask {
                     shed_period_id: Some("YEAR".into()),
                     shed_period_count: Some(1),
                     ..task()
                 },
                 "shed_period_id",
             ),
+            (
+                NewTask {
+                    worker_id: Some(0),
+                    ..task()
+                },
+                "worker_id",
+            ),
         ];
         for (t, key) in cases {
-            assert_eq!(t.validate().unwrap_err().key, key);
+            assert_eq!(t.validate().unwrap_err().key, key, "{t:?}");
         }
     }
 
@@ -348,5 +498,19 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(err.contains("colour"), "{err}");
+    }
+
+    #[test]
+    fn builders_set_the_columns() {
+        let t = NewTask::topic("t")
+            .priority(3)
+            .group(2)
+            .depends_on([1])
+            .depends_on([2])
+            .delay(Duration::from_secs(5));
+        assert_eq!(t.priority, Some(3));
+        assert_eq!(t.group_id, Some(2));
+        assert_eq!(t.depends_on, Some(vec![1, 2]));
+        assert_eq!(t.run_after_in, Some(5.0));
     }
 }

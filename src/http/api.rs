@@ -9,8 +9,8 @@ use actix_web::{web, HttpResponse};
 use serde_json::json;
 
 use super::{ApiError, HttpState};
+use crate::db::codes::TaskState;
 use crate::db::overview::{cluster_overview, ClusterOverview};
-use crate::db::queries::TaskState;
 use crate::db::tasks::{self, NewTask, TaskError, TaskFilter, Transition};
 use crate::db::{migrate, DbError, Pool};
 use crate::metrics;
@@ -49,12 +49,17 @@ fn parse_id(text: &str) -> Result<i64, ApiError> {
 async fn submit(state: web::Data<HttpState>, body: web::Bytes) -> Result<HttpResponse, ApiError> {
     let task: NewTask = serde_json::from_slice(&body)
         .map_err(|e| ApiError::bad_request(format!("bad task: {e}")))?;
+    if task.command.is_none() && task.topic.is_none() {
+        return Err(ApiError::bad_request(
+            "bad task: missing field `command` (or `topic`, for a handler or consumer task)",
+        ));
+    }
     task.validate()
         .map_err(|e| ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, e.to_string()))?;
     let id = state
         .with_db(move |pool| async move {
             let client = conn(&pool).await?;
-            tasks::submit(&client, &task).await.map_err(|e| match e {
+            tasks::submit(&*client, &task).await.map_err(|e| match e {
                 TaskError::Field(e) => {
                     ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, e.to_string())
                 }
@@ -77,7 +82,7 @@ async fn get(
     let row = state
         .with_db(move |pool| async move {
             let client = conn(&pool).await?;
-            tasks::get(&client, id).await.map_err(db_error)
+            tasks::get(&*client, id).await.map_err(db_error)
         })
         .await?;
     match row {
@@ -132,7 +137,7 @@ async fn list(
     let rows = state
         .with_db(move |pool| async move {
             let client = conn(&pool).await?;
-            tasks::list(&client, &filter).await.map_err(db_error)
+            tasks::list(&*client, &filter).await.map_err(db_error)
         })
         .await?;
     Ok(HttpResponse::Ok().json(rows))
@@ -163,7 +168,7 @@ async fn cancel(
     let result = state
         .with_db(move |pool| async move {
             let client = conn(&pool).await?;
-            tasks::cancel(&client, id).await.map_err(db_error)
+            tasks::cancel(&*client, id).await.map_err(db_error)
         })
         .await?;
     transition_response(id, "cancel", result)
@@ -178,7 +183,7 @@ async fn requeue(
     let result = state
         .with_db(move |pool| async move {
             let client = conn(&pool).await?;
-            tasks::requeue(&client, id).await.map_err(db_error)
+            tasks::requeue(&*client, id).await.map_err(db_error)
         })
         .await?;
     transition_response(id, "requeue", result)

@@ -14,9 +14,6 @@ LANGUAGE plpgsql AS $$
 DECLARE
     live bigint[];
     w record;
-    r record;
-    ids bigint[];
-    run_ids uuid[];
 BEGIN
     IF NOT long_task.holds_group_lock(p_group_id)
        OR NOT EXISTS (SELECT 1 FROM long_task.coordinator c
@@ -68,26 +65,10 @@ BEGIN
         UPDATE long_task.worker x SET active = false, task_count = 0, stopped_at = now(), locked_until = NULL
          WHERE x.id = w.id AND x.active;
 
-        FOR r IN
-            UPDATE long_task.task t SET state_id = 'CC', error = 'cancelled (worker lost)'
-             WHERE t.worker_id = w.id AND t.group_id = p_group_id AND t.state_id = 'AC'
-            RETURNING t.id, t.run_id
-        LOOP
-            INSERT INTO long_task.event (group_id, term, by_worker_id, kind, worker_id, task_id, run_id)
-            VALUES (p_group_id, p_term, p_worker_id, 'lost_cancelled', w.id, r.id, r.run_id);
-            RETURN QUERY SELECT 'lost_cancelled'::text, w.id, r.id, r.run_id, NULL::text, NULL::double precision;
-        END LOOP;
-
-        SELECT coalesce(array_agg(t.id), '{}'), coalesce(array_agg(t.run_id), '{}') INTO ids, run_ids
-          FROM long_task.task t
-         WHERE t.worker_id = w.id AND t.group_id = p_group_id AND t.state_id = 'AE';
-        FOR r IN SELECT * FROM long_task.requeue_lost(ids, run_ids, 'worker lost') LOOP
-            INSERT INTO long_task.event (group_id, term, by_worker_id, kind, worker_id, task_id, run_id)
-            VALUES (p_group_id, p_term, p_worker_id,
-                    CASE WHEN r.state_id = 'AW' THEN 'requeued' ELSE 'lost_failed' END, w.id, r.id, r.run_id);
-            RETURN QUERY SELECT CASE WHEN r.state_id = 'AW' THEN 'requeued' ELSE 'lost_failed' END,
-                                w.id, r.id, r.run_id, NULL::text, NULL::double precision;
-        END LOOP;
+        -- its runs: the one hand-back rule (events recorded under this term)
+        RETURN QUERY
+            SELECT h.kind, w.id, h.task_id, h.run_id, NULL::text, NULL::double precision
+              FROM long_task.hand_back(w.id, 'worker lost', p_worker_id, NULL, NULL, p_group_id, p_term) h;
     END LOOP;
 END
 $$;

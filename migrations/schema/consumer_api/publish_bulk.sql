@@ -11,8 +11,8 @@ BEGIN
     IF p_tasks IS NULL OR cardinality(p_tasks) = 0 THEN
         RETURN;
     END IF;
-    SELECT coalesce((SELECT s.max_attempts FROM long_task.group_settings s WHERE s.group_id = p_group_id), 1)
-      INTO default_attempts;
+    -- the default of long_task.task_before_write, looked up once for the batch
+    default_attempts := long_task.default_max_attempts(coalesce(p_group_id, 0));
     SELECT array_agg(nextval(pg_get_serial_sequence('long_task.task', 'id')) ORDER BY i)
       INTO ids FROM generate_subscripts(p_tasks, 1) i;
     WITH ins AS (

@@ -1,7 +1,8 @@
 -- The BEFORE ROW trigger of every insert and update of long_task.task: the state machine
 -- (long_task.legal_next_states), pinning (a worker_id set by a person pins the task), a cancel of
--- a waiting task ending CC at once, a clean outcome for a new attempt. The task_state and period
--- tables are read only to word the error of a rejected write (reject_task_state, check_period).
+-- a waiting task ending CC at once, a clean outcome for a new attempt, the group's max_attempts
+-- for a task inserted without one. The task_state and period tables are read only to word the
+-- error of a rejected write (reject_task_state, check_period).
 CREATE OR REPLACE FUNCTION long_task.task_before_write() RETURNS trigger
 LANGUAGE plpgsql AS $$
 BEGIN
@@ -15,6 +16,10 @@ BEGIN
         NEW.last_state_change := now();
         -- a worker_id given by a person pins the task to that node
         NEW.pinned := NEW.worker_id IS NOT NULL;
+        -- the one default of every client (the column has none)
+        IF NEW.max_attempts IS NULL THEN
+            NEW.max_attempts := long_task.default_max_attempts(NEW.group_id);
+        END IF;
         RETURN NEW;
     END IF;
 

@@ -51,6 +51,7 @@ pub const MIGRATIONS: &[Migration] = migrations![
     4 "observability" "0004_observability.sql",
     5 "write_path" "0005_write_path.sql",
     6 "consumer_path" "0006_consumer_path.sql",
+    7 "one_write_path" "0007_one_write_path.sql",
 ];
 
 /// Every schema file, in the order applied (after the numbered migrations).
@@ -63,6 +64,7 @@ pub const SCHEMA_FILES: &[SchemaFile] = schema_files![
     "cluster/terminate_node_sessions.sql",
     // the state machine and the notifications of every write
     "notify/channel.sql",
+    "client_api/default_max_attempts.sql",
     "state_machine/legal_next_states.sql",
     "state_machine/reject_task_state.sql",
     "state_machine/check_period.sql",
@@ -77,6 +79,10 @@ pub const SCHEMA_FILES: &[SchemaFile] = schema_files![
     "outcomes/finish_runs.sql",
     "claim/claim.sql",
     "claim/running_state.sql",
+    // the one write path of every client: submit, cancel, re-queue
+    "client_api/submit.sql",
+    "client_api/cancel.sql",
+    "client_api/requeue.sql",
     // the SQL consumer API
     "consumer_api/lease_seconds.sql",
     "consumer_api/publish.sql",
@@ -87,9 +93,7 @@ pub const SCHEMA_FILES: &[SchemaFile] = schema_files![
     "consumer_api/ack_many.sql",
     "consumer_api/nack.sql",
     // lost runs and the coordinator
-    "handback/requeue_lost.sql",
-    "handback/recover_worker.sql",
-    "handback/release_runs.sql",
+    "handback/hand_back.sql",
     "cluster/become_coordinator.sql",
     "cluster/depose_stale_coordinator.sql",
     "cluster/coordinate.sql",
