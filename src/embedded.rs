@@ -37,7 +37,7 @@ use crate::actors::supervisor::{Supervisor, SupervisorMsg};
 use crate::config::NodeConfig;
 use crate::error::Error;
 use crate::handler::{Handlers, Task};
-use crate::node::{prepare_with, NodeOptions};
+use crate::node::NodeOptions;
 
 /// A node to embed: configure it, register handlers, then [`start`](Node::start) it.
 pub struct Node {
@@ -117,42 +117,24 @@ impl Node {
 
 type Ready = Result<(i64, Addr<Supervisor>), Error>;
 
+/// The node thread: the shared start-up (`node::run`), reporting readiness or the start-up error.
 fn run_embedded(
     config: NodeConfig,
     options: NodeOptions,
     ready: mpsc::Sender<Ready>,
 ) -> Result<(), Error> {
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .thread_name("pgtaskd-handler")
-        .build();
-    let runtime = match runtime {
-        Ok(rt) => rt,
-        Err(source) => {
-            let _ = ready.send(Err(Error::Io {
-                context: "building the node's runtime".into(),
-                source,
-            }));
-            return Ok(());
-        }
-    };
-    let system = System::with_tokio_rt(move || runtime);
-    let prepared = match system.block_on(prepare_with(config, options)) {
-        Ok(p) => p,
-        Err(e) => {
+    let started = std::cell::Cell::new(false);
+    let result = crate::node::run(config, options, "pgtaskd-handler", |node| {
+        started.set(true);
+        let _ = ready.send(Ok((node.worker_id, node.supervisor)));
+    });
+    match result {
+        Err(e) if !started.get() => {
             let _ = ready.send(Err(e));
-            return Ok(());
+            Ok(())
         }
-    };
-    let worker_id = prepared.context.worker_id;
-    let span = tracing::info_span!("node", worker_id, group_id = prepared.context.group_id);
-    let _entered = span.enter();
-    let supervisor = system.block_on(async move { Supervisor::new(prepared).start() });
-    let _ = ready.send(Ok((worker_id, supervisor)));
-    system.run().map_err(|source| Error::Io {
-        context: "running the actor system".into(),
-        source,
-    })
+        other => other,
+    }
 }
 
 /// A started embedded node. Dropping it asks the node to stop without waiting.

@@ -17,6 +17,7 @@ use uuid::Uuid;
 use crate::actors::coordinator::Coordinator;
 use crate::actors::dispatcher::Dispatcher;
 use crate::actors::membership::Membership;
+use crate::actors::outcomes::{replay_spool, Outcomes};
 use crate::actors::process::ProcessActor;
 use crate::actors::scheduler::Scheduler;
 use crate::actors::supervisor::Supervisor;
@@ -38,14 +39,13 @@ pub const NODE_MARKER: &str = "PGTASKD_NODE";
 pub struct RunEntry {
     pub run_id: Uuid,
     pub actor: Addr<ProcessActor>,
-    /// When the node started the run (for the run duration metric).
-    pub started: std::time::Instant,
 }
 
 /// The current address of each long-lived actor (replaced when the supervisor recreates one).
 #[derive(Default)]
 pub struct Peers {
     pub dispatcher: Option<Addr<Dispatcher>>,
+    pub outcomes: Option<Addr<Outcomes>>,
     pub scheduler: Option<Addr<Scheduler>>,
     pub membership: Option<Addr<Membership>>,
     pub supervisor: Option<Addr<Supervisor>>,
@@ -95,6 +95,10 @@ impl NodeContext {
 
     pub fn dispatcher(&self) -> Option<Addr<Dispatcher>> {
         self.peers().dispatcher.clone()
+    }
+
+    pub fn outcomes(&self) -> Option<Addr<Outcomes>> {
+        self.peers().outcomes.clone()
     }
 
     pub fn scheduler(&self) -> Option<Addr<Scheduler>> {
@@ -173,15 +177,7 @@ pub struct PreparedNode {
 
 /// Connects, migrates (or checks the schema), registers and locks the worker row, and cleans up
 /// what a previous run of this worker id left behind.
-pub async fn prepare(config: NodeConfig) -> Result<PreparedNode, Error> {
-    prepare_with(config, NodeOptions::default()).await
-}
-
-/// `prepare` for a node with handlers (see `NodeOptions`).
-pub async fn prepare_with(
-    config: NodeConfig,
-    mut options: NodeOptions,
-) -> Result<PreparedNode, Error> {
+pub async fn prepare(config: NodeConfig, mut options: NodeOptions) -> Result<PreparedNode, Error> {
     options.topics = options.handlers.topics();
     config.validate()?;
     let database_url = config.require_database_url()?.to_owned();
@@ -233,7 +229,16 @@ pub async fn prepare_with(
     // Outcomes spooled by a previous run go first: a task whose outcome is known is not re-run.
     let spool = match Spool::open(&config.state_dir(), installation, worker_id) {
         Ok(spool) => {
-            replay_spool_at_start(&membership_client, &spool).await?;
+            let replayed = replay_spool(&membership_client, &spool)
+                .await
+                .map_err(|e| Error::Spool(e.to_string()))?;
+            if replayed.spooled > 0 {
+                info!(
+                    spooled = replayed.spooled,
+                    written = replayed.written,
+                    "replayed the outcome spool of a previous run"
+                );
+            }
             Some(spool)
         }
         Err(e) => {
@@ -297,53 +302,57 @@ pub async fn prepare_with(
     })
 }
 
-/// Writes the outcomes a previous run of this node spooled (each under its run_id guard).
-async fn replay_spool_at_start(client: &Client, spool: &Spool) -> Result<(), Error> {
-    let loaded = spool.load().map_err(|e| Error::Spool(e.to_string()))?;
-    if loaded.is_empty() {
-        return Ok(());
-    }
-    let (paths, outcomes): (Vec<_>, Vec<_>) = loaded.into_iter().unzip();
-    let written = queries::finish_runs_on(client, &outcomes).await?;
-    info!(
-        spooled = outcomes.len(),
-        written = written.len(),
-        "replayed the outcome spool of a previous run"
-    );
-    spool.remove(&paths);
-    Ok(())
+/// A node whose actors run: what its host needs to know of it.
+pub struct StartedNode {
+    pub worker_id: i64,
+    pub supervisor: Addr<Supervisor>,
 }
 
-/// Runs a node until it is told to stop (signal or stop code). Owns the runtime.
+/// Runs a node until it is told to stop (a signal, a stop code, or its embedder): builds its
+/// multi-thread runtime (threads named `thread_name`) under an actix `System`, prepares the node,
+/// serves HTTP when configured, starts the actors, calls `on_start` and runs until the System
+/// stops. The one start-up of `pgtaskd node` and of the embedded `Node`; a start-up error is
+/// returned before `on_start` is called.
 ///
 /// Every actor lives on the system arbiter (this thread), so the node span entered here is the
 /// parent of every log line the actors write.
-pub fn run(config: NodeConfig) -> Result<(), Error> {
-    let system = System::with_tokio_rt(|| {
-        tokio::runtime::Builder::new_multi_thread()
-            .enable_all()
-            .thread_name("pgtaskd-worker")
-            .build()
-            .unwrap_or_else(|e| panic!("cannot build the tokio runtime: {e}"))
-    });
-    let prepared = system.block_on(prepare(config))?;
+pub fn run(
+    config: NodeConfig,
+    options: NodeOptions,
+    thread_name: &str,
+    on_start: impl FnOnce(StartedNode),
+) -> Result<(), Error> {
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .thread_name(thread_name)
+        .build()
+        .map_err(|source| Error::Io {
+            context: "building the node's runtime".into(),
+            source,
+        })?;
+    let system = System::with_tokio_rt(move || runtime);
+    let prepared = system.block_on(prepare(config, options))?;
+    let context = prepared.context.clone();
     let span = tracing::info_span!(
         "node",
-        worker_id = prepared.context.worker_id,
-        group_id = prepared.context.group_id
+        worker_id = context.worker_id,
+        group_id = context.group_id
     );
     let _entered = span.enter();
-    info!(max_tasks = prepared.control.max_task_count, "node started");
-    let http = prepared.context.config.http;
-    let context = prepared.context.clone();
-    system.block_on(async move {
+    let max_tasks = prepared.control.max_task_count;
+    let worker_id = context.worker_id;
+    let supervisor = system.block_on(async move {
         // Bind before starting the actors: a taken port is a start-up error, not a silent gap.
-        if let Some(addr) = http {
-            crate::http::start(context, addr)?;
+        if let Some(addr) = context.config.http {
+            crate::http::start(context.clone(), addr)?;
         }
-        Supervisor::new(prepared).start();
-        Ok::<_, Error>(())
+        Ok::<_, Error>(Supervisor::new(prepared).start())
     })?;
+    info!(max_tasks, "node started");
+    on_start(StartedNode {
+        worker_id,
+        supervisor,
+    });
     system.run().map_err(|source| Error::Io {
         context: "running the actor system".into(),
         source,

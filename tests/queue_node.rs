@@ -444,3 +444,29 @@ async fn a_three_stage_pipeline_of_handlers_runs_in_order() {
         .expect("join")
         .expect("node stops");
 }
+
+#[tokio::test]
+async fn an_embedded_node_starts_like_pgtaskd_node_and_serves_http_when_configured() {
+    let (db, _pg) = migrated_db().await;
+    let port = common::http::free_port();
+    let mut config = embedded_config(&db.url);
+    config.http = Some(format!("127.0.0.1:{port}").parse().expect("addr"));
+    let mut node = Node::new(config);
+    node.handler("noop", |_task| async move { Ok::<_, String>(()) });
+    let running = tokio::task::spawn_blocking(move || node.start())
+        .await
+        .expect("join")
+        .expect("node starts");
+    let worker_id = running.worker_id();
+    let (status, body) = tokio::task::spawn_blocking(move || {
+        common::http::request_json("GET", &format!("http://127.0.0.1:{port}/healthz"), None)
+    })
+    .await
+    .expect("join");
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body["worker_id"], worker_id);
+    tokio::task::spawn_blocking(move || running.stop())
+        .await
+        .expect("join")
+        .expect("stop");
+}

@@ -19,6 +19,7 @@ use super::backoff;
 use super::coordinator::CoordinatorMsg;
 use super::dispatcher::DispatcherMsg;
 use super::membership::MembershipMsg;
+use super::outcomes::OutcomesMsg;
 use super::scheduler::SchedulerMsg;
 use crate::db::codes::{group_channel, GroupEvent, WORKER_CHANNEL};
 use crate::db::{self, DbError, Notice};
@@ -122,6 +123,9 @@ impl Listener {
         if let Some(d) = self.node.dispatcher() {
             d.do_send(DispatcherMsg::Wake);
             d.do_send(DispatcherMsg::Reconcile);
+        }
+        if let Some(o) = self.node.outcomes() {
+            o.do_send(OutcomesMsg::Retry);
         }
         if let Some(s) = self.node.scheduler() {
             s.do_send(SchedulerMsg::Reload);

@@ -20,6 +20,7 @@ use tokio_postgres::Client;
 use tracing::{error, info, warn};
 
 use super::dispatcher::DispatcherMsg;
+use super::outcomes::OutcomesMsg;
 use super::supervisor::SupervisorMsg;
 use crate::db::queries::{self, HostReport, WorkerControl};
 use crate::db::{self, DbError};
@@ -138,6 +139,9 @@ impl Membership {
                         info!("heartbeat restored after fencing: handing back the killed runs");
                         if let Some(d) = act.node.dispatcher() {
                             d.do_send(DispatcherMsg::Unfence);
+                        }
+                        if let Some(o) = act.node.outcomes() {
+                            o.do_send(OutcomesMsg::Retry);
                         }
                     }
                     act.client = Some(client);

@@ -5,7 +5,8 @@
 //! | `supervisor` | start-up order, shutdown (signals, stop codes), the watchdog that recreates a crashed actor |
 //! | `membership` | the worker row, heartbeat and liveness lock on a dedicated connection |
 //! | `listener` | the LISTEN connection: notifications to typed messages, reconnect and resync |
-//! | `dispatcher` | claiming tasks up to the process limit, batching outcome writes, reconciling cancels |
+//! | `dispatcher` | claiming tasks up to the process limit, reconciling cancels, fencing |
+//! | `outcomes` | every write that ends a run: batched outcomes, the spool and its replay, hand-back of fenced runs |
 //! | `process` | one OS process (or in-process handler): spawn, tails, timeout, kill, its outcome |
 //! | `scheduler` | the time-driven work of the group on time, under the coordinator's term: schedules, due retries, lease expiry, retention |
 //! | `coordinator` | election per group, dead-node detection and reassignment under a term |
@@ -14,6 +15,7 @@ pub mod coordinator;
 pub mod dispatcher;
 pub mod listener;
 pub mod membership;
+pub mod outcomes;
 pub mod process;
 pub mod scheduler;
 pub mod supervisor;

@@ -1,11 +1,11 @@
 //! The Process actor: one per running task. Spawns the task's command as an OS process in its own
 //! process group, collects bounded output tails, enforces the task's timeout, kills the whole
 //! group when told (SIGTERM, then SIGKILL after the grace), and reports the outcome to the
-//! Dispatcher, which writes it guarded by the run_id. A task whose topic has an in-process
+//! Outcomes actor, which writes it guarded by the run_id, and its end to the Dispatcher. A task whose topic has an in-process
 //! handler runs that handler instead (a tokio task: a panic fails the attempt, not the node;
 //! a kill cancels its token, then drops it after the grace).
 //!
-//! Must never write to the database itself (the Dispatcher owns every outcome write).
+//! Must never write to the database itself (the Outcomes actor owns every outcome write).
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -14,7 +14,8 @@ use std::time::Duration;
 use actix::prelude::*;
 use tracing::{debug, info, info_span, warn};
 
-use super::dispatcher::{DispatcherMsg, Finished};
+use super::dispatcher::DispatcherMsg;
+use super::outcomes::{OutcomesMsg, Pending};
 use crate::db::queries::{ClaimedTask, RunOutcome, TaskState};
 use crate::handler::{self, CancellationToken, HandlerFn, HandlerOutput};
 use crate::node::{NodeContext, NODE_MARKER};
@@ -50,6 +51,8 @@ pub struct ProcessActor {
     handler: Option<(CancellationToken, tokio::task::AbortHandle)>,
     kill_reason: Option<KillReason>,
     span: tracing::Span,
+    /// When the run started (for the run duration metric).
+    started: std::time::Instant,
 }
 
 /// The argv of a task: `%TASK` elements become the task id.
@@ -90,6 +93,7 @@ impl ProcessActor {
             handler: None,
             kill_reason: None,
             span,
+            started: std::time::Instant::now(),
         }
     }
 
@@ -233,20 +237,25 @@ impl ProcessActor {
     }
 
     fn finish(&mut self, outcome: Option<RunOutcome>, ctx: &mut Context<Self>) {
-        if let Some(o) = &outcome {
-            let _enter = self.span.enter();
-            debug!(state = o.state.code(), error = ?o.error, "run ended");
-        }
-        if let Some(dispatcher) = self.node.dispatcher() {
-            dispatcher.do_send(DispatcherMsg::Finished(Finished {
-                task_id: self.task.id,
+        let _enter = self.span.enter();
+        if let Some(outcome) = outcome {
+            debug!(state = outcome.state.code(), error = ?outcome.error, "run ended");
+            let pending = Pending {
                 outcome,
-            }));
-        } else {
-            warn!(
-                task_id = self.task.id,
-                "no dispatcher to report to; the task will be recovered"
-            );
+                duration: Some(self.started.elapsed().as_secs_f64()),
+            };
+            // first the outcome, then the free slot: a node draining for shutdown flushes the
+            // Outcomes actor once no run is left, and must find this outcome there
+            match self.node.outcomes() {
+                Some(outcomes) => outcomes.do_send(OutcomesMsg::Record(pending)),
+                None => warn!("no outcomes actor to report to; the task will be recovered"),
+            }
+        }
+        match self.node.dispatcher() {
+            Some(d) => d.do_send(DispatcherMsg::Finished {
+                task_id: self.task.id,
+            }),
+            None => warn!("no dispatcher to report to"),
         }
         ctx.stop();
     }

@@ -24,6 +24,7 @@ use super::coordinator::{Coordinator, CoordinatorMsg};
 use super::dispatcher::{Dispatcher, DispatcherMsg};
 use super::listener::Listener;
 use super::membership::Membership;
+use super::outcomes::{Outcomes, OutcomesMsg};
 use super::process::KillReason;
 use super::scheduler::Scheduler;
 use crate::db::queries::{self, WorkerControl};
@@ -74,6 +75,11 @@ impl Supervisor {
         self.node.peers().dispatcher = Some(addr);
     }
 
+    fn start_outcomes(&self) {
+        let addr = Outcomes::new(self.node.clone()).start();
+        self.node.peers().outcomes = Some(addr);
+    }
+
     fn start_scheduler(&self) {
         let addr = Scheduler::new(self.node.clone()).start();
         self.node.peers().scheduler = Some(addr);
@@ -100,15 +106,20 @@ impl Supervisor {
     /// Recreates any actor whose mailbox closed (it panicked or stopped unexpectedly).
     fn watchdog(&mut self) {
         let paused = self.shutdown.is_some();
-        let (dispatcher_dead, scheduler_dead, membership_dead, coordinator_dead) = {
+        let (outcomes_dead, dispatcher_dead, scheduler_dead, membership_dead, coordinator_dead) = {
             let peers = self.node.peers();
             (
+                !peers.outcomes.as_ref().is_some_and(|a| a.connected()),
                 !peers.dispatcher.as_ref().is_some_and(|a| a.connected()),
                 !peers.scheduler.as_ref().is_some_and(|a| a.connected()),
                 !peers.membership.as_ref().is_some_and(|a| a.connected()),
                 !peers.coordinator.as_ref().is_some_and(|a| a.connected()),
             )
         };
+        if outcomes_dead {
+            error!("outcomes actor crashed; restarting it (unwritten outcomes are re-run)");
+            self.start_outcomes();
+        }
         if coordinator_dead && self.shutdown.is_none() {
             error!("coordinator crashed; restarting it");
             self.start_coordinator();
@@ -191,11 +202,11 @@ impl Supervisor {
             c.do_send(CoordinatorMsg::Stop);
         }
         let node = self.node.clone();
-        let dispatcher = node.dispatcher();
+        let outcomes = node.outcomes();
         let fut = async move {
-            if let Some(d) = dispatcher {
+            if let Some(o) = outcomes {
                 let (tx, rx) = tokio::sync::oneshot::channel();
-                if d.send(DispatcherMsg::Flush(tx)).await.is_ok()
+                if o.send(OutcomesMsg::Flush(tx)).await.is_ok()
                     && tokio::time::timeout(Duration::from_secs(10), rx)
                         .await
                         .is_err()
@@ -246,6 +257,7 @@ impl Actor for Supervisor {
             .membership_setup
             .as_ref()
             .is_some_and(|(_, c)| c.stop == 1);
+        self.start_outcomes();
         self.start_dispatcher(paused);
         self.start_scheduler();
         self.start_membership();

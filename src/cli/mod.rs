@@ -137,7 +137,8 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
                 .resolve()
                 .map_err(|e| Failure::config(format!("invalid node configuration: {e:#}")))?;
             init_logging(cli.log_format.unwrap_or(config.log_format));
-            pgtaskd::node::run(config).context("node failed")
+            let options = pgtaskd::node::NodeOptions::default();
+            pgtaskd::node::run(config, options, "pgtaskd-worker", |_| {}).context("node failed")
         }
         Command::Dev(args) => {
             init_logging(cli.log_format.unwrap_or_default());

@@ -124,12 +124,12 @@ pub async fn finish_runs(
     outcomes: &[RunOutcome],
 ) -> Result<Vec<(i64, String)>, DbError> {
     let conn = pool.get().await?;
-    finish_runs_on(&conn, outcomes).await
+    finish_runs_on(&*conn, outcomes).await
 }
 
 /// `finish_runs` on a given connection (start-up replays the spool before the pool exists).
 pub async fn finish_runs_on(
-    client: &Client,
+    client: &impl GenericClient,
     outcomes: &[RunOutcome],
 ) -> Result<Vec<(i64, String)>, DbError> {
     let ids: Vec<i64> = outcomes.iter().map(|o| o.task_id).collect();
