@@ -1,5 +1,5 @@
 //! The invariant checker: after the faults stop and the cluster settles, every guarantee of
-//! DESIGN.md §4 is checked against the tables, the event log, the execution log the tasks wrote,
+//! docs/design.md §4 is checked against the tables, the event log, the execution log the tasks wrote,
 //! and the host's process table. Prints each violation; the caller prints the summary.
 
 use std::collections::HashMap;

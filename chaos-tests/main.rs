@@ -1,4 +1,4 @@
-//! `chaos`: the chaos harness (DESIGN.md §4's guarantees under faults). Starts a throw-away
+//! `chaos`: the chaos harness (docs/design.md §4's guarantees under faults). Starts a throw-away
 //! PostgreSQL and N real `pgtaskd node` processes, feeds tasks that record each execution (task id
 //! and run id appended to a file), injects faults at random from a printed seed for a bounded
 //! time, then lets the cluster settle and checks the invariants (see `check.rs`). Exit 1 on any

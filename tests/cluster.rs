@@ -1,4 +1,4 @@
-//! Clustering and failover (DESIGN.md §4) with real node processes: a SIGKILLed node's tasks run
+//! Clustering and failover (docs/design.md §4) with real node processes: a SIGKILLed node's tasks run
 //! again on a survivor and the event log says who moved them; a SIGKILLed coordinator is replaced
 //! under a higher term; a SIGSTOPped node loses its tasks, cannot write a stale outcome and kills
 //! its stale processes when it wakes; a schedule fires once across three nodes; spooled outcomes

@@ -1,4 +1,4 @@
-//! The Coordinator (DESIGN.md §3/§4): on every node, one per group it serves; active on one node.
+//! The Coordinator (docs/design.md §3/§4): on every node, one per group it serves; active on one node.
 //!
 //! On its own dedicated connection (never the pool: the lock is session-scoped) it waits for the
 //! group's advisory lock `(NS_GROUP, group_id)` — a blocking wait, so a follower sends nothing

@@ -1,4 +1,4 @@
-//! The actors of a node (DESIGN.md §3), one file each, each with its own message enum.
+//! The actors of a node (docs/design.md §3), one file each, each with its own message enum.
 //!
 //! | actor | owns |
 //! |---|---|

@@ -1,7 +1,7 @@
-//! The cluster's SQL calls (DESIGN.md §4), typed: the coordinator lock, election, the
+//! The cluster's SQL calls (docs/design.md §4), typed: the coordinator lock, election, the
 //! coordinator's round, watching a node's liveness lock, deposing a hung coordinator, releasing
 //! self-fenced runs. The logic lives in the schema
-//! (`migrations/0003_cluster.sql`); this module only calls it.
+//! (`migrations/schema/cluster/`); this module only calls it.
 //!
 //! Must never take a session lock on a pooled connection: the lock calls take a dedicated `Client`.
 
