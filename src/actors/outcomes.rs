@@ -381,21 +381,10 @@ impl Handler<OutcomesMsg> for Outcomes {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::db::codes::TaskState;
 
     fn pending(task_id: i64) -> Pending {
         Pending {
-            outcome: RunOutcome {
-                task_id,
-                run_id: Uuid::new_v4(),
-                state: TaskState::Succeeded,
-                error: None,
-                exit_code: Some(0),
-                exit_signal: None,
-                stdout_tail: None,
-                stderr_tail: None,
-                result: None,
-            },
+            outcome: RunOutcome::success(task_id),
             duration: Some(0.1),
         }
     }

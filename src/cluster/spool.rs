@@ -127,15 +127,10 @@ mod tests {
 
     fn outcome(task_id: i64) -> RunOutcome {
         RunOutcome {
-            task_id,
-            run_id: Uuid::new_v4(),
-            state: TaskState::Succeeded,
-            error: None,
-            exit_code: Some(0),
-            exit_signal: None,
             stdout_tail: Some("out".into()),
             stderr_tail: Some(String::new()),
             result: Some(serde_json::json!({"rows": [1, 2], "ok": true})),
+            ..RunOutcome::success(task_id)
         }
     }
 

@@ -44,6 +44,24 @@ pub struct RunOutcome {
     pub result: Option<serde_json::Value>,
 }
 
+impl RunOutcome {
+    /// A successful outcome of a run (test fixtures).
+    #[cfg(test)]
+    pub(crate) fn success(task_id: i64) -> RunOutcome {
+        RunOutcome {
+            task_id,
+            run_id: Uuid::new_v4(),
+            state: TaskState::Succeeded,
+            error: None,
+            exit_code: Some(0),
+            exit_signal: None,
+            stdout_tail: None,
+            stderr_tail: None,
+            result: None,
+        }
+    }
+}
+
 /// Live settings of this node's `worker` row.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct WorkerControl {
