@@ -16,44 +16,15 @@ use std::time::{Duration, Instant};
 
 use pgtaskd::config::NodeConfig;
 use pgtaskd::embedded::Node;
-use pgtaskd::pgcluster::{create_database, PgCluster};
-use tokio_postgres::{Client, NoTls};
+use tokio_postgres::Client;
 
-fn env_usize(key: &str, default: usize) -> usize {
-    std::env::var(key)
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(default)
-}
+mod support;
 
-async fn connect(url: &str) -> Client {
-    let (client, connection) = tokio_postgres::connect(url, NoTls).await.expect("connect");
-    tokio::spawn(connection);
-    client
-}
+use support::{connect, env_usize, BenchServer};
 
 async fn fresh_db(admin_url: &str, name: &str) -> String {
-    let admin = connect(admin_url).await;
-    admin
-        .batch_execute(&format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)"))
-        .await
-        .expect("drop");
-    create_database(admin_url, name).await.expect("create");
-    if std::env::var("QUEUE_BENCH_SYNC_COMMIT").as_deref() == Ok("off") {
-        // measures the queue's CPU cost instead of the disk's fsync latency
-        admin
-            .batch_execute(&format!(
-                "ALTER DATABASE {name} SET synchronous_commit = off"
-            ))
-            .await
-            .expect("alter");
-    }
-    let url = pgtaskd::db::with_dbname(admin_url, name);
-    let mut client = connect(&url).await;
-    pgtaskd::db::migrate::migrate(&mut client)
-        .await
-        .expect("migrate");
-    url
+    let sync_off = std::env::var("QUEUE_BENCH_SYNC_COMMIT").as_deref() == Ok("off");
+    support::fresh_db(admin_url, name, sync_off).await
 }
 
 async fn publish(client: &Client, n: usize, topic: &str) {
@@ -233,21 +204,8 @@ async fn fill_final(url: &str, n: usize) {
 async fn main() {
     let n = env_usize("QUEUE_BENCH_TASKS", 20_000);
     let n_final = env_usize("QUEUE_BENCH_FINAL", 1_000_000);
-    let (_cluster, admin_url) = match std::env::var("DATABASE_URL") {
-        Ok(url) if !url.is_empty() => (None, url),
-        _ => {
-            let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
-                .join("target")
-                .join("pgtaskd-bench-pg");
-            let dir = std::env::var("CARGO_TARGET_DIR")
-                .map(|t| std::path::PathBuf::from(t).join("pgtaskd-bench-pg"))
-                .unwrap_or(dir);
-            let cluster = PgCluster::open_or_init(&dir).expect("init cluster");
-            cluster.start().expect("start cluster");
-            let url = cluster.url("postgres");
-            (Some(cluster), url)
-        }
-    };
+    let server = BenchServer::start();
+    let admin_url = server.admin_url.clone();
     let only = std::env::var("QUEUE_BENCH_ONLY").unwrap_or_default();
     let runs = |part: &str| only.is_empty() || only.split(',').any(|p| p.trim() == part);
     if runs("consumer") {
@@ -275,7 +233,5 @@ async fn main() {
             .await;
         }
     }
-    if let Some(cluster) = _cluster {
-        let _ = cluster.stop();
-    }
+    drop(server);
 }

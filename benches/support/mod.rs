@@ -1,0 +1,102 @@
+//! What the benches share: a throw-away PostgreSQL cluster under the target directory (or
+//! `DATABASE_URL` as an admin URL), fresh migrated databases, plain connections. Used with
+//! `mod support;` from each bench; nothing here measures anything.
+#![allow(dead_code)]
+
+use pgtaskd::pgcluster::{create_database, PgCluster};
+use tokio_postgres::{Client, NoTls};
+
+/// The server the bench runs against; a cluster it started is stopped on drop.
+pub struct BenchServer {
+    cluster: Option<PgCluster>,
+    pub admin_url: String,
+}
+
+impl BenchServer {
+    /// `DATABASE_URL` when set, else a cluster in `<target>/pgtaskd-bench-pg` (fsync on).
+    pub fn start() -> BenchServer {
+        if let Ok(url) = std::env::var("DATABASE_URL") {
+            if !url.is_empty() {
+                return BenchServer {
+                    cluster: None,
+                    admin_url: url,
+                };
+            }
+        }
+        let target = std::env::var("CARGO_TARGET_DIR")
+            .map(std::path::PathBuf::from)
+            .unwrap_or_else(|_| std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("target"));
+        let cluster = PgCluster::open_or_init(&target.join("pgtaskd-bench-pg"))
+            .unwrap_or_else(|e| panic!("cannot create the bench cluster: {e}"));
+        cluster
+            .start()
+            .unwrap_or_else(|e| panic!("cannot start the bench cluster: {e}"));
+        let admin_url = cluster.url("postgres");
+        BenchServer {
+            cluster: Some(cluster),
+            admin_url,
+        }
+    }
+}
+
+impl Drop for BenchServer {
+    fn drop(&mut self) {
+        if let Some(cluster) = &self.cluster {
+            if let Err(e) = cluster.stop() {
+                eprintln!("warning: cannot stop the bench cluster: {e}");
+            }
+        }
+    }
+}
+
+pub async fn connect(url: &str) -> Client {
+    let (client, connection) = tokio_postgres::connect(url, NoTls)
+        .await
+        .unwrap_or_else(|e| panic!("cannot connect to {url}: {e}"));
+    tokio::spawn(connection);
+    client
+}
+
+/// Drops and creates database `name`, migrates it, returns its URL. With `sync_commit_off` the
+/// database's commits do not wait for the disk (a CPU-cost measurement, not the default).
+pub async fn fresh_db(admin_url: &str, name: &str, sync_commit_off: bool) -> String {
+    let admin = connect(admin_url).await;
+    admin
+        .batch_execute(&format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)"))
+        .await
+        .expect("drop the bench database");
+    create_database(admin_url, name)
+        .await
+        .expect("create the bench database");
+    if sync_commit_off {
+        admin
+            .batch_execute(&format!(
+                "ALTER DATABASE {name} SET synchronous_commit = off"
+            ))
+            .await
+            .expect("alter");
+    }
+    let url = pgtaskd::db::with_dbname(admin_url, name);
+    let mut client = connect(&url).await;
+    pgtaskd::db::migrate::migrate(&mut client)
+        .await
+        .expect("migrate the bench database");
+    url
+}
+
+pub fn env_usize(key: &str, default: usize) -> usize {
+    std::env::var(key)
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(default)
+}
+
+/// A duration from the environment (`90s`, `10min`), or the default.
+pub fn env_duration(key: &str, default: std::time::Duration) -> std::time::Duration {
+    match std::env::var(key) {
+        Ok(v) if !v.trim().is_empty() => {
+            humantime::parse_duration(v.trim()).unwrap_or_else(|e| panic!("{key}={v:?}: {e}"))
+        }
+        _ => default,
+    }
+}
