@@ -289,6 +289,14 @@ async fn main() {
     let window = env_duration("SOAK_WINDOW", Duration::from_secs(5));
     let server = BenchServer::start();
     let url = support::fresh_db(&server.admin_url, "pgtaskd_bench_soak", false).await;
+    if std::env::var("SOAK_PROFILE").is_ok() {
+        // server time per SQL function, printed at the end (sessions opened from here on)
+        connect(&server.admin_url)
+            .await
+            .batch_execute("ALTER DATABASE pgtaskd_bench_soak SET track_functions = 'all'")
+            .await
+            .expect("track_functions");
+    }
     let admin = connect(&url).await;
     if let Ok(retention) = std::env::var("SOAK_RETENTION") {
         admin
@@ -449,6 +457,16 @@ async fn main() {
             } else {
                 published.saturating_sub(completed)
             };
+            let ring = admin
+                .query_one(
+                    "SELECT (SELECT last_value FROM long_task.ready_head), (SELECT last_value FROM long_task.ready_gen),
+                            (extract(epoch FROM clock_timestamp()) * 1000)::bigint
+                              - (SELECT last_value FROM long_task.ready_rotated_at)",
+                    &[],
+                )
+                .await
+                .map(|r| format!("ring head {} gen {} turned {} ms ago", r.get::<_, i64>(0), r.get::<_, i64>(1), r.get::<_, i64>(2)))
+                .unwrap_or_default();
             let rels = relations(&admin).await;
             let dead: i64 = rels.iter().filter(|r| r.1 != 'i').map(|r| r.2).sum();
             let (p50, p99) = (hist.value_at_quantile(0.5), hist.value_at_quantile(0.99));
@@ -472,7 +490,7 @@ async fn main() {
                 .filter(|r| r.1 == 'i' && r.3 > 8192)
                 .map(|r| format!("{} {}", r.0, human(r.3)))
                 .collect();
-            println!("        tables: {}", tables.join(", "));
+            println!("        {ring}; tables: {}", tables.join(", "));
             println!("        indexes: {}", indexes.join(", "));
             summary.windows += 1;
             summary.offered += offered;
@@ -513,6 +531,26 @@ async fn main() {
             ms(s.worst_p99),
             s.max_dead
         );
+    }
+    if std::env::var("SOAK_PROFILE").is_ok() {
+        println!("  server time per function (calls, total ms, self ms):");
+        for r in admin
+            .query(
+                "SELECT funcname::text, calls, total_time, self_time FROM pg_stat_user_functions
+                  ORDER BY total_time DESC LIMIT 15",
+                &[],
+            )
+            .await
+            .unwrap_or_default()
+        {
+            println!(
+                "    {:<24} {:>9} {:>11.0} {:>11.0}",
+                r.get::<_, String>(0),
+                r.get::<_, i64>(1),
+                r.get::<_, f64>(2),
+                r.get::<_, f64>(3)
+            );
+        }
     }
     let rels = relations(&admin).await;
     let total: i64 = rels.iter().map(|r| r.3).sum();

@@ -148,17 +148,19 @@ async fn a_burst_of_consumes_costs_the_coordinator_a_few_scheduler_ticks() {
     let (_node, base) = node_with_http(&db.url, 1, &[]).await;
     wait_node_ready(&client, 1).await;
     wait_coordinator(&client, 0, LONG, |worker, _| worker == 1).await;
+    // leases of 1 s, one attempt: each expires to CF 'lease expired'
     client
         .execute(
             "SELECT long_task.publish_bulk(array_agg(
-                 ROW('burst', NULL::jsonb, NULL::timestamptz, 60::float8, 0, 1, NULL::text)::long_task.bulk_task))
+                 ROW('burst', NULL::jsonb, NULL::timestamptz, 1::float8, 0, 1, NULL::text)::long_task.bulk_task))
                FROM generate_series(1, 60)",
             &[],
         )
         .await
         .expect("publish");
+    tokio::time::sleep(Duration::from_millis(300)).await;
     let before = scheduler_ticks(&base);
-    // 60 consumes pipelined on one connection, each its own transaction: 60 `sched`
+    // 60 consumes pipelined on one connection, each its own transaction: 60 `lease`
     // notifications, one per new lease deadline
     let started = Instant::now();
     let consumes = (0..60).map(|_| client.query("SELECT id FROM long_task.consume(1)", &[]));
@@ -170,14 +172,31 @@ async fn a_burst_of_consumes_costs_the_coordinator_a_few_scheduler_ticks() {
         .sum();
     let burst = started.elapsed();
     assert_eq!(consumed, 60);
-    // the tick the last notifications asked for (held back at most 100 ms) has run
-    tokio::time::sleep(Duration::from_millis(600)).await;
+    // a lease notification arms the timer for its deadline: no tick before the leases end
+    let during = scheduler_ticks(&base) - before;
+    assert_eq!(
+        during, 0,
+        "{during} ticks for 60 consumes before any lease ended"
+    );
+    // after the deadlines (1 s, announced rounded up to 100 ms) every lease has expired
+    wait_until(LONG, || async {
+        client
+            .query_one(
+                "SELECT count(*) = 60 FROM long_task.task WHERE topic = 'burst' AND error = 'lease expired'",
+                &[],
+            )
+            .await
+            .map(|r| r.get::<_, bool>(0))
+            .unwrap_or(false)
+    })
+    .await
+    .expect("every lease expired");
     let ticks = scheduler_ticks(&base) - before;
-    // one tick per 100 ms of burst at most, plus the one that follows it
+    // the deadlines spread over the burst: one tick per 100 ms of it at most, plus two
     let bound = 2 + u64::try_from(burst.as_millis() / 100).unwrap_or(u64::MAX);
     assert!(
         (1..=bound).contains(&ticks),
-        "{ticks} scheduler ticks for 60 consumes in {burst:?} (at most {bound})"
+        "{ticks} scheduler ticks for 60 leases taken in {burst:?} (at most {bound})"
     );
 }
 

@@ -7,7 +7,8 @@ mod common;
 use std::time::Duration;
 
 use pgtaskd::db::codes::{
-    group_channel, GroupEvent, Period, TaskState, Verdict, NS_GROUP, NS_NODE, WORKER_CHANNEL,
+    group_channel, GroupEvent, Period, TaskState, Verdict, NS_CLAIM, NS_GROUP, NS_NODE, NS_RING,
+    WORKER_CHANNEL,
 };
 use pgtaskd::db::{self, queries, Notice};
 use tokio::sync::mpsc;
@@ -70,14 +71,16 @@ async fn lock_namespaces_and_channel_names_match_the_schema() {
     let (_db, client) = common::migrated_db().await;
     let row = client
         .query_one(
-            "SELECT long_task.ns_node(), long_task.ns_group(), long_task.channel(7)",
+            "SELECT long_task.ns_node(), long_task.ns_group(), long_task.ns_ring(), long_task.ns_claim(), long_task.channel(7)",
             &[],
         )
         .await
         .expect("constants");
     assert_eq!(row.get::<_, i32>(0), NS_NODE);
     assert_eq!(row.get::<_, i32>(1), NS_GROUP);
-    assert_eq!(row.get::<_, String>(2), group_channel(7));
+    assert_eq!(row.get::<_, i32>(2), NS_RING);
+    assert_eq!(row.get::<_, i32>(3), NS_CLAIM);
+    assert_eq!(row.get::<_, String>(4), group_channel(7));
 }
 
 /// Waits for the next notification on the channel.
@@ -139,6 +142,27 @@ async fn every_notification_payload_is_one_the_listener_knows() {
         .await
         .expect("schedule");
     assert_eq!(event(&next(&mut rx).await), GroupEvent::Sched);
+
+    client
+        .execute("SELECT long_task.publish('t')", &[])
+        .await
+        .expect("publish");
+    assert_eq!(event(&next(&mut rx).await), GroupEvent::Wake);
+    let lease_ms: i64 = client
+        .query_one(
+            "SELECT (extract(epoch FROM lease_until) * 1000)::bigint FROM long_task.consume(1)",
+            &[],
+        )
+        .await
+        .expect("consume")
+        .get(0);
+    match event(&next(&mut rx).await) {
+        GroupEvent::Lease { due_ms } => assert!(
+            (lease_ms..lease_ms + 101).contains(&due_ms),
+            "the lease deadline {lease_ms} rounded up to 100 ms, not {due_ms}"
+        ),
+        other => panic!("a consume notifies its lease deadline, not {other:?}"),
+    }
 
     queries::register_worker(&client, 5, 0, 1, "n5", "host")
         .await

@@ -128,7 +128,7 @@ impl Listener {
             o.do_send(OutcomesMsg::Retry);
         }
         if let Some(s) = self.node.scheduler() {
-            s.do_send(SchedulerMsg::Reload);
+            s.do_send(SchedulerMsg::Resync);
         }
         if let Some(m) = self.node.membership() {
             m.do_send(MembershipMsg::Refresh);
@@ -174,6 +174,9 @@ impl Listener {
                 if let Some(d) = self.node.dispatcher() {
                     d.do_send(DispatcherMsg::Wake);
                 }
+                if let Some(s) = self.node.scheduler() {
+                    s.do_send(SchedulerMsg::RingFilled);
+                }
             }
             Some(GroupEvent::Ctl) => {
                 if let Some(d) = self.node.dispatcher() {
@@ -183,6 +186,11 @@ impl Listener {
             Some(GroupEvent::Sched) => {
                 if let Some(s) = self.node.scheduler() {
                     s.do_send(SchedulerMsg::Reload);
+                }
+            }
+            Some(GroupEvent::Lease { due_ms }) => {
+                if let Some(s) = self.node.scheduler() {
+                    s.do_send(SchedulerMsg::LeaseDue(due_ms));
                 }
             }
             Some(GroupEvent::Peer) => {

@@ -1,17 +1,23 @@
 //! The Scheduler: everything time-driven of the node's group, on time. One call of
 //! `long_task.scheduler_tick` fires due schedules (`next_start`), expires SQL consumers' leases
-//! (`lease_until`), applies retention, wakes the group when retries (`run_after`) came due, and
-//! says when the next of these is due; the Scheduler then sleeps exactly that long (database
-//! clock), or until a `sched` notification says a schedule, a retry delay or a lease changed.
-//! With nothing due it sends no query at all. Notifications are coalesced: a busy group's SQL
-//! consumers set lease deadlines many times a second, and a tick at most every
-//! `NOTIFIED_TICK_SPACING` covers them all (a tick due at a deadline is never held back).
+//! (`lease_until`), applies retention, makes retries and delayed tasks (`run_after`) that came due
+//! claimable, turns the ready ring, and says when the next of these is due; the Scheduler then
+//! sleeps exactly that long (database clock), or until a `sched` notification says a schedule or
+//! a retry delay changed. Lease deadlines come as `lease <ms>` notifications (the database would
+//! otherwise have to find the earliest one among every consumed task's index entry): the
+//! Scheduler keeps them and ticks when the earliest passes. With nothing due it sends no query at
+//! all. Notifications are coalesced: a tick at most every `NOTIFIED_TICK_SPACING` covers them all
+//! (a tick due at a deadline is never held back).
+//!
+//! A tick looks only at what came due since the previous one (`since`); the first tick of a term,
+//! one after a listener resync, and one every `FULL_PASS_EVERY` look at everything.
 //!
 //! It ticks only while this node is its group's coordinator (the Coordinator sends the term), and
 //! every tick is checked against that term in the database (`long_task.scheduler_tick_as`), so a
 //! scheduled run fires once across the cluster. Each step also locks its rows (SKIP LOCKED).
 //! Must never compute due times from the node's clock.
 
+use std::collections::BTreeSet;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -30,8 +36,15 @@ fn node_term(node: &NodeContext) -> Option<i64> {
 #[derive(Message, Debug)]
 #[rtype(result = "()")]
 pub enum SchedulerMsg {
-    /// Schedules may have changed (a notification, a reconnect): fire what is due, re-arm the timer.
+    /// Schedules may have changed (a notification): fire what is due, re-arm the timer.
     Reload,
+    /// Notifications may have been lost (a listener reconnect): the next tick is a full pass.
+    Resync,
+    /// A consumer lease ends at this time (milliseconds since the epoch, database clock).
+    LeaseDue(i64),
+    /// Tasks became claimable (a `wake`): they have entries on the ready ring, which the
+    /// coordinator turns within `RING_TURN`.
+    RingFilled,
     /// This node became the group's coordinator under this term (Some), or is no longer (None).
     Term(Option<i64>),
 }
@@ -48,8 +61,17 @@ pub struct Scheduler {
     in_flight: bool,
     again: bool,
     failures: u32,
-    /// The database time of the last tick (retries due after it are woken by the next one).
+    /// The database time of the last tick (what came due after it is handled by the next one);
+    /// None: the next tick is a full pass.
     since: Option<chrono::DateTime<chrono::Utc>>,
+    /// When the last full pass started.
+    last_full: Option<Instant>,
+    /// The database clock at the last tick (ms since the epoch) and when that was here.
+    db_clock: Option<(i64, Instant)>,
+    /// Lease deadlines to come (ms since the epoch, database clock), at most `MAX_LEASE_DUES`.
+    lease_dues: BTreeSet<i64>,
+    /// The next turn of the ready ring is armed or under way.
+    ring_pending: bool,
 }
 
 /// Never sleep longer than this between checks (a bound on a lost notification's cost).
@@ -57,6 +79,18 @@ const MAX_SLEEP: Duration = Duration::from_secs(3600);
 
 /// The least time from one tick to a tick asked for by a notification.
 const NOTIFIED_TICK_SPACING: Duration = Duration::from_millis(100);
+
+/// How soon after tasks became claimable the coordinator turns the ready ring (and again after
+/// each tick while the ring is active: the tick says so with its next due time).
+const RING_TURN: Duration = Duration::from_millis(250);
+
+/// A tick this often looks at everything, not only what came due since the previous one (it
+/// catches a lease or retry that became visible late, after its window had passed).
+const FULL_PASS_EVERY: Duration = Duration::from_secs(300);
+
+/// Lease deadlines kept at most (they arrive rounded to 100 ms: ten minutes of leases); past it
+/// the latest are dropped and the next full pass finds them.
+const MAX_LEASE_DUES: usize = 6000;
 
 impl Scheduler {
     pub fn new(node: Arc<NodeContext>) -> Self {
@@ -71,6 +105,87 @@ impl Scheduler {
             again: false,
             failures: 0,
             since: None,
+            last_full: None,
+            db_clock: None,
+            lease_dues: BTreeSet::new(),
+            ring_pending: false,
+        }
+    }
+
+    /// Turns the ready ring in `RING_TURN`, unless a turn is pending; then again every
+    /// `RING_TURN` while the database says the ring is active. Only the coordinator turns it.
+    fn arm_ring(&mut self, ctx: &mut Context<Self>) {
+        if self.term.is_none() || self.ring_pending {
+            return;
+        }
+        self.ring_pending = true;
+        ctx.run_later(RING_TURN, |act, ctx| act.turn_ring(ctx));
+    }
+
+    fn turn_ring(&mut self, ctx: &mut Context<Self>) {
+        if self.term.is_none() {
+            self.ring_pending = false;
+            return;
+        }
+        let node = self.node.clone();
+        let fut = async move { queries::turn_ready(&node.pool).await };
+        ctx.spawn(fut.into_actor(self).map(|result, act, ctx| {
+            let again = match result {
+                Ok(active) => active.then_some(RING_TURN),
+                Err(e) => {
+                    warn!(error = %e, "turning the ready ring failed");
+                    Some(backoff(2))
+                }
+            };
+            match again {
+                Some(delay) if act.term.is_some() => {
+                    ctx.run_later(delay, |act, ctx| act.turn_ring(ctx));
+                }
+                _ => act.ring_pending = false,
+            }
+        }));
+    }
+
+    /// The database clock now, as far as this node can tell (ms since the epoch).
+    fn db_now_ms(&self) -> Option<i64> {
+        self.db_clock
+            .map(|(ms, at)| ms + i64::try_from(at.elapsed().as_millis()).unwrap_or(i64::MAX))
+    }
+
+    /// How long until the earliest lease deadline kept (zero when it passed).
+    fn next_lease_in(&self) -> Option<Duration> {
+        let due = *self.lease_dues.first()?;
+        let now = self.db_now_ms()?;
+        Some(Duration::from_millis(u64::try_from(due - now).unwrap_or(0)))
+    }
+
+    fn lease_due(&mut self, due_ms: i64, ctx: &mut Context<Self>) {
+        if self.term.is_none() {
+            return;
+        }
+        if self.lease_dues.len() >= MAX_LEASE_DUES {
+            match self.lease_dues.last() {
+                Some(&latest) if latest > due_ms => {
+                    self.lease_dues.remove(&latest);
+                }
+                _ => return,
+            }
+        }
+        self.lease_dues.insert(due_ms);
+        match self.next_lease_in() {
+            // before the first tick: the tick will know the clock
+            None => self.reload(ctx),
+            Some(delay) => {
+                let due = Instant::now() + delay;
+                if self.in_flight || self.timer_due.is_some_and(|t| t <= due) {
+                    return; // an earlier tick is coming; it re-arms for this deadline
+                }
+                if delay.is_zero() {
+                    self.reload(ctx);
+                } else {
+                    self.arm(ctx, delay + Duration::from_millis(5));
+                }
+            }
         }
     }
 
@@ -87,6 +202,15 @@ impl Scheduler {
         self.last_tick = Some(Instant::now());
         crate::metrics::scheduler_tick();
         let node = self.node.clone();
+        if self
+            .last_full
+            .is_none_or(|at| at.elapsed() >= FULL_PASS_EVERY)
+        {
+            self.since = None;
+        }
+        if self.since.is_none() {
+            self.last_full = Some(Instant::now());
+        }
         let since = self.since;
         let fut = async move {
             queries::scheduler_tick(&node.pool, node.group_id, node.worker_id, term, since).await
@@ -107,6 +231,10 @@ impl Scheduler {
                 Ok(Some(tick)) => {
                     act.failures = 0;
                     act.since = Some(tick.db_now);
+                    let db_ms = tick.db_now.timestamp_millis();
+                    act.db_clock = Some((db_ms, Instant::now()));
+                    // the tick expired every lease that had passed by its time
+                    act.lease_dues = act.lease_dues.split_off(&(db_ms + 1));
                     if tick.fired > 0 {
                         info!(fired = tick.fired, "schedules fired");
                     }
@@ -123,13 +251,17 @@ impl Scheduler {
                             d.do_send(crate::actors::dispatcher::DispatcherMsg::Wake);
                         }
                     }
-                    match tick.next_due_in {
+                    let next = match tick.next_due_in {
                         // A full batch may leave more due: go again at once.
                         Some(secs) if secs <= 0.0 => Some(Duration::ZERO),
                         Some(secs) => {
                             Some(Duration::from_secs_f64(secs.min(MAX_SLEEP.as_secs_f64())))
                         }
                         None => None,
+                    };
+                    match (next, act.next_lease_in()) {
+                        (Some(a), Some(b)) => Some(a.min(b)),
+                        (a, b) => a.or(b),
                     }
                 }
                 Err(e) => {
@@ -201,6 +333,12 @@ impl Handler<SchedulerMsg> for Scheduler {
     fn handle(&mut self, msg: SchedulerMsg, ctx: &mut Self::Context) {
         match msg {
             SchedulerMsg::Reload => self.reload(ctx),
+            SchedulerMsg::Resync => {
+                self.since = None;
+                self.reload(ctx);
+            }
+            SchedulerMsg::LeaseDue(due_ms) => self.lease_due(due_ms, ctx),
+            SchedulerMsg::RingFilled => self.arm_ring(ctx),
             SchedulerMsg::Term(term) => {
                 if term != self.term {
                     info!(
@@ -214,8 +352,12 @@ impl Handler<SchedulerMsg> for Scheduler {
                     );
                 }
                 self.term = term;
+                // a new term starts with a full pass: deadlines announced before are not known
+                self.since = None;
+                self.lease_dues.clear();
                 if term.is_some() {
                     self.fire(ctx);
+                    self.arm_ring(ctx);
                 } else {
                     self.disarm(ctx);
                 }

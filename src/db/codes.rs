@@ -135,33 +135,53 @@ pub enum GroupEvent {
     Wake,
     /// A running task was cancelled, deleted, reassigned or finished by someone else.
     Ctl,
-    /// A schedule, retry delay or lease deadline changed.
+    /// A schedule or a retry delay changed.
     Sched,
     /// A node joined the group.
     Peer,
+    /// SQL consumers took leases; the earliest deadline among them, in milliseconds since the
+    /// epoch by the database clock (payload `lease <ms>`).
+    Lease { due_ms: i64 },
 }
 
 impl GroupEvent {
-    pub const ALL: [GroupEvent; 4] = [
+    /// One of each kind (a lease with deadline 0), for tests.
+    pub const KINDS: [GroupEvent; 5] = [
         GroupEvent::Wake,
         GroupEvent::Ctl,
         GroupEvent::Sched,
         GroupEvent::Peer,
+        GroupEvent::Lease { due_ms: 0 },
     ];
 
-    pub fn payload(self) -> &'static str {
+    pub fn payload(self) -> String {
         match self {
-            GroupEvent::Wake => "wake",
-            GroupEvent::Ctl => "ctl",
-            GroupEvent::Sched => "sched",
-            GroupEvent::Peer => "peer",
+            GroupEvent::Wake => "wake".into(),
+            GroupEvent::Ctl => "ctl".into(),
+            GroupEvent::Sched => "sched".into(),
+            GroupEvent::Peer => "peer".into(),
+            GroupEvent::Lease { due_ms } => format!("lease {due_ms}"),
         }
     }
 
     pub fn from_payload(payload: &str) -> Option<GroupEvent> {
-        GroupEvent::ALL.into_iter().find(|e| e.payload() == payload)
+        Some(match payload {
+            "wake" => GroupEvent::Wake,
+            "ctl" => GroupEvent::Ctl,
+            "sched" => GroupEvent::Sched,
+            "peer" => GroupEvent::Peer,
+            other => GroupEvent::Lease {
+                due_ms: other.strip_prefix("lease ")?.parse().ok()?,
+            },
+        })
     }
 }
+
+/// Advisory lock namespace of the ready ring's rotation (`long_task.ns_ring()`).
+pub const NS_RING: i32 = 0x7074_6e03;
+
+/// Advisory lock namespace of taking a task's entry off the ready ring (`long_task.ns_claim()`).
+pub const NS_CLAIM: i32 = 0x7074_6e04;
 
 /// What the database says a node should do with a task it is running (`long_task.running_state`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -212,9 +232,17 @@ mod tests {
         for p in Period::ALL {
             assert_eq!(Period::from_code(p.code()), Some(p));
         }
-        for e in GroupEvent::ALL {
-            assert_eq!(GroupEvent::from_payload(e.payload()), Some(e));
+        for e in GroupEvent::KINDS {
+            assert_eq!(GroupEvent::from_payload(&e.payload()), Some(e));
         }
+        assert_eq!(
+            GroupEvent::from_payload("lease 1733051234500"),
+            Some(GroupEvent::Lease {
+                due_ms: 1_733_051_234_500
+            })
+        );
+        assert_eq!(GroupEvent::from_payload("lease soon"), None);
+        assert_eq!(GroupEvent::from_payload("leases"), None);
         for v in Verdict::ALL {
             assert_eq!(Verdict::from_code(v.code()), Some(v));
         }

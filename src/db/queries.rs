@@ -263,6 +263,20 @@ pub async fn scheduler_tick(
     }))
 }
 
+/// Turns the ready ring (`long_task.turn_ready`); true while it needs turning again soon.
+pub async fn turn_ready(pool: &Pool) -> Result<bool, DbError> {
+    let rows = query(
+        pool,
+        "turning the ready ring",
+        "SELECT long_task.turn_ready()",
+        &[],
+    )
+    .await?;
+    rows.first()
+        .map(|r| r.get(0))
+        .ok_or(DbError::Unexpected("turn_ready returned no row"))
+}
+
 /// This database's installation id (scopes host-local markers).
 pub async fn installation_id(client: &Client) -> Result<Uuid, DbError> {
     let row = client
@@ -321,7 +335,7 @@ pub async fn register_worker(
             "SELECT pg_notify(long_task.channel($1), $2)",
             &[
                 (&group_id, Type::INT4),
-                (&GroupEvent::Peer.payload(), Type::TEXT),
+                (&GroupEvent::Peer.payload().as_str(), Type::TEXT),
             ],
         )
         .await

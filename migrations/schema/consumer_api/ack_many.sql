@@ -12,7 +12,11 @@ BEGIN
     SELECT array_agg(t.id ORDER BY a.ord), array_agg(t.run_id ORDER BY a.ord), array_agg(a.result ORDER BY a.ord)
       INTO ids, run_ids, results
       FROM unnest(p_ids, p_results) WITH ORDINALITY AS a(id, result, ord)
-      JOIN long_task.task t ON t.id = a.id AND t.state_id IN ('AE', 'AC');
+     CROSS JOIN LATERAL (
+            -- by primary key, the state tested outside: inside, it would steer the lookup to the
+            -- partial index of running rows, walked whole (with every dead entry it holds)
+            SELECT x.id, x.run_id, x.state_id FROM long_task.task x WHERE x.id = a.id LIMIT 1) t
+     WHERE t.state_id IN ('AE', 'AC');
     IF ids IS NULL THEN
         RETURN;
     END IF;

@@ -1,12 +1,15 @@
 -- The AFTER statement trigger of every write to long_task.task: the dependency work first (its
--- cascade fires this trigger again for the dependents), then one notification per group and kind
--- on the group's channel (long_task.channel):
---   wake   tasks became runnable (AW)
---   ctl    a running task was cancelled, deleted, reassigned or finished by someone else
---   sched  a schedule was set, changed or removed, or a retry delay or lease deadline was set
--- A node's own writes (long_task.node_write) send no ctl and no schedule 'sched'. The joins of
--- old_rows and new_rows are planned per statement (EXECUTE) and skipped when they cannot find
--- anything.
+-- cascade fires this trigger again for the dependents), then the ready ring (an entry for every
+-- task that became claimable: waiting, no run_after to come, every dependency CS), then one
+-- notification per group and kind on the group's channel (long_task.channel):
+--   wake         tasks became runnable (AW)
+--   ctl          a running task was cancelled, deleted, reassigned or finished by someone else
+--   sched        a schedule was set, changed or removed, or a retry delay was set
+--   lease <ms>   consumer leases were set; the earliest deadline of the statement, in
+--                milliseconds since the epoch (database clock), rounded up to 100 ms
+-- A node's own writes (long_task.node_write: claims, consumes, outcomes) send no ctl and no
+-- schedule 'sched'. The joins of old_rows and new_rows are planned per statement (EXECUTE) and
+-- skipped when they cannot find anything.
 CREATE OR REPLACE FUNCTION long_task.task_after_write() RETURNS trigger
 LANGUAGE plpgsql AS $$
 DECLARE
@@ -14,15 +17,24 @@ DECLARE
     node_write boolean := coalesce(current_setting('long_task.node_write', true), '') = 'on';
     done bigint[];
     failed bigint[];
+    slot smallint;
 BEGIN
     IF TG_OP = 'INSERT' THEN
+        slot := long_task.ready_insert_slot();
+        INSERT INTO long_task.ready (slot, group_id, priority, lsc, task_id, topic, has_command, worker_id)
+        SELECT slot, n.group_id, n.priority, n.last_state_change, n.id, n.topic,
+               n.command IS NOT NULL, n.worker_id
+          FROM new_rows n
+         WHERE n.state_id = 'AW' AND (n.run_after IS NULL OR n.run_after <= now())
+           AND (n.depends_on IS NULL OR NOT EXISTS (
+                   SELECT 1 FROM long_task.task d WHERE d.id = ANY (n.depends_on) AND d.state_id <> 'CS'));
         FOR r IN
             SELECT DISTINCT n.group_id, k.kind
               FROM new_rows n
              CROSS JOIN LATERAL (VALUES
                    ('wake', n.state_id = 'AW'),
                    ('sched', n.next_start IS NOT NULL),
-                   ('sched', (n.state_id = 'AW' AND n.run_after > now()) OR n.lease_until IS NOT NULL)
+                   ('sched', n.state_id = 'AW' AND n.run_after > now())
                  ) k(kind, hit)
              WHERE k.hit
         LOOP
@@ -32,7 +44,8 @@ BEGIN
     END IF;
 
     -- Multistage: dependents of a CF/CC task (or of a deleted unfinished one) end CC with
-    -- 'dependency failed'; dependents of a CS task may have become runnable: wake their groups.
+    -- 'dependency failed'; dependents of a CS task may have become runnable: they get their
+    -- entry on the ready ring and their groups are woken.
     -- The joins of old_rows and new_rows run through EXECUTE, planned for each statement: a
     -- cached plan is sized by the transition tables of the session's first statement (often a
     -- claim of one row), and its nested loop is quadratic for a batch of thousands of outcomes.
@@ -55,33 +68,68 @@ BEGIN
          WHERE t.depends_on IS NOT NULL AND t.depends_on && failed AND t.state_id IN ('DR', 'AW');
     END IF;
     IF done IS NOT NULL THEN
+        -- (state_id IN ('DR', 'AW'): the predicate of the dependents' index, task_depends_on_idx)
+        slot := long_task.ready_insert_slot();
         FOR r IN
-            SELECT DISTINCT t.group_id FROM long_task.task t
+            SELECT t.id, t.group_id, t.priority, t.last_state_change, t.topic, t.command IS NOT NULL AS has_command,
+                   t.worker_id, t.state_id = 'AW' AND (t.run_after IS NULL OR t.run_after <= now())
+                   AND NOT EXISTS (SELECT 1 FROM long_task.task d
+                                    WHERE d.id = ANY (t.depends_on) AND d.state_id <> 'CS') AS claimable
+              FROM long_task.task t
              WHERE t.depends_on IS NOT NULL AND t.depends_on && done AND t.state_id IN ('DR', 'AW')
         LOOP
+            IF r.claimable THEN
+                INSERT INTO long_task.ready (slot, group_id, priority, lsc, task_id, topic, has_command, worker_id)
+                VALUES (slot, r.group_id, r.priority, r.last_state_change, r.id, r.topic, r.has_command, r.worker_id);
+            END IF;
             PERFORM pg_notify(long_task.channel(r.group_id), 'wake');
         END LOOP;
     END IF;
 
     IF TG_OP = 'UPDATE' THEN
-        -- A node's write (claim, outcome) can only wake (a retry queued) or set a timer: when none
-        -- of its rows is waiting or carries a timer, there is nothing to notify, no join to plan.
-        IF node_write AND NOT EXISTS (
-               SELECT 1 FROM new_rows n
-                WHERE n.state_id = 'AW' OR n.run_after IS NOT NULL OR n.lease_until IS NOT NULL) THEN
+        FOR r IN
+            SELECT n.group_id, min(n.lease_until) AS due FROM new_rows n
+             WHERE n.lease_until IS NOT NULL AND n.state_id IN ('AE', 'AC')
+             GROUP BY n.group_id
+        LOOP
+            PERFORM pg_notify(long_task.channel(r.group_id),
+                              'lease ' || (ceil(extract(epoch FROM r.due) * 10) * 100)::bigint);
+        END LOOP;
+        -- Tasks that became claimable (queued, re-queued, due, re-prioritized, moved, pinned):
+        -- an entry on the ready ring; an older entry of the same task is left to be dropped.
+        IF EXISTS (SELECT 1 FROM new_rows n
+                    WHERE n.state_id = 'AW' AND (n.run_after IS NULL OR n.run_after <= now())) THEN
+            EXECUTE $q$
+            INSERT INTO long_task.ready (slot, group_id, priority, lsc, task_id, topic, has_command, worker_id)
+            SELECT $1, n.group_id, n.priority, n.last_state_change, n.id, n.topic,
+                   n.command IS NOT NULL, n.worker_id
+              FROM new_rows n JOIN old_rows o ON o.id = n.id
+             WHERE n.state_id = 'AW' AND (n.run_after IS NULL OR n.run_after <= now())
+               AND NOT (o.state_id = 'AW' AND o.run_after IS NULL
+                        AND o.last_state_change = n.last_state_change AND o.group_id = n.group_id
+                        AND o.priority = n.priority AND o.worker_id IS NOT DISTINCT FROM n.worker_id
+                        AND o.topic IS NOT DISTINCT FROM n.topic
+                        AND (o.command IS NULL) = (n.command IS NULL))
+               AND (n.depends_on IS NULL OR NOT EXISTS (
+                       SELECT 1 FROM long_task.task d WHERE d.id = ANY (n.depends_on) AND d.state_id <> 'CS'))
+            $q$ USING long_task.ready_insert_slot();
+        END IF;
+        -- A node's write (claim, consume, outcome) can only wake (a retry queued) or set a retry
+        -- timer: when none of its rows is waiting, there is nothing more to notify, no join to plan.
+        IF node_write AND NOT EXISTS (SELECT 1 FROM new_rows n WHERE n.state_id = 'AW') THEN
             RETURN NULL;
         END IF;
         FOR r IN EXECUTE $q$
             SELECT DISTINCT k.group_id, k.kind
               FROM new_rows n JOIN old_rows o ON o.id = n.id
              CROSS JOIN LATERAL (VALUES
-                   -- timers: a retry delay or a lease deadline was set
+                   -- a retry delay was set
                    (n.group_id, 'sched',
-                    (n.state_id = 'AW' AND n.run_after > now() AND n.run_after IS DISTINCT FROM o.run_after)
-                    OR (n.lease_until IS NOT NULL AND n.lease_until IS DISTINCT FROM o.lease_until)),
+                    n.state_id = 'AW' AND n.run_after > now() AND n.run_after IS DISTINCT FROM o.run_after),
                    (n.group_id, 'wake',
                     n.state_id = 'AW'
-                    AND (o.state_id <> 'AW' OR o.group_id <> n.group_id OR o.worker_id IS DISTINCT FROM n.worker_id)),
+                    AND (o.state_id <> 'AW' OR o.group_id <> n.group_id OR o.worker_id IS DISTINCT FROM n.worker_id
+                         OR (o.run_after IS NOT NULL AND n.run_after IS NULL))),
                    (o.group_id, 'ctl',
                     NOT $1
                     AND o.state_id IN ('AE', 'AC')

@@ -1,7 +1,9 @@
--- Fires due schedules, expires leases, applies retention, and wakes the group's nodes and
--- consumers (NOTIFY 'wake') when retries came due since the previous tick (p_since: the db_now
--- it returned; a 5 s margin covers a retry committed after that tick's snapshot). Returns what it
--- did, the database time, and the seconds until the next due moment of any kind (NULL: none).
+-- Fires due schedules, expires leases, applies retention, makes retries and delayed tasks that
+-- came due since the previous tick claimable (long_task.promote_due; p_since: the db_now it
+-- returned, NULL for a full pass) and wakes the group's nodes and consumers (NOTIFY 'wake') for
+-- them. Returns what it did, the database time, and the seconds until the next due moment it
+-- knows of (NULL: none; lease deadlines also come as notifications). (The ready ring is turned
+-- apart from the tick: long_task.turn_ready.)
 CREATE OR REPLACE FUNCTION long_task.scheduler_tick(p_group_id integer, p_since timestamptz DEFAULT NULL)
 RETURNS TABLE (fired integer, expired integer, purged integer, woken integer, db_now timestamptz,
                next_due_in double precision)
@@ -14,12 +16,9 @@ DECLARE
     next_retry double precision;
 BEGIN
     SELECT * INTO f FROM long_task.fire_schedules(p_group_id);
-    SELECT * INTO e FROM long_task.expire_leases(p_group_id);
+    SELECT * INTO e FROM long_task.expire_leases(p_group_id, p_since);
     SELECT * INTO p FROM long_task.purge_finished(p_group_id);
-    SELECT count(*) INTO n_woken
-      FROM long_task.task t
-     WHERE t.group_id = p_group_id AND t.state_id = 'AW' AND t.run_after IS NOT NULL
-       AND t.run_after <= now() AND (p_since IS NULL OR t.run_after > p_since - interval '5 seconds');
+    n_woken := long_task.promote_due(p_group_id, p_since);
     IF n_woken > 0 THEN
         PERFORM pg_notify(long_task.channel(p_group_id), 'wake');
     END IF;

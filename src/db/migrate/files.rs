@@ -52,6 +52,7 @@ pub const MIGRATIONS: &[Migration] = migrations![
     5 "write_path" "0005_write_path.sql",
     6 "consumer_path" "0006_consumer_path.sql",
     7 "one_write_path" "0007_one_write_path.sql",
+    8 "ready_ring" "0008_ready_ring.sql",
 ];
 
 /// Every schema file, in the order applied (after the numbered migrations).
@@ -62,6 +63,14 @@ pub const SCHEMA_FILES: &[SchemaFile] = schema_files![
     "cluster/advisory_holders.sql",
     "cluster/holds_group_lock.sql",
     "cluster/terminate_node_sessions.sql",
+    // the ready ring: entries of claimable tasks, in slots emptied by TRUNCATE
+    "ready/ns_ring.sql",
+    "ready/ns_claim.sql",
+    "ready/ready_insert_slot.sql",
+    "ready/ready_live_slots.sql",
+    "ready/take_ready.sql",
+    "ready/rotate_ready.sql",
+    "ready/turn_ready.sql",
     // the state machine and the notifications of every write
     "notify/channel.sql",
     "client_api/default_max_attempts.sql",
@@ -102,6 +111,7 @@ pub const SCHEMA_FILES: &[SchemaFile] = schema_files![
     "scheduler/fire_schedules.sql",
     "scheduler/expire_leases.sql",
     "scheduler/purge_finished.sql",
+    "scheduler/promote_due.sql",
     "scheduler/scheduler_tick.sql",
     "scheduler/scheduler_tick_as.sql",
     // read-only views for people and dashboards
