@@ -7,6 +7,8 @@
 //!
 //! Reacts only to messages (notifications, finished processes, limit changes): no polling loop.
 //! Must never block its thread, never claim more than the free slots, and never write an outcome.
+//! A node that can run nothing (an embedded node with no handler and no process tasks: a
+//! coordinator only) never claims.
 
 use std::sync::Arc;
 
@@ -100,7 +102,9 @@ impl Dispatcher {
     }
 
     fn maybe_claim(&mut self, ctx: &mut Context<Self>) {
-        if self.paused
+        let options = &self.node.options;
+        if (!options.run_commands && options.topics.is_empty())
+            || self.paused
             || self.fenced
             || self.low_memory
             || !self.backlog
