@@ -9,10 +9,11 @@
 -- p_pattern (SQL LIKE; NULL: any), of group p_group_id (NULL: any). Returns each entry's task id
 -- and lsc: the caller claims the task only if it still waits with that last_state_change (an
 -- entry is a hint; the task row decides).
--- Each live slot is read through its own cursor, planned per call (so only live slots are locked
--- and the rotation is never in the way) to walk the slot's index in claim order (the slots have
--- no statistics worth trusting: sorts and bitmap scans are off for it, so a backlog is never
--- sorted whole); the cursors are merged one entry at a time. Only entries this call deleted are
+-- Each live slot is read through its own cursor, a static statement naming that slot (planned
+-- once per session; only the live slots are locked, so the rotation is never in the way), which
+-- walks the slot's index in claim order (the slots have no statistics worth trusting: sorts and
+-- bitmap scans are off while it is planned, so a backlog is never sorted whole); the cursors
+-- are merged one entry at a time. Only entries this call deleted are
 -- returned (one a concurrent claimer took meanwhile is not). When no coordinator has turned the
 -- ring for 5 s (SQL consumers without a node), the claimer turns it.
 CREATE OR REPLACE FUNCTION long_task.take_ready(
@@ -21,7 +22,6 @@ CREATE OR REPLACE FUNCTION long_task.take_ready(
 RETURNS TABLE (task_id bigint, lsc timestamptz)
 LANGUAGE plpgsql AS $$
 DECLARE
-    filter text;
     slots smallint[];
     cur refcursor;
     portals text[] := '{}';
@@ -53,14 +53,6 @@ BEGIN
        < (extract(epoch FROM clock_timestamp()) * 1000)::bigint - 5000 THEN
         PERFORM long_task.rotate_ready();
     END IF;
-    IF p_worker_id IS NOT NULL THEN
-        filter := 'r.group_id = $2 AND (r.worker_id IS NULL OR r.worker_id = $3)
-                   AND ((r.has_command OR r.topic IS NULL) AND $5 OR r.topic = ANY ($4))';
-    ELSE
-        filter := 'NOT r.has_command AND r.topic IS NOT NULL AND r.worker_id IS NULL'
-            || CASE WHEN p_group_id IS NOT NULL THEN ' AND r.group_id = $2' ELSE '' END
-            || CASE WHEN p_pattern IS NOT NULL THEN ' AND r.topic LIKE $6' ELSE '' END;
-    END IF;
     slots := long_task.ready_live_slots();
     -- rounds: an entry taken here may have been deleted by a claimer whose commit this round's
     -- snapshot did not see; then the ring is read again (a short result means the ring ran out)
@@ -73,10 +65,103 @@ BEGIN
         PERFORM set_config('enable_bitmapscan', 'off', true);
         FOR k IN 1 .. cardinality(slots) LOOP
             cur := NULL;
-            OPEN cur FOR EXECUTE format(
-                'SELECT r.ctid, r.task_id, r.lsc, r.priority FROM long_task.ready_%s r WHERE %s
-                  ORDER BY r.priority, r.lsc, r.task_id', slots[k], filter)
-                USING p_n, p_group_id, p_worker_id, p_topics, p_commands, p_pattern;
+            -- one static statement per slot and kind of claimer: planned once per session, and
+            -- naming one slot, so only the live slots are locked
+            IF p_worker_id IS NOT NULL THEN
+                CASE slots[k]
+                WHEN 0 THEN OPEN cur FOR
+                    SELECT r.ctid, r.task_id, r.lsc, r.priority FROM long_task.ready_0 r
+                     WHERE r.group_id = p_group_id AND (r.worker_id IS NULL OR r.worker_id = p_worker_id)
+                       AND ((r.has_command OR r.topic IS NULL) AND p_commands OR r.topic = ANY (p_topics))
+                     ORDER BY r.priority, r.lsc, r.task_id;
+                WHEN 1 THEN OPEN cur FOR
+                    SELECT r.ctid, r.task_id, r.lsc, r.priority FROM long_task.ready_1 r
+                     WHERE r.group_id = p_group_id AND (r.worker_id IS NULL OR r.worker_id = p_worker_id)
+                       AND ((r.has_command OR r.topic IS NULL) AND p_commands OR r.topic = ANY (p_topics))
+                     ORDER BY r.priority, r.lsc, r.task_id;
+                WHEN 2 THEN OPEN cur FOR
+                    SELECT r.ctid, r.task_id, r.lsc, r.priority FROM long_task.ready_2 r
+                     WHERE r.group_id = p_group_id AND (r.worker_id IS NULL OR r.worker_id = p_worker_id)
+                       AND ((r.has_command OR r.topic IS NULL) AND p_commands OR r.topic = ANY (p_topics))
+                     ORDER BY r.priority, r.lsc, r.task_id;
+                WHEN 3 THEN OPEN cur FOR
+                    SELECT r.ctid, r.task_id, r.lsc, r.priority FROM long_task.ready_3 r
+                     WHERE r.group_id = p_group_id AND (r.worker_id IS NULL OR r.worker_id = p_worker_id)
+                       AND ((r.has_command OR r.topic IS NULL) AND p_commands OR r.topic = ANY (p_topics))
+                     ORDER BY r.priority, r.lsc, r.task_id;
+                WHEN 4 THEN OPEN cur FOR
+                    SELECT r.ctid, r.task_id, r.lsc, r.priority FROM long_task.ready_4 r
+                     WHERE r.group_id = p_group_id AND (r.worker_id IS NULL OR r.worker_id = p_worker_id)
+                       AND ((r.has_command OR r.topic IS NULL) AND p_commands OR r.topic = ANY (p_topics))
+                     ORDER BY r.priority, r.lsc, r.task_id;
+                WHEN 5 THEN OPEN cur FOR
+                    SELECT r.ctid, r.task_id, r.lsc, r.priority FROM long_task.ready_5 r
+                     WHERE r.group_id = p_group_id AND (r.worker_id IS NULL OR r.worker_id = p_worker_id)
+                       AND ((r.has_command OR r.topic IS NULL) AND p_commands OR r.topic = ANY (p_topics))
+                     ORDER BY r.priority, r.lsc, r.task_id;
+                WHEN 6 THEN OPEN cur FOR
+                    SELECT r.ctid, r.task_id, r.lsc, r.priority FROM long_task.ready_6 r
+                     WHERE r.group_id = p_group_id AND (r.worker_id IS NULL OR r.worker_id = p_worker_id)
+                       AND ((r.has_command OR r.topic IS NULL) AND p_commands OR r.topic = ANY (p_topics))
+                     ORDER BY r.priority, r.lsc, r.task_id;
+                WHEN 7 THEN OPEN cur FOR
+                    SELECT r.ctid, r.task_id, r.lsc, r.priority FROM long_task.ready_7 r
+                     WHERE r.group_id = p_group_id AND (r.worker_id IS NULL OR r.worker_id = p_worker_id)
+                       AND ((r.has_command OR r.topic IS NULL) AND p_commands OR r.topic = ANY (p_topics))
+                     ORDER BY r.priority, r.lsc, r.task_id;
+                END CASE;
+            ELSE
+                CASE slots[k]
+                WHEN 0 THEN OPEN cur FOR
+                    SELECT r.ctid, r.task_id, r.lsc, r.priority FROM long_task.ready_0 r
+                     WHERE NOT r.has_command AND r.topic IS NOT NULL AND r.worker_id IS NULL
+                       AND (p_group_id IS NULL OR r.group_id = p_group_id)
+                       AND (p_pattern IS NULL OR r.topic LIKE p_pattern)
+                     ORDER BY r.priority, r.lsc, r.task_id;
+                WHEN 1 THEN OPEN cur FOR
+                    SELECT r.ctid, r.task_id, r.lsc, r.priority FROM long_task.ready_1 r
+                     WHERE NOT r.has_command AND r.topic IS NOT NULL AND r.worker_id IS NULL
+                       AND (p_group_id IS NULL OR r.group_id = p_group_id)
+                       AND (p_pattern IS NULL OR r.topic LIKE p_pattern)
+                     ORDER BY r.priority, r.lsc, r.task_id;
+                WHEN 2 THEN OPEN cur FOR
+                    SELECT r.ctid, r.task_id, r.lsc, r.priority FROM long_task.ready_2 r
+                     WHERE NOT r.has_command AND r.topic IS NOT NULL AND r.worker_id IS NULL
+                       AND (p_group_id IS NULL OR r.group_id = p_group_id)
+                       AND (p_pattern IS NULL OR r.topic LIKE p_pattern)
+                     ORDER BY r.priority, r.lsc, r.task_id;
+                WHEN 3 THEN OPEN cur FOR
+                    SELECT r.ctid, r.task_id, r.lsc, r.priority FROM long_task.ready_3 r
+                     WHERE NOT r.has_command AND r.topic IS NOT NULL AND r.worker_id IS NULL
+                       AND (p_group_id IS NULL OR r.group_id = p_group_id)
+                       AND (p_pattern IS NULL OR r.topic LIKE p_pattern)
+                     ORDER BY r.priority, r.lsc, r.task_id;
+                WHEN 4 THEN OPEN cur FOR
+                    SELECT r.ctid, r.task_id, r.lsc, r.priority FROM long_task.ready_4 r
+                     WHERE NOT r.has_command AND r.topic IS NOT NULL AND r.worker_id IS NULL
+                       AND (p_group_id IS NULL OR r.group_id = p_group_id)
+                       AND (p_pattern IS NULL OR r.topic LIKE p_pattern)
+                     ORDER BY r.priority, r.lsc, r.task_id;
+                WHEN 5 THEN OPEN cur FOR
+                    SELECT r.ctid, r.task_id, r.lsc, r.priority FROM long_task.ready_5 r
+                     WHERE NOT r.has_command AND r.topic IS NOT NULL AND r.worker_id IS NULL
+                       AND (p_group_id IS NULL OR r.group_id = p_group_id)
+                       AND (p_pattern IS NULL OR r.topic LIKE p_pattern)
+                     ORDER BY r.priority, r.lsc, r.task_id;
+                WHEN 6 THEN OPEN cur FOR
+                    SELECT r.ctid, r.task_id, r.lsc, r.priority FROM long_task.ready_6 r
+                     WHERE NOT r.has_command AND r.topic IS NOT NULL AND r.worker_id IS NULL
+                       AND (p_group_id IS NULL OR r.group_id = p_group_id)
+                       AND (p_pattern IS NULL OR r.topic LIKE p_pattern)
+                     ORDER BY r.priority, r.lsc, r.task_id;
+                WHEN 7 THEN OPEN cur FOR
+                    SELECT r.ctid, r.task_id, r.lsc, r.priority FROM long_task.ready_7 r
+                     WHERE NOT r.has_command AND r.topic IS NOT NULL AND r.worker_id IS NULL
+                       AND (p_group_id IS NULL OR r.group_id = p_group_id)
+                       AND (p_pattern IS NULL OR r.topic LIKE p_pattern)
+                     ORDER BY r.priority, r.lsc, r.task_id;
+                END CASE;
+            END IF;
             portals[k] := cur;
             FETCH cur INTO r_tid, r_id, r_lsc, r_prio;
             h_tid[k] := r_tid; h_id[k] := r_id; h_lsc[k] := r_lsc; h_prio[k] := r_prio;
