@@ -93,6 +93,11 @@ pub struct NodeConfig {
     /// (a number, or a string with a unit: `512MiB`, `2GB`); 0 disables the floor.
     #[serde(with = "crate::resources::bytes_serde")]
     pub min_free_memory: u64,
+    /// The status page and `/cluster` warn when one transaction (or an inactive replication
+    /// slot) has held the database's vacuum horizon back this long: dead rows of the queue's
+    /// tables cannot be removed meanwhile.
+    #[serde(with = "humantime_serde")]
+    pub horizon_warning: Duration,
 }
 
 impl Default for NodeConfig {
@@ -118,6 +123,7 @@ impl Default for NodeConfig {
             log_format: LogFormat::Pretty,
             http: None,
             min_free_memory: 0,
+            horizon_warning: Duration::from_secs(60),
         }
     }
 }

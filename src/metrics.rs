@@ -36,6 +36,10 @@ struct Metrics {
     low_memory: IntGauge,
     free_memory: Gauge,
     load1: Gauge,
+    horizon_age: GaugeVec,
+    horizon_xid_age: Gauge,
+    table_dead_tuples: GaugeVec,
+    table_bytes: GaugeVec,
     last_heartbeat: Mutex<Option<Instant>>,
 }
 
@@ -157,6 +161,33 @@ impl Metrics {
             load1: reg!(Gauge::new(
                 "pgtaskd_load1",
                 "One-minute load average of the host at the last heartbeat."
+            )?),
+            horizon_age: reg!(GaugeVec::new(
+                Opts::new(
+                    "pgtaskd_db_horizon_age_seconds",
+                    "Age of the transaction holding the database's vacuum horizon back the most \
+                     (0: none; a replication slot has no age, see pgtaskd_db_horizon_xid_age), \
+                     labelled with what it is, who and its pid. Read at scrape time."
+                ),
+                &["kind", "holder", "pid"]
+            )?),
+            horizon_xid_age: reg!(Gauge::new(
+                "pgtaskd_db_horizon_xid_age",
+                "Transactions since the xid the oldest holder of the vacuum horizon keeps (0: none)."
+            )?),
+            table_dead_tuples: reg!(GaugeVec::new(
+                Opts::new(
+                    "pgtaskd_table_dead_tuples",
+                    "Dead rows of the hot-path tables (task, task_run, event, ready), read at scrape time."
+                ),
+                &["table"]
+            )?),
+            table_bytes: reg!(GaugeVec::new(
+                Opts::new(
+                    "pgtaskd_table_bytes",
+                    "Size with indexes of the hot-path tables, read at scrape time."
+                ),
+                &["table"]
             )?),
             last_heartbeat: Mutex::new(None),
             registry,
@@ -281,6 +312,40 @@ pub fn set_cluster_gauges(groups: &[GroupGauges]) {
                     .with_label_values(&label)
                     .set(term as f64);
             }
+        }
+    }
+}
+
+/// Sets the database gauges read at scrape time: the vacuum horizon's oldest holder and the
+/// hot-path tables (`db::overview`).
+pub fn set_database_gauges(
+    horizon: Option<&crate::db::overview::HorizonHolder>,
+    tables: &[crate::db::overview::TableInfo],
+) {
+    if let Some(m) = metrics() {
+        m.horizon_age.reset();
+        match horizon {
+            Some(h) => {
+                let pid = h.pid.map(|p| p.to_string()).unwrap_or_default();
+                m.horizon_age
+                    .with_label_values(&[&h.kind, h.holder.as_deref().unwrap_or(""), &pid])
+                    .set(h.age_seconds.unwrap_or(0.0));
+                m.horizon_xid_age.set(h.xid_age.unwrap_or(0) as f64);
+            }
+            None => {
+                m.horizon_age.with_label_values(&["none", "", ""]).set(0.0);
+                m.horizon_xid_age.set(0.0);
+            }
+        }
+        m.table_dead_tuples.reset();
+        m.table_bytes.reset();
+        for t in tables {
+            m.table_dead_tuples
+                .with_label_values(&[&t.table])
+                .set(t.dead_tuples as f64);
+            m.table_bytes
+                .with_label_values(&[&t.table])
+                .set(t.bytes as f64);
         }
     }
 }

@@ -74,6 +74,9 @@ pub struct NodeArgs {
     /// Claim nothing while the host's available memory is under this size (e.g. 512MiB; 0: off).
     #[arg(long, env = "PGTASKD_MIN_FREE_MEMORY", value_parser = pgtaskd::resources::parse_bytes)]
     pub min_free_memory: Option<u64>,
+    /// Warn (status page, /cluster) when a transaction has held the vacuum horizon back this long.
+    #[arg(long, env = "PGTASKD_HORIZON_WARNING", value_parser = humantime::parse_duration)]
+    pub horizon_warning: Option<std::time::Duration>,
     /// Do not apply migrations at start-up; refuse to run on an older schema instead.
     #[arg(long)]
     pub no_migrate: bool,
@@ -121,6 +124,7 @@ impl NodeArgs {
             cfg.http = Some(addr);
         }
         set!(min_free_memory, self.min_free_memory);
+        set!(horizon_warning, self.horizon_warning);
         if self.no_migrate {
             cfg.auto_migrate = false;
         }

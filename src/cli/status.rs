@@ -18,6 +18,10 @@ pub struct StatusArgs {
     /// At most this many recently finished tasks.
     #[arg(long, default_value_t = 10)]
     recent: i64,
+    /// Warn when one transaction (or an inactive replication slot) has held the database's
+    /// vacuum horizon back this long.
+    #[arg(long, default_value = "60s", value_parser = humantime::parse_duration)]
+    horizon_warning: std::time::Duration,
 }
 
 pub async fn run(args: StatusArgs) -> anyhow::Result<()> {
@@ -26,7 +30,7 @@ pub async fn run(args: StatusArgs) -> anyhow::Result<()> {
     if args.client.json {
         return print_json(&overview);
     }
-    print_text(&overview, args.all);
+    print_text(&overview, args.all, args.horizon_warning);
     Ok(())
 }
 
@@ -34,7 +38,10 @@ fn opt<T: ToString>(v: Option<T>) -> String {
     v.map_or_else(|| "-".to_owned(), |v| v.to_string())
 }
 
-fn print_text(o: &ClusterOverview, all: bool) {
+fn print_text(o: &ClusterOverview, all: bool, horizon_warning: std::time::Duration) {
+    for warning in o.warnings(horizon_warning) {
+        println!("WARNING: {warning}\n");
+    }
     let nodes: Vec<Vec<String>> = o
         .nodes
         .iter()

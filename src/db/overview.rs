@@ -82,6 +82,68 @@ pub struct TaskBrief {
     pub error: Option<String>,
 }
 
+/// What holds the database's vacuum horizon back the most: the oldest transaction of this
+/// database (a session, a prepared transaction) or a replication slot. While it lasts, no
+/// dead row of the tables can be removed.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct HorizonHolder {
+    /// `transaction`, `prepared transaction` or `replication slot`.
+    pub kind: String,
+    pub pid: Option<i32>,
+    /// The session's application name, the prepared transaction's gid or the slot's name.
+    pub holder: Option<String>,
+    pub role: Option<String>,
+    /// Seconds since its transaction started (NULL for a slot).
+    pub age_seconds: Option<f64>,
+    /// Transactions since the xid it holds back.
+    pub xid_age: Option<i64>,
+    /// The session's state (`idle in transaction`…) or `active`/`inactive` for a slot.
+    pub state: Option<String>,
+}
+
+impl HorizonHolder {
+    /// Whether it holds the horizon long enough to warn: a transaction (or prepared one) older
+    /// than `after`, or an inactive replication slot (it holds back until dropped or resumed).
+    pub fn worth_a_warning(&self, after: std::time::Duration) -> bool {
+        match self.age_seconds {
+            Some(age) => age >= after.as_secs_f64(),
+            None => self.state.as_deref() == Some("inactive"),
+        }
+    }
+
+    /// One line for people: what, who, how long.
+    pub fn describe(&self) -> String {
+        let who = match (&self.holder, self.pid) {
+            (Some(h), Some(pid)) if !h.is_empty() => format!("{h:?} (pid {pid})"),
+            (_, Some(pid)) => format!("pid {pid}"),
+            (Some(h), None) => format!("{h:?}"),
+            (None, None) => "?".to_owned(),
+        };
+        let how_long = match (self.age_seconds, self.xid_age) {
+            (Some(age), _) => format!("for {}", crate::humanize::human_secs(age)),
+            (None, Some(xids)) => format!("{xids} transactions behind"),
+            (None, None) => String::new(),
+        };
+        format!(
+            "{} {who} has held the vacuum horizon back {how_long}{}: dead rows cannot be removed meanwhile",
+            self.kind,
+            self.state
+                .as_deref()
+                .map(|s| format!(" ({s})"))
+                .unwrap_or_default()
+        )
+    }
+}
+
+/// A table of the hot path: its dead rows and size (with indexes).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct TableInfo {
+    pub table: String,
+    pub dead_tuples: i64,
+    pub live_tuples: i64,
+    pub bytes: i64,
+}
+
 /// The whole picture.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct ClusterOverview {
@@ -92,9 +154,23 @@ pub struct ClusterOverview {
     pub groups: Vec<GroupInfo>,
     pub running: Vec<TaskBrief>,
     pub recent: Vec<TaskBrief>,
+    /// What holds the vacuum horizon back the most (None: nothing does).
+    pub horizon: Option<HorizonHolder>,
+    /// The tables of the hot path (the ready ring's slots summed as `ready`).
+    pub tables: Vec<TableInfo>,
 }
 
 impl ClusterOverview {
+    /// What an operator should look at now: a vacuum horizon held back longer than
+    /// `horizon_after`.
+    pub fn warnings(&self, horizon_after: std::time::Duration) -> Vec<String> {
+        self.horizon
+            .iter()
+            .filter(|h| h.worth_a_warning(horizon_after))
+            .map(HorizonHolder::describe)
+            .collect()
+    }
+
     pub fn live_nodes(&self) -> impl Iterator<Item = &NodeInfo> {
         self.nodes.iter().filter(|n| n.alive)
     }
@@ -154,8 +230,44 @@ WITH nodes AS (
       FROM long_task.task t WHERE t.finished IS NOT NULL AND t.state_id IN ('CS', 'CF', 'CC')
      ORDER BY t.finished DESC LIMIT $3
 )
+, horizon AS (
+    SELECT * FROM (
+        SELECT 'transaction' AS kind, a.pid, a.application_name AS holder, a.usename::text AS role,
+               extract(epoch FROM now() - a.xact_start)::float8 AS age_seconds,
+               age(coalesce(a.backend_xid, a.backend_xmin))::bigint AS xid_age, a.state
+          FROM pg_stat_activity a
+         WHERE a.datname = current_database() AND a.pid <> pg_backend_pid()
+           AND (a.backend_xid IS NOT NULL OR a.backend_xmin IS NOT NULL)
+        UNION ALL
+        SELECT 'prepared transaction', NULL, p.gid, p.owner::text,
+               extract(epoch FROM now() - p.prepared)::float8, age(p.transaction)::bigint, NULL
+          FROM pg_prepared_xacts p WHERE p.database = current_database()
+        UNION ALL
+        SELECT 'replication slot', s.active_pid, s.slot_name::text, NULL, NULL,
+               greatest(age(s.xmin), age(s.catalog_xmin))::bigint,
+               CASE WHEN s.active THEN 'active' ELSE 'inactive' END
+          FROM pg_replication_slots s
+         WHERE (s.xmin IS NOT NULL OR s.catalog_xmin IS NOT NULL)
+           AND (s.database IS NULL OR s.database = current_database())
+    ) h
+    ORDER BY h.xid_age DESC NULLS LAST
+    LIMIT 1
+), tables AS (
+    SELECT CASE WHEN c.relname ~ '^ready_[0-9]+$' THEN 'ready' ELSE c.relname::text END AS tbl,
+           sum(coalesce(s.n_dead_tup, 0))::bigint AS dead, sum(coalesce(s.n_live_tup, 0))::bigint AS live,
+           sum(pg_total_relation_size(c.oid))::bigint AS bytes
+      FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
+      LEFT JOIN pg_stat_user_tables s ON s.relid = c.oid
+     WHERE n.nspname = 'long_task' AND c.relkind = 'r'
+       AND (c.relname IN ('task', 'task_run', 'event') OR c.relname ~ '^ready_[0-9]+$')
+     GROUP BY 1
+)
 SELECT jsonb_build_object(
     'now', now(),
+    'horizon', (SELECT to_jsonb(h) FROM horizon h),
+    'tables', coalesce((SELECT jsonb_agg(jsonb_build_object('table', t.tbl, 'dead_tuples', t.dead,
+                                                           'live_tuples', t.live, 'bytes', t.bytes)
+                                         ORDER BY t.tbl) FROM tables t), '[]'::jsonb),
     'nodes', coalesce((SELECT jsonb_agg(jsonb_build_object(
         'id', n.id, 'node_name', n.node_name, 'host', n.host, 'pid', n.pid, 'group_id', n.group_id,
         'alive', n.alive, 'active', n.active, 'stop', n.stop, 'task_count', n.running_now,

@@ -9,6 +9,8 @@ use actix_web::{web, HttpResponse};
 
 use super::api::overview;
 use super::HttpState;
+#[cfg(test)]
+use crate::db::overview::HorizonHolder;
 use crate::db::overview::{ClusterOverview, TaskBrief};
 use crate::humanize::{human_bytes, human_secs};
 
@@ -84,7 +86,11 @@ fn task_rows(tasks: &[TaskBrief], class: &str) -> Vec<String> {
 }
 
 /// The page for an overview.
-pub fn render(o: &ClusterOverview, this_worker: i64) -> String {
+pub fn render(
+    o: &ClusterOverview,
+    this_worker: i64,
+    horizon_warning: std::time::Duration,
+) -> String {
     let mut out = String::with_capacity(8192);
     let live = o.live_nodes().count();
     let _ = write!(
@@ -97,6 +103,13 @@ pub fn render(o: &ClusterOverview, this_worker: i64) -> String {
          refreshes every {REFRESH_SECS}s</div>",
         now = esc(&o.now)
     );
+    for warning in o.warnings(horizon_warning) {
+        let _ = write!(
+            out,
+            "<p class=\"bad warning\">warning: {}</p>",
+            esc(&warning)
+        );
+    }
 
     let _ = write!(out, "<h2>Nodes ({live} alive)</h2>");
     let nodes: Vec<String> = o
@@ -233,7 +246,11 @@ pub async fn status_page(state: web::Data<HttpState>) -> HttpResponse {
     match overview(&state, 20).await {
         Ok(o) => HttpResponse::Ok()
             .content_type("text/html; charset=utf-8")
-            .body(render(&o, state.node.worker_id)),
+            .body(render(
+                &o,
+                state.node.worker_id,
+                state.node.config.horizon_warning,
+            )),
         Err(e) => HttpResponse::ServiceUnavailable()
             .content_type("text/html; charset=utf-8")
             .body(format!(
@@ -270,10 +287,27 @@ mod tests {
                 error: None,
             }],
             recent: vec![],
+            horizon: Some(HorizonHolder {
+                kind: "transaction".into(),
+                pid: Some(42),
+                holder: Some("<b>report</b>".into()),
+                role: None,
+                age_seconds: Some(90.0),
+                xid_age: Some(10),
+                state: Some("idle in transaction".into()),
+            }),
+            tables: vec![],
         };
-        let html = render(&o, 1);
+        let html = render(&o, 1, std::time::Duration::from_secs(60));
         assert!(!html.contains("<script>"), "{html}");
         assert!(html.contains("&lt;script&gt;"));
         assert!(html.contains("data-task-id=\"1\""));
+        assert!(!html.contains("<b>report"), "{html}");
+        assert!(
+            html.contains("warning: transaction") && html.contains("pid 42"),
+            "the held horizon is warned about: {html}"
+        );
+        let html = render(&o, 1, std::time::Duration::from_secs(120));
+        assert!(!html.contains("warning:"), "under the threshold: {html}");
     }
 }
