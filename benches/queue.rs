@@ -1,13 +1,14 @@
 //! Queue benchmarks (figures printed, nothing asserted):
 //! 1. SQL consumer API: publish_bulk (batches of 100) → 4 consumers consume(100) → ack, tasks/s;
 //! 2. an embedded node with a no-op handler: publish → CS, tasks/s on one node;
-//! 3. claim latency (claim 1, finish it) with 0 and with 1,000,000 final rows in the table.
+//! 3. an embedded handler's pickup latency: the commit of a publish to the handler's start;
+//! 4. claim latency (claim 1, finish it) with 0 and with 1,000,000 final rows in the table.
 //!
 //! `cargo bench --bench queue` starts a throw-away PostgreSQL under the target dir (or uses
 //! `DATABASE_URL` as an admin URL); `QUEUE_BENCH_TASKS` (default 20000) and `QUEUE_BENCH_FINAL`
 //! (default 1000000) change the sizes; `QUEUE_BENCH_SYNC_COMMIT=off` sets the bench databases'
 //! `synchronous_commit = off` (every commit otherwise waits for the disk's fsync);
-//! `QUEUE_BENCH_ONLY=consumer,handler,claim` (any of them) runs only those parts;
+//! `QUEUE_BENCH_ONLY=consumer,handler,latency,claim` (any of them) runs only those parts;
 //! `QUEUE_BENCH_CONSUMERS` (default 4) sets the number of SQL consumers;
 //! `QUEUE_BENCH_PROCESSED=N` measures claim latency once more after N more tasks went through
 //! the consumer API (a queue's real history: dead index entries, not inserted final rows).
@@ -144,6 +145,61 @@ async fn handler_throughput(url: &str, n: usize) {
         .expect("stop");
 }
 
+/// Pickup latency of an embedded node's handler: one task at a time, from the commit of its
+/// publish (the statement's reply) to the handler's start, 300 samples after 20 warm-up.
+async fn handler_latency(url: &str) {
+    let config = NodeConfig {
+        database_url: Some(url.to_owned()),
+        max_tasks: 16,
+        ..NodeConfig::default()
+    };
+    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<Instant>();
+    let mut node = Node::new(config);
+    node.handler("latency", move |_task| {
+        let tx = tx.clone();
+        async move {
+            let _ = tx.send(Instant::now());
+            Ok::<_, String>(())
+        }
+    });
+    let running = tokio::task::spawn_blocking(move || node.start())
+        .await
+        .expect("join")
+        .expect("node");
+    let client = connect(url).await;
+    let publish = client
+        .prepare("SELECT long_task.publish('latency')")
+        .await
+        .expect("prepare");
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let mut samples = Vec::new();
+    for i in 0..320 {
+        client.query_one(&publish, &[]).await.expect("publish");
+        let committed = Instant::now();
+        let started = tokio::time::timeout(Duration::from_secs(10), rx.recv())
+            .await
+            .expect("the handler ran within 10 s")
+            .expect("handler channel");
+        if i >= 20 {
+            samples.push(started.saturating_duration_since(committed));
+        }
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    samples.sort();
+    let p = |q: f64| samples[((samples.len() as f64 - 1.0) * q) as usize].as_secs_f64() * 1000.0;
+    println!(
+        "embedded handler pickup latency (commit -> handler start): p50 {:.2} ms, p90 {:.2} ms, p99 {:.2} ms over {} tasks",
+        p(0.5),
+        p(0.9),
+        p(0.99),
+        samples.len()
+    );
+    tokio::task::spawn_blocking(move || running.stop())
+        .await
+        .expect("join")
+        .expect("stop");
+}
+
 async fn claim_latency(url: &str, label: &str) {
     let c = connect(url).await;
     let mut samples = Vec::new();
@@ -215,6 +271,10 @@ async fn main() {
     if runs("handler") {
         let url = fresh_db(&admin_url, "pgtaskd_bench_handler").await;
         handler_throughput(&url, n).await;
+    }
+    if runs("latency") {
+        let url = fresh_db(&admin_url, "pgtaskd_bench_latency").await;
+        handler_latency(&url).await;
     }
     if runs("claim") {
         let url = fresh_db(&admin_url, "pgtaskd_bench_claim").await;
