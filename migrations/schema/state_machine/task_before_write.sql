@@ -1,8 +1,9 @@
 -- The BEFORE ROW trigger of every insert and update of long_task.task: the state machine
 -- (long_task.legal_next_states), pinning (a worker_id set by a person pins the task), a cancel of
 -- a waiting task ending CC at once, a clean outcome for a new attempt, the group's max_attempts
--- for a task inserted without one. The task_state and period tables are read only to word the
--- error of a rejected write (reject_task_state, check_period).
+-- for a task inserted without one, the group's program allow-list for a new command
+-- (check_program). The task_state and period tables
+-- are read only to word the error of a rejected write (reject_task_state, check_period).
 CREATE OR REPLACE FUNCTION long_task.task_before_write() RETURNS trigger
 LANGUAGE plpgsql AS $$
 BEGIN
@@ -12,6 +13,9 @@ BEGIN
         END IF;
         IF NEW.shed_period_id IS NOT NULL THEN
             PERFORM long_task.check_period(NEW.shed_period_id);
+        END IF;
+        IF NEW.command IS NOT NULL THEN
+            PERFORM long_task.check_program(NEW.command, NEW.group_id);
         END IF;
         NEW.last_state_change := now();
         -- a worker_id given by a person pins the task to that node
@@ -70,6 +74,12 @@ BEGIN
     END IF;
     IF NEW.shed_period_id IS DISTINCT FROM OLD.shed_period_id AND NEW.shed_period_id IS NOT NULL THEN
         PERFORM long_task.check_period(NEW.shed_period_id);
+    END IF;
+    -- a new command or a move to another group meets that group's list (a task queued again
+    -- keeps the command it was admitted with; each node checks its own list before every run)
+    IF NEW.command IS NOT NULL
+       AND (NEW.command IS DISTINCT FROM OLD.command OR NEW.group_id IS DISTINCT FROM OLD.group_id) THEN
+        PERFORM long_task.check_program(NEW.command, NEW.group_id);
     END IF;
     RETURN NEW;
 END

@@ -53,6 +53,7 @@ pub const MIGRATIONS: &[Migration] = migrations![
     6 "consumer_path" "0006_consumer_path.sql",
     7 "one_write_path" "0007_one_write_path.sql",
     8 "ready_ring" "0008_ready_ring.sql",
+    9 "program_allow_list" "0009_program_allow_list.sql",
 ];
 
 /// Every schema file, in the order applied (after the numbered migrations).
@@ -77,6 +78,7 @@ pub const SCHEMA_FILES: &[SchemaFile] = schema_files![
     "state_machine/legal_next_states.sql",
     "state_machine/reject_task_state.sql",
     "state_machine/check_period.sql",
+    "state_machine/check_program.sql",
     "state_machine/task_before_write.sql",
     "state_machine/task_reset_lost.sql",
     "state_machine/task_deps_before_insert.sql",
