@@ -8,7 +8,9 @@
 //!
 //! Run: `cargo build --release --bin pgtaskd && cargo bench --bench dispatch`.
 //! Knobs: `BENCH_TASKS` (5000), `BENCH_SAMPLES` (300), `BENCH_IDLE_SECS` (30), `DATABASE_URL`
-//! (admin URL of an existing server; a fresh database `pgtaskd_bench_<pid>` is made and dropped).
+//! (admin URL of an existing server; a fresh database `pgtaskd_bench_<pid>` is made and dropped),
+//! `BENCH_NODE_CONFIG` (a config file for the node, e.g. one with `allowed_programs`, to measure
+//! what its checks cost).
 
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
@@ -76,8 +78,12 @@ struct NodeGuard(Child);
 impl NodeGuard {
     fn start(url: &str) -> Result<NodeGuard> {
         let exe = node_binary()?;
-        let child = Command::new(&exe)
-            .arg("node")
+        let mut command = Command::new(&exe);
+        command.arg("node");
+        if let Ok(config) = std::env::var("BENCH_NODE_CONFIG") {
+            command.arg("--config").arg(config);
+        }
+        let child = command
             .arg("--database-url")
             .arg(url)
             .arg("--worker-id")

@@ -9,6 +9,8 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
+pub use crate::http::auth::{HttpToken, Scope, TokenError, Tokens};
+
 /// Errors of reading or validating a configuration.
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
@@ -98,6 +100,28 @@ pub struct NodeConfig {
     /// tables cannot be removed meanwhile.
     #[serde(with = "humantime_serde")]
     pub horizon_warning: Duration,
+    /// The programs this node may start, as glob patterns of absolute paths (`/usr/bin/*`,
+    /// `/opt/jobs/**`); a task whose program matches none ends `CF` without running. Unset (the
+    /// default): every program may run; `[]`: none (a node for in-process handlers only).
+    pub allowed_programs: Option<Vec<String>>,
+    /// Variables of the node's environment passed on to its tasks, by name (tasks get only
+    /// `PATH`, `HOME`, `LANG` and their `PGTASKD_*` values otherwise; `DATABASE_URL`,
+    /// `PGPASSWORD` and `PGPASSFILE` are never passed).
+    pub env_passthrough: Vec<String>,
+    /// The OS user (`user` or `user:group`) tasks run as; needs a node started as root. Unset:
+    /// tasks run as the node's own user (a root node warns at start-up).
+    pub run_as: Option<String>,
+    /// Limits of every task process: `memory` (address space: a size), `cpu_seconds`,
+    /// `open_files`, `processes` (per user); unset ones are not changed.
+    pub task_limits: crate::process::identity::TaskLimits,
+    /// Bearer tokens of the HTTP API (`[[http_tokens]]` with `scope = "read"|"write"` and
+    /// `token`); with none (and no `http_token_file`) every route is open, which is allowed on a
+    /// loopback address only.
+    pub http_tokens: Vec<HttpToken>,
+    /// A file of `read <token>` / `write <token>` lines (not readable by every user).
+    pub http_token_file: Option<PathBuf>,
+    /// `/metrics` answers without a token (for a scraper on a trusted network).
+    pub http_metrics_open: bool,
 }
 
 impl Default for NodeConfig {
@@ -124,6 +148,13 @@ impl Default for NodeConfig {
             http: None,
             min_free_memory: 0,
             horizon_warning: Duration::from_secs(60),
+            allowed_programs: None,
+            env_passthrough: Vec::new(),
+            run_as: None,
+            task_limits: Default::default(),
+            http_tokens: Vec::new(),
+            http_token_file: None,
+            http_metrics_open: false,
         }
     }
 }
@@ -215,9 +246,38 @@ impl NodeConfig {
                 return Err(invalid("cwd_root", "must be an absolute path"));
             }
         }
+        crate::process::policy::ProgramRules::new(self.allowed_programs.as_deref())
+            .map_err(|e| invalid("allowed_programs", e.0))?;
+        for name in &self.env_passthrough {
+            crate::process::policy::check_variable_name(name)
+                .map_err(|e| invalid("env_passthrough", e.0))?;
+        }
+        if let Some(spec) = &self.run_as {
+            crate::process::identity::RunAs::resolve(spec).map_err(|e| invalid("run_as", e.0))?;
+        }
+        if self.task_limits.memory == Some(0)
+            || [
+                self.task_limits.cpu_seconds,
+                self.task_limits.open_files,
+                self.task_limits.processes,
+            ]
+            .contains(&Some(0))
+        {
+            return Err(invalid("task_limits", "a limit of 0 would stop every task"));
+        }
+        let tokens = self
+            .http_tokens()
+            .map_err(|e| invalid("http_tokens", e.0))?;
+        if let Some(addr) = self.http {
+            if !addr.ip().is_loopback() && tokens.is_empty() {
+                return Err(invalid(
+                    "http",
+                    format!("{addr} is not a loopback address and no HTTP token is configured: set http_token_file (docs/security.md)"),
+                ));
+            }
+        }
         if let Some(url) = &self.database_url {
-            url.parse::<tokio_postgres::Config>()
-                .map_err(|e| invalid("database_url", e.to_string()))?;
+            crate::db::tls::prepare(url).map_err(|e| invalid("database_url", e.to_string()))?;
         }
         Ok(())
     }
@@ -227,7 +287,19 @@ impl NodeConfig {
     pub fn to_toml(&self) -> Result<String, String> {
         let mut shown = self.clone();
         shown.database_url = shown.database_url.map(|u| mask_password(&u));
+        for t in &mut shown.http_tokens {
+            t.token = "***".to_owned();
+        }
         toml::to_string(&shown).map_err(|e| e.to_string())
+    }
+
+    /// The HTTP API's tokens (`http_tokens` and `http_token_file`).
+    pub fn http_tokens(&self) -> Result<Tokens, TokenError> {
+        Tokens::load(
+            &self.http_tokens,
+            self.http_token_file.as_deref(),
+            self.http_metrics_open,
+        )
     }
 
     /// The database URL, which a node cannot do without.
@@ -333,6 +405,42 @@ mod tests {
         assert!(err.contains("min_free_memory"), "{err}");
         let text = cfg.to_toml().expect("prints");
         assert!(text.contains("min_free_memory = 1073741824"), "{text}");
+    }
+
+    #[test]
+    fn program_rules_and_passthrough_are_checked() {
+        let cfg = NodeConfig::from_toml(
+            "allowed_programs = [\"/usr/bin/*\"]\nenv_passthrough = [\"TZ\"]",
+        )
+        .expect("parses");
+        cfg.validate().expect("valid");
+        let cfg = NodeConfig::from_toml("allowed_programs = [\"true\"]").expect("parses");
+        let err = cfg.validate().unwrap_err().to_string();
+        assert!(
+            err.contains("allowed_programs") && err.contains("absolute"),
+            "{err}"
+        );
+        let cfg = NodeConfig::from_toml("env_passthrough = [\"A B\"]").expect("parses");
+        let err = cfg.validate().unwrap_err().to_string();
+        assert!(err.contains("env_passthrough"), "{err}");
+    }
+
+    #[test]
+    fn a_public_http_address_needs_a_token() {
+        let cfg = NodeConfig::from_toml("http = \"0.0.0.0:8080\"").expect("parses");
+        let err = cfg.validate().unwrap_err().to_string();
+        assert!(err.contains("`http`") && err.contains("token"), "{err}");
+        let cfg = NodeConfig::from_toml(
+            "http = \"0.0.0.0:8080\"\n[[http_tokens]]\nscope = \"write\"\ntoken = \"0123456789abcdef0123\"",
+        )
+        .expect("parses");
+        cfg.validate().expect("valid with a token");
+        let shown = cfg.to_toml().expect("prints");
+        assert!(!shown.contains("0123456789abcdef0123"), "{shown}");
+        NodeConfig::from_toml("http = \"127.0.0.1:8080\"")
+            .expect("parses")
+            .validate()
+            .expect("loopback needs no token");
     }
 
     #[test]

@@ -22,12 +22,14 @@ use crate::actors::process::ProcessActor;
 use crate::actors::scheduler::Scheduler;
 use crate::actors::supervisor::Supervisor;
 use crate::cluster::Spool;
-use crate::config::{host_name, NodeConfig};
+use crate::config::{host_name, ConfigError, NodeConfig};
 use crate::db::cluster::name_session;
 use crate::db::queries::{self, WorkerControl};
 use crate::db::{self, migrate, Pool};
 use crate::error::Error;
 use crate::handler::Handlers;
+use crate::process::identity::{ChildSetup, RunAs};
+use crate::process::policy::{BaseEnvironment, ProgramRules};
 use crate::process::{kill_leftovers, Guardian};
 
 /// Environment variable carrying `<installation id>/<worker id>` into every task process, so a
@@ -78,6 +80,12 @@ pub struct NodeContext {
     pub options: NodeOptions,
     /// Outcomes that could not be written wait here (None: the state directory is unusable).
     pub spool: Option<Spool>,
+    /// Which programs this node starts (`allowed_programs`).
+    pub program_rules: ProgramRules,
+    /// What every task's environment starts with (`env_passthrough`, `run_as`).
+    pub task_environment: BaseEnvironment,
+    /// The user and rlimits of every task process (`run_as`, `task_limits`).
+    pub child_setup: ChildSetup,
     running: Mutex<HashMap<i64, RunEntry>>,
     peers: Mutex<Peers>,
     standing: Mutex<Standing>,
@@ -277,6 +285,36 @@ pub async fn prepare(config: NodeConfig, mut options: NodeOptions) -> Result<Pre
         config.pool_size,
     )?;
     let group_id = config.group_id;
+    let program_rules = ProgramRules::new(config.allowed_programs.as_deref()).map_err(|e| {
+        ConfigError::Invalid {
+            key: "allowed_programs",
+            message: e.0,
+        }
+    })?;
+    let run_as = match &config.run_as {
+        Some(spec) => Some(RunAs::resolve(spec).map_err(|e| ConfigError::Invalid {
+            key: "run_as",
+            message: e.0,
+        })?),
+        None => None,
+    };
+    if run_as.is_none() && nix::unistd::Uid::effective().is_root() && !options.embedded {
+        warn!("this node runs as root and no run_as is configured: tasks run as root (see docs/security.md)");
+    }
+    let task_environment = BaseEnvironment::new(&config.env_passthrough, run_as.as_ref(), |name| {
+        std::env::var(name).ok()
+    })
+    .map_err(|e| ConfigError::Invalid {
+        key: "env_passthrough",
+        message: e.0,
+    })?;
+    if program_rules.allows_everything() && !options.embedded {
+        info!("no allowed_programs configured: tasks may run any program on this host (see docs/security.md)");
+    }
+    let child_setup = ChildSetup {
+        run_as,
+        limits: config.task_limits.rlimits(),
+    };
     let context = Arc::new(NodeContext {
         config,
         database_url,
@@ -287,6 +325,9 @@ pub async fn prepare(config: NodeConfig, mut options: NodeOptions) -> Result<Pre
         guardian,
         options,
         spool,
+        program_rules,
+        task_environment,
+        child_setup,
         running: Mutex::new(HashMap::new()),
         peers: Mutex::new(Peers::default()),
         standing: Mutex::new(Standing {

@@ -28,6 +28,11 @@ fn chromium() -> Option<PathBuf> {
 
 /// The page's DOM after load, as the browser built it.
 fn dump_dom(browser: &PathBuf, url: &str) -> String {
+    dump_dom_after(browser, url, None)
+}
+
+/// The DOM once the page's scripts had `budget_ms` of (virtual) time to fetch and render.
+fn dump_dom_after(browser: &PathBuf, url: &str, budget_ms: Option<u32>) -> String {
     let profile = tempfile::tempdir().expect("profile dir");
     let out = Command::new(browser)
         .args([
@@ -41,6 +46,7 @@ fn dump_dom(browser: &PathBuf, url: &str) -> String {
             "--disable-dev-shm-usage",
         ])
         .arg(format!("--user-data-dir={}", profile.path().display()))
+        .args(budget_ms.map(|ms| format!("--virtual-time-budget={ms}")))
         .arg("--dump-dom")
         .arg(url)
         .output()
@@ -53,14 +59,74 @@ fn dump_dom(browser: &PathBuf, url: &str) -> String {
     String::from_utf8_lossy(&out.stdout).into_owned()
 }
 
-#[tokio::test]
-async fn status_page_in_a_headless_browser() {
-    let Some(browser) = chromium() else {
+fn browser_or_skip() -> Option<PathBuf> {
+    let browser = chromium();
+    if browser.is_none() {
         assert!(
             std::env::var_os("PGTASKD_REQUIRE_BROWSER").is_none(),
             "PGTASKD_REQUIRE_BROWSER is set but no chromium is installed"
         );
         eprintln!("skipping: no chromium installed (apt-get install chromium)");
+    }
+    browser
+}
+
+#[tokio::test]
+async fn the_status_page_asks_for_a_token_when_the_api_has_tokens() {
+    let Some(browser) = browser_or_skip() else {
+        return;
+    };
+    let (db, client) = migrated_db().await;
+    let dir = tempfile::tempdir().expect("dir");
+    let tokens = dir.path().join("tokens");
+    let token = "page-read-token-0123456789";
+    std::fs::write(&tokens, format!("read {token}\n")).expect("tokens");
+    {
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(&tokens, std::fs::Permissions::from_mode(0o600)).expect("chmod");
+    }
+    let file = tokens.display().to_string();
+    let (_node, base) = node_with_http(
+        &db.url,
+        13,
+        &["--node-name", "token-node", "--http-token-file", &file],
+    )
+    .await;
+    wait_node_ready(&client, 13).await;
+
+    // without a token the page shows no data, only a field that asks for one
+    let (b, page) = (browser.clone(), format!("{base}/"));
+    let dom = tokio::task::spawn_blocking(move || dump_dom_after(&b, &page, Some(3000)))
+        .await
+        .expect("join");
+    assert!(!dom.contains("token-node"), "data without a token: {dom}");
+    assert!(dom.contains("id=\"token-form\""), "{dom}");
+
+    // with one (a link carrying it in the fragment, which never reaches the server)
+    let (b, page) = (browser.clone(), format!("{base}/#token={token}"));
+    let dom = tokio::task::spawn_blocking(move || dump_dom_after(&b, &page, Some(5000)))
+        .await
+        .expect("join");
+    assert!(
+        dom.contains("token-node"),
+        "the page did not load with the token: {dom}"
+    );
+    assert!(
+        !dom.contains(token),
+        "the token stays out of the page: {dom}"
+    );
+
+    // a wrong token is refused and said so
+    let (b, page) = (browser, format!("{base}/#token=wrong-token-0123456789"));
+    let dom = tokio::task::spawn_blocking(move || dump_dom_after(&b, &page, Some(3000)))
+        .await
+        .expect("join");
+    assert!(dom.contains("the token was refused"), "{dom}");
+}
+
+#[tokio::test]
+async fn status_page_in_a_headless_browser() {
+    let Some(browser) = browser_or_skip() else {
         return;
     };
     let (db, client) = migrated_db().await;

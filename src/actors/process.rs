@@ -19,7 +19,7 @@ use super::outcomes::{OutcomesMsg, Pending};
 use crate::db::queries::{ClaimedTask, RunOutcome, TaskState};
 use crate::handler::{self, CancellationToken, HandlerFn, HandlerOutput};
 use crate::node::{NodeContext, NODE_MARKER};
-use crate::process::{self, ExitOutcome, SpawnSpec};
+use crate::process::{self, policy, ExitOutcome, SpawnSpec};
 
 /// Why a process is being stopped; decides what is written afterwards.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -97,23 +97,53 @@ impl ProcessActor {
         }
     }
 
-    fn spawn_spec(&self) -> SpawnSpec {
+    /// What to start: the task's argv in its working directory, with the node's task
+    /// environment and the task's own `PGTASKD_*` values — and nothing else of the node's.
+    /// Refused (the run ends `CF`, nothing starts) when the program cannot be found in the
+    /// task's `PATH` or is not in the node's `allowed_programs`.
+    fn spawn_spec(&self) -> Result<SpawnSpec, String> {
         let config = &self.node.config;
-        SpawnSpec {
-            argv: build_argv(self.task.command.as_deref().unwrap_or(&[]), self.task.id),
-            cwd: resolve_cwd(self.task.cwd.as_deref(), config.cwd_root.as_deref()),
-            env: vec![
-                (NODE_MARKER.to_owned(), self.node.node_marker.clone()),
-                (
-                    "PGTASKD_WORKER_ID".to_owned(),
-                    self.node.worker_id.to_string(),
-                ),
-                ("PGTASKD_TASK_ID".to_owned(), self.task.id.to_string()),
-                ("PGTASKD_RUN_ID".to_owned(), self.task.run_id.to_string()),
-            ],
+        let argv = build_argv(self.task.command.as_deref().unwrap_or(&[]), self.task.id);
+        let cwd = resolve_cwd(self.task.cwd.as_deref(), config.cwd_root.as_deref());
+        let base = &self.node.task_environment;
+        let program = match argv.first().filter(|p| !p.is_empty()) {
+            Some(name) => {
+                let resolved = policy::resolve_program(name, base.path(), cwd.as_deref())
+                    .map_err(|e| e.to_string())?;
+                self.node.program_rules.check(&resolved).map_err(|e| {
+                    format!(
+                        "node {} ({}) refused to run the task: {e}",
+                        self.node.worker_id,
+                        config.node_name()
+                    )
+                })?;
+                Some(resolved)
+            }
+            None => None, // spawn reports the empty command
+        };
+        let env = base.with([
+            (NODE_MARKER.to_owned(), self.node.node_marker.clone()),
+            (
+                "PGTASKD_WORKER_ID".to_owned(),
+                self.node.worker_id.to_string(),
+            ),
+            (
+                "PGTASKD_GROUP_ID".to_owned(),
+                self.node.group_id.to_string(),
+            ),
+            ("PGTASKD_TASK_ID".to_owned(), self.task.id.to_string()),
+            ("PGTASKD_RUN_ID".to_owned(), self.task.run_id.to_string()),
+            ("PGTASKD_ATTEMPT".to_owned(), self.task.attempt.to_string()),
+        ]);
+        Ok(SpawnSpec {
+            argv,
+            program,
+            cwd,
+            env,
+            setup: self.node.child_setup.clone(),
             tail_lines: config.tail_lines,
             tail_bytes: config.tail_bytes,
-        }
+        })
     }
 
     fn kill(&mut self, reason: KillReason, ctx: &mut Context<Self>) {
@@ -152,7 +182,21 @@ impl ProcessActor {
             }
             (Some(KillReason::Cancelled), _, _) => (TaskState::Cancelled, Some("cancelled".into())),
             (Some(KillReason::Timeout), _, _) => (TaskState::Failed, Some("timeout".into())),
-            (None, Some(exit), None) => describe_exit(exit),
+            (None, Some(exit), None) => {
+                let (state, error) = describe_exit(exit);
+                let limit = (state == TaskState::Failed)
+                    .then(|| {
+                        self.node
+                            .config
+                            .task_limits
+                            .explain(exit.exit_code, exit.signal)
+                    })
+                    .flatten();
+                match (error, limit) {
+                    (Some(error), Some(limit)) => (state, Some(format!("{error}: {limit}"))),
+                    (error, _) => (state, error),
+                }
+            }
             (None, None, None) => (TaskState::Failed, Some("process lost".into())),
         };
         Some(RunOutcome {
@@ -286,17 +330,18 @@ impl Actor for ProcessActor {
             self.run_handler(handler, ctx);
             return;
         }
-        let spec = self.spawn_spec();
-        let spawned = {
+        let spawned = self.spawn_spec().and_then(|spec| {
             let _enter = self.span.enter();
-            process::spawn(&spec)
-        };
+            let running = process::spawn(&spec).map_err(|e| e.to_string())?;
+            debug!(pgid = running.pid, argv = ?spec.argv, "process started");
+            Ok(running)
+        });
         let running = match spawned {
             Ok(running) => running,
             Err(e) => {
                 self.span
                     .in_scope(|| warn!(error = %e, "cannot start the task's process"));
-                let outcome = self.outcome(None, Some(e.to_string()));
+                let outcome = self.outcome(None, Some(e));
                 self.finish(outcome, ctx);
                 return;
             }
@@ -305,10 +350,6 @@ impl Actor for ProcessActor {
         self.pgid = Some(pgid);
         if let Some(guardian) = &self.node.guardian {
             guardian.register(pgid);
-        }
-        {
-            let _enter = self.span.enter();
-            debug!(pgid, argv = ?spec.argv, "process started");
         }
         self.arm_timeout(ctx);
         // spawn, not wait: the mailbox must stay open for Kill while the process runs

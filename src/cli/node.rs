@@ -71,6 +71,10 @@ pub struct NodeArgs {
     /// Serve the HTTP API, /metrics and the status page on this address (e.g. 127.0.0.1:8080).
     #[arg(long, env = "PGTASKD_HTTP")]
     pub http: Option<std::net::SocketAddr>,
+    /// File of HTTP bearer tokens (`read <token>` / `write <token>` lines; tokens themselves
+    /// are never taken from the command line).
+    #[arg(long, env = "PGTASKD_HTTP_TOKEN_FILE")]
+    pub http_token_file: Option<PathBuf>,
     /// Claim nothing while the host's available memory is under this size (e.g. 512MiB; 0: off).
     #[arg(long, env = "PGTASKD_MIN_FREE_MEMORY", value_parser = pgtaskd::resources::parse_bytes)]
     pub min_free_memory: Option<u64>,
@@ -122,6 +126,9 @@ impl NodeArgs {
         }
         if let Some(addr) = self.http {
             cfg.http = Some(addr);
+        }
+        if let Some(file) = self.http_token_file.clone() {
+            cfg.http_token_file = Some(file);
         }
         set!(min_free_memory, self.min_free_memory);
         set!(horizon_warning, self.horizon_warning);

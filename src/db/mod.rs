@@ -12,20 +12,28 @@ pub mod migrate;
 pub mod overview;
 pub mod queries;
 pub mod tasks;
+pub mod tls;
 
 use std::time::Duration;
 
 use bb8_postgres::PostgresConnectionManager;
-use tokio_postgres::{AsyncMessage, Client, NoTls};
+use tokio_postgres::{AsyncMessage, Client};
+
+pub use tls::Connector;
 
 /// The shared connection pool.
-pub type Pool = bb8::Pool<PostgresConnectionManager<NoTls>>;
+pub type Pool = bb8::Pool<PostgresConnectionManager<Connector>>;
+
+/// A connection of the pool.
+pub type PooledClient<'a> = bb8::PooledConnection<'a, PostgresConnectionManager<Connector>>;
 
 /// Errors of talking to the database.
 #[derive(Debug, thiserror::Error)]
 pub enum DbError {
     #[error("invalid database URL: {0}")]
     Url(#[source] tokio_postgres::Error),
+    #[error("database TLS settings: {0}")]
+    Tls(#[source] tls::TlsError),
     #[error("cannot connect to the database: {0}")]
     Connect(#[source] tokio_postgres::Error),
     #[error("no database connection available: {0}")]
@@ -63,8 +71,12 @@ impl From<bb8::RunError<tokio_postgres::Error>> for DbError {
 /// keepalives too.
 ///
 /// A node names its sessions `pgtaskd w<worker id> <purpose>` (pass `w<id> <purpose>`), so a
-/// coordinator can end every session of a hung node.
-pub fn connection_config(url: &str, purpose: &str) -> Result<tokio_postgres::Config, DbError> {
+/// coordinator can end every session of a hung node. TLS and the password follow libpq's
+/// settings (`tls`).
+pub fn connection_config(
+    url: &str,
+    purpose: &str,
+) -> Result<(tokio_postgres::Config, Connector), DbError> {
     connection_config_with(url, purpose, "")
 }
 
@@ -73,8 +85,8 @@ pub fn connection_config_with(
     url: &str,
     purpose: &str,
     extra: &str,
-) -> Result<tokio_postgres::Config, DbError> {
-    let mut cfg: tokio_postgres::Config = url.parse().map_err(DbError::Url)?;
+) -> Result<(tokio_postgres::Config, Connector), DbError> {
+    let (mut cfg, connector) = tls::prepare(url)?;
     let session = format!("-c tcp_keepalives_idle=2 -c tcp_keepalives_interval=1 -c tcp_keepalives_count=2 -c tcp_user_timeout=3000 {extra}");
     let session = session.trim_end();
     let options = match cfg.get_options() {
@@ -92,13 +104,13 @@ pub fn connection_config_with(
         .keepalives_idle(Duration::from_secs(2))
         .keepalives_interval(Duration::from_secs(1))
         .keepalives_retries(2);
-    Ok(cfg)
+    Ok((cfg, connector))
 }
 
 /// Creates the shared pool. Connections are made lazily; a broken one is dropped when returned.
 pub fn create_pool(url: &str, purpose: &str, size: u32) -> Result<Pool, DbError> {
-    let cfg = connection_config(url, purpose)?;
-    let manager = PostgresConnectionManager::new(cfg, NoTls);
+    let (cfg, connector) = connection_config(url, purpose)?;
+    let manager = PostgresConnectionManager::new(cfg, connector);
     Ok(bb8::Pool::builder()
         .max_size(size)
         .min_idle(Some(0))
@@ -119,8 +131,8 @@ pub async fn connect_dedicated_with(
     purpose: &str,
     extra: &str,
 ) -> Result<Client, DbError> {
-    let cfg = connection_config_with(url, purpose, extra)?;
-    let (client, connection) = cfg.connect(NoTls).await.map_err(DbError::Connect)?;
+    let (cfg, connector) = connection_config_with(url, purpose, extra)?;
+    let (client, connection) = cfg.connect(connector).await.map_err(DbError::Connect)?;
     let purpose = purpose.to_owned();
     tokio::spawn(async move {
         if let Err(e) = connection.await {
@@ -145,8 +157,8 @@ pub async fn connect_listening(
     purpose: &str,
     tx: tokio::sync::mpsc::UnboundedSender<Notice>,
 ) -> Result<(Client, tokio::sync::oneshot::Receiver<String>), DbError> {
-    let cfg = connection_config(url, purpose)?;
-    let (client, mut connection) = cfg.connect(NoTls).await.map_err(DbError::Connect)?;
+    let (cfg, connector) = connection_config(url, purpose)?;
+    let (client, mut connection) = cfg.connect(connector).await.map_err(DbError::Connect)?;
     let (ended_tx, ended_rx) = tokio::sync::oneshot::channel();
     tokio::spawn(async move {
         let reason = loop {

@@ -31,12 +31,7 @@ fn db_error(e: impl Into<DbError>) -> ApiError {
     ApiError::new(StatusCode::SERVICE_UNAVAILABLE, e.into().to_string())
 }
 
-async fn conn(
-    pool: &Pool,
-) -> Result<
-    bb8::PooledConnection<'_, bb8_postgres::PostgresConnectionManager<tokio_postgres::NoTls>>,
-    ApiError,
-> {
+async fn conn(pool: &Pool) -> Result<crate::db::PooledClient<'_>, ApiError> {
     pool.get().await.map_err(db_error)
 }
 

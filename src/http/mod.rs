@@ -8,6 +8,7 @@
 //! write anything when a request is malformed.
 
 mod api;
+pub mod auth;
 mod page;
 
 use std::future::Future;
@@ -26,6 +27,8 @@ pub struct HttpState {
     pub node: Arc<NodeContext>,
     /// The node's main runtime: database work runs there.
     pub runtime: tokio::runtime::Handle,
+    /// The bearer tokens requests are checked against (none: every route is open).
+    pub tokens: auth::Tokens,
 }
 
 /// A request's error: a status and a JSON body `{"error": message}`.
@@ -101,9 +104,15 @@ pub struct HttpError {
 
 /// Binds `addr` and serves until the actix System stops. Must be called inside the System.
 pub fn start(node: Arc<NodeContext>, addr: SocketAddr) -> Result<(), HttpError> {
+    let tokens = node.config.http_tokens().map_err(|e| HttpError {
+        addr,
+        source: std::io::Error::new(std::io::ErrorKind::InvalidInput, e.0),
+    })?;
+    let authenticated = !tokens.is_empty();
     let state = web::Data::new(HttpState {
         node,
         runtime: tokio::runtime::Handle::current(),
+        tokens,
     });
     let server = HttpServer::new(move || {
         App::new()
@@ -116,8 +125,17 @@ pub fn start(node: Arc<NodeContext>, addr: SocketAddr) -> Result<(), HttpError> 
                 web::QueryConfig::default()
                     .error_handler(|e, _| ApiError::bad_request(format!("bad query: {e}")).into()),
             )
+            .wrap(actix_web::middleware::from_fn(auth::require_token))
             .configure(api::routes)
-            .route("/", web::get().to(page::status_page))
+            .route("/status", web::get().to(page::status_page))
+            .route(
+                "/",
+                if authenticated {
+                    web::get().to(page::token_shell)
+                } else {
+                    web::get().to(page::status_page)
+                },
+            )
             .default_service(web::to(|| async {
                 ApiError::new(StatusCode::NOT_FOUND, "no such route").error_response()
             }))
@@ -128,7 +146,7 @@ pub fn start(node: Arc<NodeContext>, addr: SocketAddr) -> Result<(), HttpError> 
     .bind(addr)
     .map_err(|source| HttpError { addr, source })?
     .run();
-    tracing::info!(%addr, "serving HTTP");
+    tracing::info!(%addr, authenticated, "serving HTTP");
     actix::spawn(async move {
         if let Err(e) = server.await {
             tracing::error!(error = %e, "HTTP server stopped");

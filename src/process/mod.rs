@@ -1,14 +1,17 @@
 //! Task processes: spawning with bounded output tails, signalling process
 //! groups, the per-node guardian that kills task groups when the node dies,
-//! and the start-up sweep of leftovers from a previous incarnation.
+//! the start-up sweep of leftovers from a previous incarnation, and the node's policy of
+//! what a task may run with which environment.
 //!
 //! Owns: everything that touches OS processes for tasks.
 //! Must never: talk to the database, know about task states, or run a
 //! command through a shell.
 
 mod guardian;
+pub mod identity;
 mod kill;
 mod leftovers;
+pub mod policy;
 mod spawn;
 mod tail;
 #[cfg(test)]
