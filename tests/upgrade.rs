@@ -11,6 +11,12 @@ use pgtaskd::db::migrate;
 const ROWS: &str =
     "SELECT coalesce(jsonb_agg(to_jsonb(t) ORDER BY t.id), '[]') FROM long_task.task t";
 
+/// The same rows without the columns versions after 6 added (`created_by`, `changed_by`:
+/// who made a row before version 10 was not recorded).
+const ROWS_AS_OF_V6: &str =
+    "SELECT coalesce(jsonb_agg(to_jsonb(t) - 'created_by' - 'changed_by' ORDER BY t.id), '[]')
+       FROM long_task.task t";
+
 #[tokio::test]
 async fn a_version_6_database_with_tasks_in_every_state_upgrades_unchanged_for_a_reader() {
     let db = TestDb::new().await;
@@ -49,10 +55,26 @@ async fn a_version_6_database_with_tasks_in_every_state_upgrades_unchanged_for_a
 
     let report = migrate::migrate(&mut client).await.expect("upgrade");
     assert!(report.applied.contains(&8), "{report:?}");
-    let after: serde_json::Value = client.query_one(ROWS, &[]).await.expect("rows").get(0);
+    let after: serde_json::Value = client
+        .query_one(ROWS_AS_OF_V6, &[])
+        .await
+        .expect("rows")
+        .get(0);
     assert_eq!(
         before, after,
         "a reader sees the same rows after the upgrade"
+    );
+    let recorded: i64 = client
+        .query_one(
+            "SELECT count(*) FROM long_task.task WHERE created_by IS NOT NULL OR changed_by IS NOT NULL",
+            &[],
+        )
+        .await
+        .expect("who")
+        .get(0);
+    assert_eq!(
+        recorded, 0,
+        "no one is named for rows made before version 10"
     );
 
     // The waiting process tasks are claimable, best priority first; nothing else is.

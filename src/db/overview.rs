@@ -80,6 +80,11 @@ pub struct TaskBrief {
     pub seconds: Option<f64>,
     pub exit_code: Option<i32>,
     pub error: Option<String>,
+    /// The login role that created the task, and the one that last cancelled or re-queued it.
+    #[serde(default)]
+    pub created_by: Option<String>,
+    #[serde(default)]
+    pub changed_by: Option<String>,
 }
 
 /// What holds the database's vacuum horizon back the most: the oldest transaction of this
@@ -221,12 +226,14 @@ WITH nodes AS (
       FROM per_group p FULL JOIN live_per_group l ON l.group_id = p.group_id
 ), running AS (
     SELECT t.id, t.state_id, t.group_id, t.worker_id, t.command, t.attempt, t.started, t.finished,
-           extract(epoch FROM now() - t.started)::float8 AS seconds, t.exit_code, t.error
+           extract(epoch FROM now() - t.started)::float8 AS seconds, t.exit_code, t.error,
+           t.created_by, t.changed_by
       FROM long_task.task t WHERE t.state_id IN ('AE', 'AC')
      ORDER BY t.started, t.id LIMIT $2
 ), recent AS (
     SELECT t.id, t.state_id, t.group_id, t.worker_id, t.command, t.attempt, t.started, t.finished,
-           extract(epoch FROM t.finished - t.started)::float8 AS seconds, t.exit_code, t.error
+           extract(epoch FROM t.finished - t.started)::float8 AS seconds, t.exit_code, t.error,
+           t.created_by, t.changed_by
       FROM long_task.task t WHERE t.finished IS NOT NULL AND t.state_id IN ('CS', 'CF', 'CC')
      ORDER BY t.finished DESC LIMIT $3
 )

@@ -74,7 +74,7 @@ fn task_rows(tasks: &[TaskBrief], class: &str) -> Vec<String> {
             format!(
                 "<tr class=\"{class}\" data-task-id=\"{id}\"><td>{id}</td><td class=\"st-{st}\">{st}</td>\
                  <td>{group}</td><td>{worker}</td><td>{attempt}</td><td>{secs}</td><td>{exit}</td>\
-                 <td class=\"cmd\">{cmd}</td></tr>",
+                 <td>{by}</td><td class=\"cmd\">{cmd}</td></tr>",
                 id = t.id,
                 st = esc(&t.state_id),
                 group = t.group_id,
@@ -82,6 +82,14 @@ fn task_rows(tasks: &[TaskBrief], class: &str) -> Vec<String> {
                 attempt = t.attempt,
                 secs = t.seconds.map_or("-".into(), human_secs),
                 exit = opt(t.exit_code),
+                by = match (&t.created_by, &t.changed_by) {
+                    (created, Some(changed)) if Some(changed) != created.as_ref() => format!(
+                        "{} (then {})",
+                        opt(created.as_deref()),
+                        esc(changed)
+                    ),
+                    (created, _) => opt(created.as_deref()),
+                },
                 cmd = esc(&command),
             )
         })
@@ -224,7 +232,7 @@ pub fn render(
     );
 
     let task_header = [
-        "id", "state", "group", "worker", "attempt", "time", "exit", "command",
+        "id", "state", "group", "worker", "attempt", "time", "exit", "by", "command",
     ];
     let _ = write!(out, "<h2>Running tasks ({})</h2>", o.running.len());
     table(
@@ -320,6 +328,8 @@ mod tests {
                 seconds: Some(1.0),
                 exit_code: None,
                 error: None,
+                created_by: Some("<b>alice</b>".into()),
+                changed_by: None,
             }],
             recent: vec![],
             horizon: Some(HorizonHolder {
@@ -337,6 +347,10 @@ mod tests {
         assert!(!html.contains("<script>"), "{html}");
         assert!(html.contains("&lt;script&gt;"));
         assert!(html.contains("data-task-id=\"1\""));
+        assert!(
+            html.contains("&lt;b&gt;alice&lt;/b&gt;"),
+            "the creator is shown, escaped: {html}"
+        );
         assert!(!html.contains("<b>report"), "{html}");
         assert!(
             html.contains("warning: transaction") && html.contains("pid 42"),

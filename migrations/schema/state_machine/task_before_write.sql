@@ -2,7 +2,8 @@
 -- (long_task.legal_next_states), pinning (a worker_id set by a person pins the task), a cancel of
 -- a waiting task ending CC at once, a clean outcome for a new attempt, the group's max_attempts
 -- for a task inserted without one, the group's program allow-list for a new command
--- (check_program). The task_state and period tables
+-- (check_program), and who did it: created_by at insert, changed_by at each cancel or re-queue
+-- (session_user; never what the client wrote). The task_state and period tables
 -- are read only to word the error of a rejected write (reject_task_state, check_period).
 CREATE OR REPLACE FUNCTION long_task.task_before_write() RETURNS trigger
 LANGUAGE plpgsql AS $$
@@ -18,6 +19,8 @@ BEGIN
             PERFORM long_task.check_program(NEW.command, NEW.group_id);
         END IF;
         NEW.last_state_change := now();
+        NEW.created_by := session_user;
+        NEW.changed_by := NULL;
         -- a worker_id given by a person pins the task to that node
         NEW.pinned := NEW.worker_id IS NOT NULL;
         -- the one default of every client (the column has none)
@@ -26,6 +29,10 @@ BEGIN
         END IF;
         RETURN NEW;
     END IF;
+
+    -- who did it is the trigger's to say
+    NEW.created_by := OLD.created_by;
+    NEW.changed_by := OLD.changed_by;
 
     -- Pinning: a worker_id set by a person (not by a node's claim or a node's own write) pins the
     -- task; the node that merely ran a task last does not.
@@ -39,6 +46,10 @@ BEGIN
             PERFORM long_task.reject_task_state(NEW.state_id, OLD.state_id, OLD.id);
         END IF;
         NEW.last_state_change := now();
+        -- a cancel, or a re-queue of a finished task or a draft (not a retry or a hand-back)
+        IF NEW.state_id = 'AC' OR (NEW.state_id = 'AW' AND OLD.state_id IN ('CS', 'CF', 'CC', 'DR')) THEN
+            NEW.changed_by := session_user;
+        END IF;
 
         -- A cancel of a task that is not running ends at once: there is no process to kill.
         IF NEW.state_id = 'AC' AND OLD.state_id = 'AW' THEN

@@ -54,6 +54,7 @@ pub const MIGRATIONS: &[Migration] = migrations![
     7 "one_write_path" "0007_one_write_path.sql",
     8 "ready_ring" "0008_ready_ring.sql",
     9 "program_allow_list" "0009_program_allow_list.sql",
+    10 "who_did_it" "0010_who_did_it.sql",
 ];
 
 /// Every schema file, in the order applied (after the numbered migrations).
