@@ -9,19 +9,11 @@ use std::process::{Command, Stdio};
 use std::time::Duration;
 
 use common::http::{node_with_http, request, request_json};
-use common::migrated_db;
 use common::node::{queue, state, wait_node_ready, wait_state, wait_until, FAST};
+use common::{migrated_db, task_count};
 use serde_json::json;
 
 const LONG: Duration = Duration::from_secs(20);
-
-async fn task_count(client: &tokio_postgres::Client) -> i64 {
-    client
-        .query_one("SELECT count(*) FROM long_task.task", &[])
-        .await
-        .expect("count")
-        .get(0)
-}
 
 /// A waiting task in a group (no node of these tests serves groups other than 0).
 async fn queue_in_group(client: &tokio_postgres::Client, group: i32, program: &str) -> i64 {

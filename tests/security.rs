@@ -8,9 +8,9 @@ use std::io::Read;
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
-use common::http::{free_port, node_with_http, request};
-use common::migrated_db;
+use common::http::{free_port, node_with_http, request, token_file};
 use common::node::{queue, wait_node_ready, wait_state, NodeProcess, FAST};
+use common::{migrated_db, task_count};
 
 const LONG: Duration = Duration::from_secs(30);
 
@@ -23,6 +23,16 @@ async fn task_row(client: &tokio_postgres::Client, id: i64) -> (String, Option<S
         .await
         .expect("task row");
     (row.get(0), row.get(1), row.get(2))
+}
+
+/// Runs `pgtaskd ARGS` expecting it to refuse to start; returns what it said.
+fn refused_start(args: &[&str]) -> String {
+    let out = Command::new(env!("CARGO_BIN_EXE_pgtaskd"))
+        .args(args)
+        .output()
+        .expect("run pgtaskd");
+    assert!(!out.status.success(), "pgtaskd {args:?} started");
+    String::from_utf8_lossy(&out.stderr).into_owned()
 }
 
 fn config_file(dir: &std::path::Path, text: &str) -> String {
@@ -71,12 +81,7 @@ async fn a_broken_allow_list_stops_the_node_with_its_key_named() {
     let (db, _client) = migrated_db().await;
     let dir = tempfile::tempdir().expect("dir");
     let config = config_file(dir.path(), "allowed_programs = [\"sh\"]\n");
-    let out = Command::new(env!("CARGO_BIN_EXE_pgtaskd"))
-        .args(["node", "--database-url", &db.url, "--config", &config])
-        .output()
-        .expect("run");
-    assert!(!out.status.success());
-    let stderr = String::from_utf8_lossy(&out.stderr);
+    let stderr = refused_start(&["node", "--database-url", &db.url, "--config", &config]);
     assert!(
         stderr.contains("allowed_programs") && stderr.contains("absolute"),
         "{stderr}"
@@ -89,7 +94,7 @@ async fn tasks_get_a_clean_environment_and_no_secret_reaches_them_or_the_log() {
     // The password is never checked by the test cluster (trust), but it is in the node's
     // DATABASE_URL, where a careless node would pass it on or print it.
     let secret = "Sekr3t-pw-7f3a9c";
-    let url = with_password(&db.url, secret);
+    let url = with_credentials(&db.url, None, Some(secret));
     let dir = tempfile::tempdir().expect("dir");
     let config = config_file(dir.path(), "env_passthrough = [\"PASSED_ON\"]\n");
     let mut node = Command::new(env!("CARGO_BIN_EXE_pgtaskd"))
@@ -179,16 +184,22 @@ async fn tasks_get_a_clean_environment_and_no_secret_reaches_them_or_the_log() {
     assert!(!log.contains(secret), "the password is in the node's log");
 }
 
-/// `url` (a `scheme://user@host/db` URL) with `password` for its user.
-fn with_password(url: &str, password: &str) -> String {
+/// `url` (a `scheme://user@host/db` URL) with another user and/or a password (the test
+/// cluster trusts local connections, so a password is carried, not checked).
+fn with_credentials(url: &str, user: Option<&str>, password: Option<&str>) -> String {
     let (scheme, rest) = url.split_once("://").expect("a URL database address");
     let authority_end = rest.find('/').unwrap_or(rest.len());
-    match rest[..authority_end].rfind('@') {
-        Some(at) => {
-            let user = rest[..at].split(':').next().unwrap_or_default();
-            format!("{scheme}://{user}:{password}{}", &rest[at..])
-        }
-        None => format!("{scheme}://postgres:{password}@{rest}"),
+    let (old_user, host_and_rest) = match rest[..authority_end].rfind('@') {
+        Some(at) => (
+            rest[..at].split(':').next().unwrap_or_default(),
+            &rest[at + 1..],
+        ),
+        None => ("postgres", rest),
+    };
+    let user = user.unwrap_or(old_user);
+    match password {
+        Some(password) => format!("{scheme}://{user}:{password}@{host_and_rest}"),
+        None => format!("{scheme}://{user}@{host_and_rest}"),
     }
 }
 
@@ -196,22 +207,10 @@ fn with_password(url: &str, password: &str) -> String {
 async fn http_tokens_guard_every_route_but_healthz() {
     let (db, client) = migrated_db().await;
     let dir = tempfile::tempdir().expect("dir");
-    let tokens = dir.path().join("tokens");
     let (read, write) = ("read-token-0123456789", "write-token-0123456789");
-    std::fs::write(&tokens, format!("read {read}\nwrite {write}\n")).expect("tokens");
-    {
-        use std::os::unix::fs::PermissionsExt;
-        std::fs::set_permissions(&tokens, std::fs::Permissions::from_mode(0o600)).expect("chmod");
-    }
-    let file = tokens.display().to_string();
+    let file = token_file(dir.path(), &format!("read {read}\nwrite {write}\n"));
     let (_node, base) = node_with_http(&db.url, 43, &["--http-token-file", &file]).await;
     wait_node_ready(&client, 43).await;
-    async fn count(c: &tokio_postgres::Client) -> i64 {
-        c.query_one("SELECT count(*) FROM long_task.task", &[])
-            .await
-            .expect("count")
-            .get(0)
-    }
     let body = r#"{"command": ["true"]}"#;
 
     assert_eq!(request("GET", &format!("{base}/healthz"), None).0, 200);
@@ -221,7 +220,11 @@ async fn http_tokens_guard_every_route_but_healthz() {
     assert_eq!(request("GET", &format!("{base}/metrics"), None).0, 401);
     assert_eq!(request("GET", &format!("{base}/status"), None).0, 401);
     assert_eq!(request("POST", &format!("{base}/tasks"), Some(body)).0, 401);
-    assert_eq!(count(&client).await, 0, "a refused request wrote nothing");
+    assert_eq!(
+        task_count(&client).await,
+        0,
+        "a refused request wrote nothing"
+    );
 
     let with = |token: &str, method: &str, path: &str, body: Option<&str>| {
         let agent = ureq::AgentBuilder::new()
@@ -245,10 +248,10 @@ async fn http_tokens_guard_every_route_but_healthz() {
     assert_eq!(with(read, "GET", "/metrics", None), 200);
     assert_eq!(with(read, "GET", "/status", None), 200);
     assert_eq!(with(read, "POST", "/tasks", Some(body)), 403);
-    assert_eq!(count(&client).await, 0, "a read token wrote nothing");
+    assert_eq!(task_count(&client).await, 0, "a read token wrote nothing");
     let created = with(write, "POST", "/tasks", Some(body));
     assert!((200..300).contains(&created), "{created}");
-    assert_eq!(count(&client).await, 1);
+    assert_eq!(task_count(&client).await, 1);
     // the page is a shell that asks for a token and holds no data itself
     let (status, shell) = request("GET", &format!("{base}/"), None);
     assert_eq!(status, 200);
@@ -262,12 +265,7 @@ async fn http_tokens_guard_every_route_but_healthz() {
 async fn a_public_http_address_without_a_token_is_refused() {
     let (db, _client) = migrated_db().await;
     let addr = format!("0.0.0.0:{}", free_port());
-    let out = Command::new(env!("CARGO_BIN_EXE_pgtaskd"))
-        .args(["node", "--database-url", &db.url, "--http", &addr])
-        .output()
-        .expect("run");
-    assert!(!out.status.success());
-    let stderr = String::from_utf8_lossy(&out.stderr);
+    let stderr = refused_start(&["node", "--database-url", &db.url, "--http", &addr]);
     assert!(
         stderr.contains("`http`") && stderr.contains("token"),
         "{stderr}"
@@ -296,13 +294,6 @@ async fn a_command_outside_the_groups_allow_list_is_refused_at_insert() {
                 .await
         }
     };
-    async fn count(client: &tokio_postgres::Client) -> i64 {
-        client
-            .query_one("SELECT count(*) FROM long_task.task", &[])
-            .await
-            .expect("count")
-            .get(0)
-    }
     insert(&["/usr/bin/env"], 0)
         .await
         .expect("allowed by /usr/bin/*");
@@ -313,7 +304,7 @@ async fn a_command_outside_the_groups_allow_list_is_refused_at_insert() {
     insert(&["/bin/sh", "-c", "anything"], 1)
         .await
         .expect("group 1 has no list");
-    assert_eq!(count(&client).await, 4);
+    assert_eq!(task_count(&client).await, 4);
 
     for refused in [
         &["/bin/sh", "-c", "rm -rf /"][..],
@@ -335,7 +326,11 @@ async fn a_command_outside_the_groups_allow_list_is_refused_at_insert() {
             "names the list: {db:?}"
         );
     }
-    assert_eq!(count(&client).await, 4, "a refused insert writes nothing");
+    assert_eq!(
+        task_count(&client).await,
+        4,
+        "a refused insert writes nothing"
+    );
 
     // the one write path of the CLI, HTTP and Rust clients meets the same check
     let err = client
@@ -482,4 +477,91 @@ async fn a_task_past_its_limits_ends_cf_naming_the_limit() {
     // the node keeps running tasks
     let after = queue(&client, &["true"]).await;
     wait_state(&client, after, "CS", LONG).await;
+}
+
+#[tokio::test]
+async fn the_row_records_who_created_cancelled_and_requeued_it() {
+    let (db, client) = migrated_db().await;
+    let (alice, bob) = (format!("{}_alice", db.name), format!("{}_bob", db.name));
+    for role in [&alice, &bob] {
+        client
+            .batch_execute(&format!(
+                "CREATE ROLE \"{role}\" LOGIN;
+                 GRANT USAGE ON SCHEMA long_task TO \"{role}\";
+                 GRANT ALL ON ALL TABLES IN SCHEMA long_task TO \"{role}\";
+                 GRANT ALL ON ALL SEQUENCES IN SCHEMA long_task TO \"{role}\";"
+            ))
+            .await
+            .expect("role");
+    }
+    let as_alice = common::connect(&with_credentials(&db.url, Some(&alice), None)).await;
+    let as_bob = common::connect(&with_credentials(&db.url, Some(&bob), None)).await;
+    let by = |id: i64| {
+        let client = &client;
+        async move {
+            let row = client
+                .query_one(
+                    "SELECT created_by, changed_by FROM long_task.task WHERE id = $1",
+                    &[&id],
+                )
+                .await
+                .expect("row");
+            (
+                row.get::<_, Option<String>>(0),
+                row.get::<_, Option<String>>(1),
+            )
+        }
+    };
+    // the client's own value is overwritten
+    let id: i64 = as_alice
+        .query_one(
+            "INSERT INTO long_task.task (command, state_id, created_by, changed_by)
+             VALUES (ARRAY['sleep', '100'], 'AW', 'mallory', 'mallory') RETURNING id",
+            &[],
+        )
+        .await
+        .expect("insert")
+        .get(0);
+    assert_eq!(by(id).await, (Some(alice.clone()), None));
+    as_bob
+        .execute(
+            "UPDATE long_task.task SET state_id = 'AC' WHERE id = $1",
+            &[&id],
+        )
+        .await
+        .expect("cancel");
+    assert_eq!(by(id).await, (Some(alice.clone()), Some(bob.clone())));
+    // and cannot be forged later
+    as_bob
+        .execute(
+            "UPDATE long_task.task SET created_by = 'mallory', changed_by = 'mallory' WHERE id = $1",
+            &[&id],
+        )
+        .await
+        .expect("update");
+    assert_eq!(by(id).await, (Some(alice.clone()), Some(bob.clone())));
+    as_alice
+        .query_one("SELECT long_task.requeue($1)", &[&id])
+        .await
+        .expect("requeue");
+    assert_eq!(by(id).await, (Some(alice.clone()), Some(alice.clone())));
+    // shown by `pgtaskd show`
+    let show = Command::new(env!("CARGO_BIN_EXE_pgtaskd"))
+        .args(["show", &id.to_string(), "--json"])
+        .env("DATABASE_URL", &db.url)
+        .output()
+        .expect("show");
+    let shown = String::from_utf8_lossy(&show.stdout);
+    assert!(
+        shown.contains(&format!("\"created_by\": \"{alice}\""))
+            || shown.contains(&format!("\"created_by\":\"{alice}\"")),
+        "{shown}"
+    );
+    drop((as_alice, as_bob));
+    for role in [&alice, &bob] {
+        client
+            .batch_execute(&format!("DROP OWNED BY \"{role}\"; DROP ROLE \"{role}\";"))
+            .await
+            .expect("drop role");
+    }
 }

@@ -8,7 +8,7 @@ use std::path::PathBuf;
 use std::process::Command;
 use std::time::Duration;
 
-use common::http::node_with_http;
+use common::http::{node_with_http, token_file};
 use common::migrated_db;
 use common::node::{queue, wait_node_ready, wait_state, NodeProcess};
 use nix::sys::signal::Signal;
@@ -78,14 +78,8 @@ async fn the_status_page_asks_for_a_token_when_the_api_has_tokens() {
     };
     let (db, client) = migrated_db().await;
     let dir = tempfile::tempdir().expect("dir");
-    let tokens = dir.path().join("tokens");
     let token = "page-read-token-0123456789";
-    std::fs::write(&tokens, format!("read {token}\n")).expect("tokens");
-    {
-        use std::os::unix::fs::PermissionsExt;
-        std::fs::set_permissions(&tokens, std::fs::Permissions::from_mode(0o600)).expect("chmod");
-    }
-    let file = tokens.display().to_string();
+    let file = token_file(dir.path(), &format!("read {token}\n"));
     let (_node, base) = node_with_http(
         &db.url,
         13,

@@ -54,3 +54,13 @@ pub fn request_json(method: &str, url: &str, body: Option<&str>) -> (u16, serde_
         .unwrap_or_else(|e| panic!("{method} {url}: {status} not JSON ({e}): {text}"));
     (status, value)
 }
+
+/// A token file (`read <token>` / `write <token>` lines) under `dir`, mode 600 as the node
+/// requires; returns its path.
+pub fn token_file(dir: &std::path::Path, lines: &str) -> String {
+    use std::os::unix::fs::PermissionsExt;
+    let path = dir.join("tokens");
+    std::fs::write(&path, lines).expect("write the token file");
+    std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600)).expect("chmod");
+    path.display().to_string()
+}

@@ -198,6 +198,15 @@ pub async fn publish(client: &tokio_postgres::Client, topic: &str) -> i64 {
         .get(0)
 }
 
+/// How many rows `long_task.task` holds.
+pub async fn task_count(client: &tokio_postgres::Client) -> i64 {
+    client
+        .query_one("SELECT count(*) FROM long_task.task", &[])
+        .await
+        .expect("count the tasks")
+        .get(0)
+}
+
 pub mod http;
 pub mod node;
 pub mod schema;
