@@ -356,9 +356,20 @@ mod tests {
         while matches!(g.child.try_wait(), Ok(None)) && std::time::Instant::now() < deadline {
             std::thread::sleep(Duration::from_millis(10));
         }
-        for i in 0..10 {
+        // Writes fail once no process holds the pipe's read end. A child another test forks at
+        // this moment holds it until its exec (close-on-exec), so keep writing for a while.
+        let deadline = std::time::Instant::now() + Duration::from_secs(5);
+        let mut i = 0;
+        loop {
             g.register(1000 + i);
             g.unregister(1000 + i);
+            i += 1;
+            let link = g.link.lock().expect("lock");
+            if (link.stdin.is_none() && link.warned) || std::time::Instant::now() > deadline {
+                break;
+            }
+            drop(link);
+            std::thread::sleep(Duration::from_millis(10));
         }
         let link = g.link.lock().expect("lock");
         assert!(link.stdin.is_none() && link.warned);
