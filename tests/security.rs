@@ -385,6 +385,43 @@ async fn a_command_outside_the_groups_allow_list_is_refused_at_insert() {
         )
         .await
         .is_err());
+
+    // a clone schedule whose copy the list now refuses makes no copy and says so
+    let scheduled: i64 = client
+        .query_one(
+            "INSERT INTO long_task.task (command, state_id, group_id, next_start, shed_period_id,
+                                         shed_period_count, shed_clone)
+             VALUES (ARRAY['/usr/bin/env'], 'DR', 0, now() - interval '1 second', 'MIN', 1, true)
+             RETURNING id",
+            &[],
+        )
+        .await
+        .expect("a clone schedule")
+        .get(0);
+    client
+        .batch_execute("UPDATE long_task.group_settings SET allowed_programs = ARRAY['true'] WHERE group_id = 0")
+        .await
+        .expect("narrow the list");
+    let before = task_count(&client).await;
+    client
+        .query_one("SELECT fired FROM long_task.fire_schedules(0)", &[])
+        .await
+        .expect("fire");
+    assert_eq!(task_count(&client).await, before, "no copy was made");
+    let refused: Vec<String> = client
+        .query(
+            "SELECT detail FROM long_task.event WHERE kind = 'schedule_refused' AND task_id = $1",
+            &[&scheduled],
+        )
+        .await
+        .expect("events")
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
+    assert_eq!(
+        refused,
+        ["program \"/usr/bin/env\" is not allowed in group 0"]
+    );
 }
 
 #[tokio::test]

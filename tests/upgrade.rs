@@ -17,6 +17,17 @@ const ROWS_AS_OF_V6: &str =
     "SELECT coalesce(jsonb_agg(to_jsonb(t) - 'created_by' - 'changed_by' ORDER BY t.id), '[]')
        FROM long_task.task t";
 
+/// The ids a statement returns in its first column.
+async fn ids(client: &tokio_postgres::Client, sql: &str) -> Vec<i64> {
+    client
+        .query(sql, &[])
+        .await
+        .unwrap_or_else(|e| panic!("{sql}: {e}"))
+        .iter()
+        .map(|r| r.get(0))
+        .collect()
+}
+
 #[tokio::test]
 async fn a_version_6_database_with_tasks_in_every_state_upgrades_unchanged_for_a_reader() {
     let db = TestDb::new().await;
@@ -78,21 +89,13 @@ async fn a_version_6_database_with_tasks_in_every_state_upgrades_unchanged_for_a
     );
 
     // The waiting process tasks are claimable, best priority first; nothing else is.
-    let claimed: Vec<i64> = client
-        .query("SELECT id FROM long_task.claim(1, 0, 100, '{}', true)", &[])
-        .await
-        .expect("claim")
-        .iter()
-        .map(|r| r.get(0))
-        .collect();
+    let claimed: Vec<i64> = ids(
+        &client,
+        "SELECT id FROM long_task.claim(1, 0, 100, '{}', true)",
+    )
+    .await;
     assert_eq!(claimed, vec![3, 2]);
-    let consumed: Vec<i64> = client
-        .query("SELECT id FROM long_task.consume(100)", &[])
-        .await
-        .expect("consume")
-        .iter()
-        .map(|r| r.get(0))
-        .collect();
+    let consumed: Vec<i64> = ids(&client, "SELECT id FROM long_task.consume(100)").await;
     assert_eq!(consumed, vec![5]);
     // The dependent becomes claimable when its dependency succeeds.
     let run_id: uuid::Uuid = client
@@ -108,12 +111,10 @@ async fn a_version_6_database_with_tasks_in_every_state_upgrades_unchanged_for_a
         )
         .await
         .expect("finish 6");
-    let claimed: Vec<i64> = client
-        .query("SELECT id FROM long_task.claim(1, 0, 100, '{}', true)", &[])
-        .await
-        .expect("claim")
-        .iter()
-        .map(|r| r.get(0))
-        .collect();
+    let claimed: Vec<i64> = ids(
+        &client,
+        "SELECT id FROM long_task.claim(1, 0, 100, '{}', true)",
+    )
+    .await;
     assert_eq!(claimed, vec![11]);
 }

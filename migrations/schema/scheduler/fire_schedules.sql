@@ -2,7 +2,8 @@
 -- itself when it is final or a draft (an active task skips the run); a clone schedule inserts a
 -- waiting copy. Rows are locked SKIP LOCKED, so two nodes firing at once fire each schedule once.
 -- A copy the group's allow-list refuses (the list changed since the task was admitted) is not
--- made: the firing is recorded as a `schedule_refused` event and the schedule moves on.
+-- made: the firing is recorded as a `schedule_refused` event and the schedule moves on (checked
+-- first rather than caught: an exception block per firing would open a subtransaction each).
 -- Returns the number fired and the seconds until the next due schedule (NULL: none).
 CREATE OR REPLACE FUNCTION long_task.fire_schedules(p_group_id integer, p_limit integer DEFAULT 1000)
 RETURNS TABLE (fired integer, next_due_in double precision)
@@ -18,16 +19,15 @@ BEGIN
          LIMIT p_limit
            FOR UPDATE SKIP LOCKED
     LOOP
-        IF r.shed_clone THEN
-            BEGIN
-                INSERT INTO long_task.task (params, state_id, priority, group_id, worker_id, command, cwd,
-                                            shed_parent_id, max_attempts, timeout)
-                VALUES (r.params, 'AW', r.priority, r.group_id, CASE WHEN r.pinned THEN r.worker_id END, r.command, r.cwd,
-                        r.id, r.max_attempts, r.timeout);
-            EXCEPTION WHEN insufficient_privilege THEN
-                INSERT INTO long_task.event (group_id, kind, task_id, detail)
-                VALUES (r.group_id, 'schedule_refused', r.id, SQLERRM);
-            END;
+        IF r.shed_clone AND long_task.program_refusal(r.command, r.group_id) IS NOT NULL THEN
+            INSERT INTO long_task.event (group_id, kind, task_id, detail)
+            VALUES (r.group_id, 'schedule_refused', r.id,
+                    format('program "%s" is not allowed in group %s', r.command[1], r.group_id));
+        ELSIF r.shed_clone THEN
+            INSERT INTO long_task.task (params, state_id, priority, group_id, worker_id, command, cwd,
+                                        shed_parent_id, max_attempts, timeout)
+            VALUES (r.params, 'AW', r.priority, r.group_id, CASE WHEN r.pinned THEN r.worker_id END, r.command, r.cwd,
+                    r.id, r.max_attempts, r.timeout);
         ELSIF r.state_id IN ('CS', 'CF', 'CC', 'DR') THEN
             UPDATE long_task.task SET state_id = 'AW' WHERE id = r.id;
         END IF;

@@ -79,6 +79,8 @@ pub const SCHEMA_FILES: &[SchemaFile] = schema_files![
     "state_machine/legal_next_states.sql",
     "state_machine/reject_task_state.sql",
     "state_machine/check_period.sql",
+    "state_machine/program_matches.sql",
+    "state_machine/program_refusal.sql",
     "state_machine/check_program.sql",
     "state_machine/task_before_write.sql",
     "state_machine/task_reset_lost.sql",
