@@ -111,6 +111,10 @@ pub struct NodeConfig {
     /// The OS user (`user` or `user:group`) tasks run as; needs a node started as root. Unset:
     /// tasks run as the node's own user (a root node warns at start-up).
     pub run_as: Option<String>,
+    /// The users a group's `run_as` (`long_task.group_settings.run_as`) may name on this node
+    /// (`user` or `user:group` entries). A group asking for anyone else gets `CF` runs. Empty
+    /// (the default): only the node's own `run_as`.
+    pub run_as_allowed: Vec<String>,
     /// Limits of every task process: `memory` (address space: a size), `cpu_seconds`,
     /// `open_files`, `processes` (per user); unset ones are not changed.
     pub task_limits: crate::process::identity::TaskLimits,
@@ -151,6 +155,7 @@ impl Default for NodeConfig {
             allowed_programs: None,
             env_passthrough: Vec::new(),
             run_as: None,
+            run_as_allowed: Vec::new(),
             task_limits: Default::default(),
             http_tokens: Vec::new(),
             http_token_file: None,
@@ -254,6 +259,20 @@ impl NodeConfig {
         }
         if let Some(spec) = &self.run_as {
             crate::process::identity::RunAs::resolve(spec).map_err(|e| invalid("run_as", e.0))?;
+        }
+        for entry in &self.run_as_allowed {
+            if entry.is_empty() || entry.contains(char::is_whitespace) || entry.contains('*') {
+                return Err(invalid(
+                    "run_as_allowed",
+                    format!("'{entry}' is not a user name (no patterns: name each user)"),
+                ));
+            }
+        }
+        if !self.run_as_allowed.is_empty() && !nix::unistd::Uid::effective().is_root() {
+            return Err(invalid(
+                "run_as_allowed",
+                "switching users needs a node started as root",
+            ));
         }
         if self.task_limits.memory == Some(0)
             || [

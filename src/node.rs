@@ -28,7 +28,7 @@ use crate::db::queries::{self, WorkerControl};
 use crate::db::{self, migrate, Pool};
 use crate::error::Error;
 use crate::handler::Handlers;
-use crate::process::identity::{ChildSetup, RunAs};
+use crate::process::identity::{RunAs, RunAsPolicy};
 use crate::process::policy::{BaseEnvironment, ProgramRules};
 use crate::process::{kill_leftovers, Guardian};
 
@@ -66,6 +66,24 @@ pub struct Standing {
     pub term: Option<i64>,
 }
 
+/// The OS user tasks of a group without `run_as` run as: the node's `run_as` user, else the
+/// node's own (shown by `status`, which warns about root).
+fn default_task_user(config: &NodeConfig) -> String {
+    match &config.run_as {
+        Some(spec) => spec
+            .split_once(':')
+            .map_or(spec.as_str(), |(u, _)| u)
+            .to_owned(),
+        None => {
+            let uid = nix::unistd::Uid::effective();
+            nix::unistd::User::from_uid(uid)
+                .ok()
+                .flatten()
+                .map_or_else(|| format!("uid {uid}"), |u| u.name)
+        }
+    }
+}
+
 /// What every actor of a node shares.
 pub struct NodeContext {
     pub config: NodeConfig,
@@ -84,8 +102,8 @@ pub struct NodeContext {
     pub program_rules: ProgramRules,
     /// What every task's environment starts with (`env_passthrough`, `run_as`).
     pub task_environment: BaseEnvironment,
-    /// The user and rlimits of every task process (`run_as`, `task_limits`).
-    pub child_setup: ChildSetup,
+    /// Whom tasks run as (`run_as`, and the users `run_as_allowed` lets a group name).
+    pub run_as: RunAsPolicy,
     running: Mutex<HashMap<i64, RunEntry>>,
     peers: Mutex<Peers>,
     standing: Mutex<Standing>,
@@ -220,6 +238,7 @@ pub async fn prepare(config: NodeConfig, mut options: NodeOptions) -> Result<Pre
         max_tasks,
         &node_name,
         &host_name(),
+        &default_task_user(&config),
     )
     .await?;
 
@@ -311,9 +330,9 @@ pub async fn prepare(config: NodeConfig, mut options: NodeOptions) -> Result<Pre
     if program_rules.allows_everything() && !options.embedded {
         info!("no allowed_programs configured: tasks may run any program on this host (see docs/security.md)");
     }
-    let child_setup = ChildSetup {
-        run_as,
-        limits: config.task_limits.rlimits(),
+    let run_as = RunAsPolicy {
+        default: config.run_as.clone().zip(run_as),
+        allowed: config.run_as_allowed.clone(),
     };
     let context = Arc::new(NodeContext {
         config,
@@ -327,7 +346,7 @@ pub async fn prepare(config: NodeConfig, mut options: NodeOptions) -> Result<Pre
         spool,
         program_rules,
         task_environment,
-        child_setup,
+        run_as,
         running: Mutex::new(HashMap::new()),
         peers: Mutex::new(Peers::default()),
         standing: Mutex::new(Standing {

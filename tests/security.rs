@@ -10,6 +10,7 @@ use std::time::Duration;
 
 use common::http::{free_port, node_with_http, request, token_file};
 use common::node::{queue, wait_node_ready, wait_state, NodeProcess, FAST};
+use common::roles::with_credentials;
 use common::{migrated_db, task_count};
 
 const LONG: Duration = Duration::from_secs(30);
@@ -182,25 +183,6 @@ async fn tasks_get_a_clean_environment_and_no_secret_reaches_them_or_the_log() {
     let log = stderr.join().expect("stderr") + &stdout.join().expect("stdout");
     assert!(log.contains("42"), "the node logged something: {log}");
     assert!(!log.contains(secret), "the password is in the node's log");
-}
-
-/// `url` (a `scheme://user@host/db` URL) with another user and/or a password (the test
-/// cluster trusts local connections, so a password is carried, not checked).
-fn with_credentials(url: &str, user: Option<&str>, password: Option<&str>) -> String {
-    let (scheme, rest) = url.split_once("://").expect("a URL database address");
-    let authority_end = rest.find('/').unwrap_or(rest.len());
-    let (old_user, host_and_rest) = match rest[..authority_end].rfind('@') {
-        Some(at) => (
-            rest[..at].split(':').next().unwrap_or_default(),
-            &rest[at + 1..],
-        ),
-        None => ("postgres", rest),
-    };
-    let user = user.unwrap_or(old_user);
-    match password {
-        Some(password) => format!("{scheme}://{user}:{password}@{host_and_rest}"),
-        None => format!("{scheme}://{user}@{host_and_rest}"),
-    }
 }
 
 #[tokio::test]
@@ -510,7 +492,7 @@ async fn a_task_past_its_limits_ends_cf_naming_the_limit() {
     );
     let (_, error, _) = task_row(&client, hog).await;
     let error = error.expect("error");
-    assert!(error.contains("task_limits.memory = 256"), "{error}");
+    assert!(error.contains("limit memory = 256"), "{error}");
     // the node keeps running tasks
     let after = queue(&client, &["true"]).await;
     wait_state(&client, after, "CS", LONG).await;
@@ -521,15 +503,7 @@ async fn the_row_records_who_created_cancelled_and_requeued_it() {
     let (db, client) = migrated_db().await;
     let (alice, bob) = (format!("{}_alice", db.name), format!("{}_bob", db.name));
     for role in [&alice, &bob] {
-        client
-            .batch_execute(&format!(
-                "CREATE ROLE \"{role}\" LOGIN;
-                 GRANT USAGE ON SCHEMA long_task TO \"{role}\";
-                 GRANT ALL ON ALL TABLES IN SCHEMA long_task TO \"{role}\";
-                 GRANT ALL ON ALL SEQUENCES IN SCHEMA long_task TO \"{role}\";"
-            ))
-            .await
-            .expect("role");
+        common::roles::login_role(&client, &db.url, role, &["pgtaskd_submitter"], None).await;
     }
     let as_alice = common::connect(&with_credentials(&db.url, Some(&alice), None)).await;
     let as_bob = common::connect(&with_credentials(&db.url, Some(&bob), None)).await;
@@ -549,11 +523,30 @@ async fn the_row_records_who_created_cancelled_and_requeued_it() {
             )
         }
     };
-    // the client's own value is overwritten
+    // a submitter cannot name the columns (the owner's own value would be overwritten)
+    let (code, _) = common::roles::refused(
+        as_alice
+            .query_one(
+                "INSERT INTO long_task.task (command, state_id, created_by, changed_by)
+                 VALUES (ARRAY['sleep', '100'], 'AW', 'mallory', 'mallory') RETURNING id",
+                &[],
+            )
+            .await,
+        "forging created_by at insert",
+    );
+    assert_eq!(code, "42501");
+    let forged: i64 = client
+        .query_one(
+            "INSERT INTO long_task.task (command, state_id, created_by) VALUES ('{true}', 'DR', 'mallory') RETURNING id",
+            &[],
+        )
+        .await
+        .expect("insert as the owner")
+        .get(0);
+    assert_eq!(by(forged).await.0.as_deref(), Some("postgres"));
     let id: i64 = as_alice
         .query_one(
-            "INSERT INTO long_task.task (command, state_id, created_by, changed_by)
-             VALUES (ARRAY['sleep', '100'], 'AW', 'mallory', 'mallory') RETURNING id",
+            "INSERT INTO long_task.task (command, state_id) VALUES (ARRAY['sleep', '100'], 'AW') RETURNING id",
             &[],
         )
         .await
@@ -568,14 +561,17 @@ async fn the_row_records_who_created_cancelled_and_requeued_it() {
         .await
         .expect("cancel");
     assert_eq!(by(id).await, (Some(alice.clone()), Some(bob.clone())));
-    // and cannot be forged later
-    as_bob
-        .execute(
-            "UPDATE long_task.task SET created_by = 'mallory', changed_by = 'mallory' WHERE id = $1",
-            &[&id],
-        )
-        .await
-        .expect("update");
+    // and cannot be forged later: a submitter may not even name those columns
+    let (code, _) = common::roles::refused(
+        as_bob
+            .execute(
+                "UPDATE long_task.task SET created_by = 'mallory', changed_by = 'mallory' WHERE id = $1",
+                &[&id],
+            )
+            .await,
+        "forging created_by",
+    );
+    assert_eq!(code, "42501");
     assert_eq!(by(id).await, (Some(alice.clone()), Some(bob.clone())));
     as_alice
         .query_one("SELECT long_task.requeue($1)", &[&id])

@@ -164,7 +164,7 @@ async fn every_notification_payload_is_one_the_listener_knows() {
         other => panic!("a consume notifies its lease deadline, not {other:?}"),
     }
 
-    queries::register_worker(&client, 5, 0, 1, "n5", "host")
+    queries::register_worker(&client, 5, 0, 1, "n5", "host", "nobody")
         .await
         .expect("register");
     assert_eq!(event(&next(&mut rx).await), GroupEvent::Peer);

@@ -14,7 +14,9 @@ const ROWS: &str =
 /// The same rows without the columns versions after 6 added (`created_by`, `changed_by`:
 /// who made a row before version 10 was not recorded).
 const ROWS_AS_OF_V6: &str =
-    "SELECT coalesce(jsonb_agg(to_jsonb(t) - 'created_by' - 'changed_by' ORDER BY t.id), '[]')
+    "SELECT coalesce(jsonb_agg(to_jsonb(t) - 'created_by' - 'changed_by' - 'env' - 'limit_memory'
+                              - 'limit_cpu_seconds' - 'limit_open_files' - 'limit_processes'
+                              ORDER BY t.id), '[]')
        FROM long_task.task t";
 
 /// The ids a statement returns in its first column.
@@ -77,7 +79,9 @@ async fn a_version_6_database_with_tasks_in_every_state_upgrades_unchanged_for_a
     );
     let recorded: i64 = client
         .query_one(
-            "SELECT count(*) FROM long_task.task WHERE created_by IS NOT NULL OR changed_by IS NOT NULL",
+            "SELECT count(*) FROM long_task.task
+              WHERE created_by IS NOT NULL OR changed_by IS NOT NULL OR env IS NOT NULL
+                 OR num_nonnulls(limit_memory, limit_cpu_seconds, limit_open_files, limit_processes) > 0",
             &[],
         )
         .await
@@ -85,7 +89,7 @@ async fn a_version_6_database_with_tasks_in_every_state_upgrades_unchanged_for_a
         .get(0);
     assert_eq!(
         recorded, 0,
-        "no one is named for rows made before version 10"
+        "no one is named for rows made before version 10, and no env or limit appears"
     );
 
     // The waiting process tasks are claimable, best priority first; nothing else is.

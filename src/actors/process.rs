@@ -19,6 +19,7 @@ use super::outcomes::{OutcomesMsg, Pending};
 use crate::db::queries::{ClaimedTask, RunOutcome, TaskState};
 use crate::handler::{self, CancellationToken, HandlerFn, HandlerOutput};
 use crate::node::{NodeContext, NODE_MARKER};
+use crate::process::identity::{ChildSetup, TaskLimits};
 use crate::process::{self, policy, ExitOutcome, SpawnSpec};
 
 /// Why a process is being stopped; decides what is written afterwards.
@@ -50,6 +51,8 @@ pub struct ProcessActor {
     /// A running in-process handler: its token and a way to drop it.
     handler: Option<(CancellationToken, tokio::task::AbortHandle)>,
     kill_reason: Option<KillReason>,
+    /// The limits of this run: the task's (else its group's), bounded by the node's.
+    limits: TaskLimits,
     span: tracing::Span,
     /// When the run started (for the run duration metric).
     started: std::time::Instant,
@@ -86,9 +89,11 @@ impl ProcessActor {
     pub fn new(node: Arc<NodeContext>, task: ClaimedTask) -> Self {
         let span =
             info_span!("task", task_id = task.id, run_id = %task.run_id, attempt = task.attempt);
+        let limits = task.start.limits.bounded_by(&node.config.task_limits);
         ProcessActor {
             node,
             task,
+            limits,
             pgid: None,
             handler: None,
             kill_reason: None,
@@ -97,12 +102,28 @@ impl ProcessActor {
         }
     }
 
-    /// What to start: the task's argv in its working directory, with the node's task
-    /// environment and the task's own `PGTASKD_*` values — and nothing else of the node's.
-    /// Refused (the run ends `CF`, nothing starts) when the program cannot be found in the
-    /// task's `PATH` or is not in the node's `allowed_programs`.
+    /// What to start: the task's argv in its working directory, as the node's user for the
+    /// task's group, within the run's limits, with the node's task environment, the task's own
+    /// `env` and its `PGTASKD_*` values — and nothing else of the node's. Refused (the run ends
+    /// `CF`, nothing starts) when the program cannot be found in the task's `PATH` or is not in
+    /// the node's `allowed_programs`, when the group's `run_as` is not one the node may switch
+    /// to (or does not exist here), or when the task's `env` breaks the rule.
     fn spawn_spec(&self) -> Result<SpawnSpec, String> {
         let config = &self.node.config;
+        let refused = |what: String| {
+            format!(
+                "node {} ({}) refused to run the task: {what}",
+                self.node.worker_id,
+                config.node_name()
+            )
+        };
+        let start = &self.task.start;
+        let run_as = self
+            .node
+            .run_as
+            .for_group(start.run_as.as_deref())
+            .map_err(|e| refused(e.0))?;
+        let task_vars = policy::task_env(start.env.as_ref()).map_err(|e| refused(e.0))?;
         let argv = build_argv(self.task.command.as_deref().unwrap_or(&[]), self.task.id);
         let cwd = resolve_cwd(self.task.cwd.as_deref(), config.cwd_root.as_deref());
         let base = &self.node.task_environment;
@@ -110,37 +131,43 @@ impl ProcessActor {
             Some(name) => {
                 let resolved = policy::resolve_program(name, base.path(), cwd.as_deref())
                     .map_err(|e| e.to_string())?;
-                self.node.program_rules.check(&resolved).map_err(|e| {
-                    format!(
-                        "node {} ({}) refused to run the task: {e}",
-                        self.node.worker_id,
-                        config.node_name()
-                    )
-                })?;
+                self.node
+                    .program_rules
+                    .check(&resolved)
+                    .map_err(|e| refused(e.to_string()))?;
                 Some(resolved)
             }
             None => None, // spawn reports the empty command
         };
-        let env = base.with([
-            (NODE_MARKER.to_owned(), self.node.node_marker.clone()),
-            (
-                "PGTASKD_WORKER_ID".to_owned(),
-                self.node.worker_id.to_string(),
-            ),
-            (
-                "PGTASKD_GROUP_ID".to_owned(),
-                self.node.group_id.to_string(),
-            ),
-            ("PGTASKD_TASK_ID".to_owned(), self.task.id.to_string()),
-            ("PGTASKD_RUN_ID".to_owned(), self.task.run_id.to_string()),
-            ("PGTASKD_ATTEMPT".to_owned(), self.task.attempt.to_string()),
-        ]);
+        // HOME, USER and LOGNAME follow a group's user; the node's default user is in the base
+        let other_user = start.run_as.is_some().then_some(run_as.as_ref()).flatten();
+        let env = base.for_task(
+            other_user,
+            task_vars,
+            [
+                (NODE_MARKER.to_owned(), self.node.node_marker.clone()),
+                (
+                    "PGTASKD_WORKER_ID".to_owned(),
+                    self.node.worker_id.to_string(),
+                ),
+                (
+                    "PGTASKD_GROUP_ID".to_owned(),
+                    self.node.group_id.to_string(),
+                ),
+                ("PGTASKD_TASK_ID".to_owned(), self.task.id.to_string()),
+                ("PGTASKD_RUN_ID".to_owned(), self.task.run_id.to_string()),
+                ("PGTASKD_ATTEMPT".to_owned(), self.task.attempt.to_string()),
+            ],
+        );
         Ok(SpawnSpec {
             argv,
             program,
             cwd,
             env,
-            setup: self.node.child_setup.clone(),
+            setup: ChildSetup {
+                run_as,
+                limits: self.limits.rlimits(),
+            },
             tail_lines: config.tail_lines,
             tail_bytes: config.tail_bytes,
         })
@@ -185,12 +212,7 @@ impl ProcessActor {
             (None, Some(exit), None) => {
                 let (state, error) = describe_exit(exit);
                 let limit = (state == TaskState::Failed)
-                    .then(|| {
-                        self.node
-                            .config
-                            .task_limits
-                            .explain(exit.exit_code, exit.signal)
-                    })
+                    .then(|| self.limits.explain(exit.exit_code, exit.signal))
                     .flatten();
                 match (error, limit) {
                     (Some(error), Some(limit)) => (state, Some(format!("{error}: {limit}"))),

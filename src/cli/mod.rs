@@ -129,6 +129,14 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
                         report.from_version, report.to_version, report.applied
                     );
                 }
+                if !report.missing_roles.is_empty() {
+                    eprintln!(
+                        "warning: the roles {} do not exist and this role may not create them (it needs CREATEROLE); \
+                         their grants were skipped. As a superuser run: {} then `pgtaskd migrate` again (docs/security.md)",
+                        report.missing_roles.join(", "),
+                        pgtaskd::db::migrate::create_roles_sql(&report.missing_roles)
+                    );
+                }
                 Ok::<_, anyhow::Error>(())
             })
         }

@@ -36,6 +36,9 @@ pub struct NodeInfo {
     /// Free memory is under the node's floor: it claims nothing.
     pub low_memory: bool,
     pub version: Option<String>,
+    /// The OS user it runs tasks of groups without `run_as` as (`root`: a warning).
+    #[serde(default)]
+    pub task_user: Option<String>,
 }
 
 /// A group's coordinator (`long_task.coordinator`).
@@ -169,11 +172,22 @@ impl ClusterOverview {
     /// What an operator should look at now: a vacuum horizon held back longer than
     /// `horizon_after`.
     pub fn warnings(&self, horizon_after: std::time::Duration) -> Vec<String> {
-        self.horizon
+        let horizon = self
+            .horizon
             .iter()
             .filter(|h| h.worth_a_warning(horizon_after))
-            .map(HorizonHolder::describe)
-            .collect()
+            .map(HorizonHolder::describe);
+        let root = self
+            .live_nodes()
+            .filter(|n| n.task_user.as_deref() == Some("root"))
+            .map(|n| {
+                format!(
+                    "node {} ({}) runs tasks as root: it has no run_as (docs/security.md)",
+                    n.id,
+                    n.node_name.as_deref().unwrap_or("unnamed")
+                )
+            });
+        horizon.chain(root).collect()
     }
 
     pub fn live_nodes(&self) -> impl Iterator<Item = &NodeInfo> {
@@ -281,7 +295,8 @@ SELECT jsonb_build_object(
         'max_task_count', n.max_task_count,
         'heartbeat_age', extract(epoch FROM now() - n.heartbeat_at)::float8,
         'load1', n.load1, 'free_memory', n.free_memory, 'total_memory', n.total_memory,
-        'min_free_memory', n.min_free_memory, 'low_memory', n.low_memory, 'version', n.version)
+        'min_free_memory', n.min_free_memory, 'low_memory', n.low_memory, 'version', n.version,
+        'task_user', n.task_user)
         ORDER BY n.group_id, n.id) FROM nodes n), '[]'::jsonb),
     'coordinators', coalesce((SELECT jsonb_agg(to_jsonb(c) ORDER BY c.group_id)
         FROM (SELECT group_id, term, worker_id, elected_at::text FROM long_task.coordinator) c), '[]'::jsonb),

@@ -26,6 +26,17 @@ pub struct ClaimedTask {
     pub topic: Option<String>,
     pub params: Option<serde_json::Value>,
     pub max_attempts: i32,
+    /// How the database asks for the process to be started (the node bounds each part).
+    pub start: StartRequest,
+}
+
+/// The database's side of how a task's process starts: the task's own environment, its group's
+/// `run_as`, and the resource limits of the task, else of its group (migration 11).
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct StartRequest {
+    pub env: Option<serde_json::Value>,
+    pub run_as: Option<String>,
+    pub limits: crate::process::identity::TaskLimits,
 }
 
 /// The outcome of one run, to be written under its run_id.
@@ -105,6 +116,8 @@ pub async fn claim(
         "WITH c AS (SELECT * FROM long_task.claim($1, $2, $3, $4, $5))
          SELECT c.id, c.run_id, c.command::text[], c.cwd::text, c.timeout, c.attempt,
                 c.topic, c.params, c.max_attempts,
+                c.env, c.run_as, c.limit_memory, c.limit_cpu_seconds, c.limit_open_files,
+                c.limit_processes,
                 coalesce((SELECT extract(epoch FROM now() - before.last_state_change)::float8
                             FROM long_task.task before
                            WHERE before.id = c.id AND before.state_id = 'AW'), 0)
@@ -130,9 +143,24 @@ pub async fn claim(
             topic: r.get(6),
             params: r.get(7),
             max_attempts: r.get(8),
-            waited_secs: r.get(9),
+            start: StartRequest {
+                env: r.get(9),
+                run_as: r.get(10),
+                limits: crate::process::identity::TaskLimits {
+                    memory: positive(r.get(11)),
+                    cpu_seconds: positive(r.get(12)),
+                    open_files: positive(r.get(13)),
+                    processes: positive(r.get(14)),
+                },
+            },
+            waited_secs: r.get(15),
         })
         .collect())
+}
+
+/// A limit column (`CHECK (> 0)` in the schema) as the node's type.
+fn positive(value: Option<i64>) -> Option<u64> {
+    value.and_then(|v| u64::try_from(v).ok()).filter(|v| *v > 0)
 }
 
 /// Writes outcomes, each guarded by its run_id. Returns the ids whose write took effect with the
@@ -304,17 +332,19 @@ pub async fn register_worker(
     max_tasks: i32,
     node_name: &str,
     host: &str,
+    task_user: &str,
 ) -> Result<WorkerControl, DbError> {
     let row = client
         .query_one(
             "INSERT INTO long_task.worker AS w
-                 (id, group_id, max_task_count, node_name, host, pid, version, active, started_at, heartbeat_at, stop)
-             VALUES ($1, $2, $3, $4, $5, $6, $7, true, now(), now(), 0)
+                 (id, group_id, max_task_count, node_name, host, pid, version, active, started_at, heartbeat_at, stop,
+                  task_user)
+             VALUES ($1, $2, $3, $4, $5, $6, $7, true, now(), now(), 0, $8)
              ON CONFLICT (id) DO UPDATE
                 SET group_id = EXCLUDED.group_id, max_task_count = EXCLUDED.max_task_count,
                     node_name = EXCLUDED.node_name, host = EXCLUDED.host, pid = EXCLUDED.pid,
                     version = EXCLUDED.version, active = true, started_at = now(), heartbeat_at = now(),
-                    stopped_at = NULL, task_count = 0,
+                    stopped_at = NULL, task_count = 0, task_user = EXCLUDED.task_user,
                     stop = CASE WHEN w.stop = 1 THEN 1 ELSE 0 END
              RETURNING stop, max_task_count",
             &[
@@ -325,6 +355,7 @@ pub async fn register_worker(
                 &host,
                 &(std::process::id() as i32),
                 &env!("CARGO_PKG_VERSION"),
+                &task_user,
             ],
         )
         .await

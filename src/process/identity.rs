@@ -74,6 +74,44 @@ impl RunAs {
     }
 }
 
+/// Whom a node runs a task as: its default (`run_as`, resolved at start-up) unless the task's
+/// group asks for another user (`group_settings.run_as`), which the node accepts only when its
+/// `run_as_allowed` names that user — the database cannot make a node switch to anyone else.
+#[derive(Debug, Clone, Default)]
+pub struct RunAsPolicy {
+    /// The node's `run_as` as written, and resolved.
+    pub default: Option<(String, RunAs)>,
+    /// The users (`run_as_allowed`) a group's `run_as` may name.
+    pub allowed: Vec<String>,
+}
+
+impl RunAsPolicy {
+    /// The identity for a task whose group asks for `asked` (`None`: the node's default). A
+    /// user the node may not switch to, or one that does not exist here, is an error naming it.
+    pub fn for_group(&self, asked: Option<&str>) -> Result<Option<RunAs>, IdentityError> {
+        let Some(spec) = asked else {
+            return Ok(self.default.as_ref().map(|(_, who)| who.clone()));
+        };
+        if let Some((default_spec, who)) = &self.default {
+            if default_spec == spec {
+                return Ok(Some(who.clone()));
+            }
+        }
+        let user = spec.split_once(':').map_or(spec, |(user, _)| user);
+        if !self.allowed.iter().any(|a| a == user || a == spec) {
+            return Err(IdentityError(format!(
+                "the group's run_as '{spec}' is not in this node's run_as_allowed ({})",
+                if self.allowed.is_empty() {
+                    "empty: only the node's own run_as".to_owned()
+                } else {
+                    self.allowed.join(", ")
+                }
+            )));
+        }
+        RunAs::resolve(spec).map(Some)
+    }
+}
+
 /// Limits applied to every task process of the node (`task_limits`); unset ones are not
 /// changed. `memory` is the address space (`RLIMIT_AS`), `cpu_seconds` CPU time (`RLIMIT_CPU`:
 /// SIGXCPU at the limit, SIGKILL a second later), `open_files` (`RLIMIT_NOFILE`), `processes`
@@ -91,6 +129,23 @@ pub struct TaskLimits {
 impl TaskLimits {
     pub fn is_empty(&self) -> bool {
         *self == TaskLimits::default()
+    }
+
+    /// The limits of one task: what the database asks for (the task's, else its group's),
+    /// bounded by the node's own `task_limits` — the lower of two set limits, else the one set.
+    pub fn bounded_by(&self, node: &TaskLimits) -> TaskLimits {
+        fn lower(a: Option<u64>, b: Option<u64>) -> Option<u64> {
+            match (a, b) {
+                (Some(a), Some(b)) => Some(a.min(b)),
+                (a, b) => a.or(b),
+            }
+        }
+        TaskLimits {
+            memory: lower(self.memory, node.memory),
+            cpu_seconds: lower(self.cpu_seconds, node.cpu_seconds),
+            open_files: lower(self.open_files, node.open_files),
+            processes: lower(self.processes, node.processes),
+        }
     }
 
     /// `(resource, soft, hard)` for `setrlimit`. CPU gets one second of grace between the
@@ -118,13 +173,13 @@ impl TaskLimits {
             || (signal == Some(libc::SIGKILL) && self.cpu_seconds.is_some())
         {
             if let Some(secs) = self.cpu_seconds {
-                return Some(format!("task_limits.cpu_seconds = {secs} reached"));
+                return Some(format!("limit cpu_seconds = {secs} reached"));
             }
         }
         let failed = exit_code.is_some_and(|c| c != 0) || signal.is_some();
         match self.memory {
             Some(bytes) if failed => Some(format!(
-                "task_limits.memory = {} was in force (an allocation past it fails)",
+                "limit memory = {} was in force (an allocation past it fails)",
                 crate::humanize::human_bytes(i64::try_from(bytes).unwrap_or(i64::MAX))
             )),
             _ => None,
@@ -208,5 +263,53 @@ mod tests {
             .contains("memory"));
         assert_eq!(limits.explain(Some(0), None), None);
         assert!(TaskLimits::default().explain(Some(1), None).is_none());
+    }
+
+    #[test]
+    fn a_group_may_name_only_users_the_node_allows() {
+        let policy = RunAsPolicy {
+            default: None,
+            allowed: vec!["nobody".to_owned()],
+        };
+        assert_eq!(policy.for_group(None).expect("default"), None);
+        let err = policy.for_group(Some("root")).unwrap_err();
+        assert!(
+            err.0.contains("run_as_allowed") && err.0.contains("nobody"),
+            "{err}"
+        );
+        if Uid::effective().is_root() {
+            let who = policy
+                .for_group(Some("nobody"))
+                .expect("allowed")
+                .expect("a user");
+            assert_eq!(who.name, "nobody");
+            let missing = RunAsPolicy {
+                default: None,
+                allowed: vec!["no-such-user-pgtaskd".to_owned()],
+            };
+            let err = missing.for_group(Some("no-such-user-pgtaskd")).unwrap_err();
+            assert!(err.0.contains("no user"), "{err}");
+        }
+    }
+
+    #[test]
+    fn the_node_bounds_what_the_database_asks_for() {
+        let node = TaskLimits {
+            memory: Some(100),
+            cpu_seconds: Some(10),
+            ..TaskLimits::default()
+        };
+        let asked = TaskLimits {
+            memory: Some(500),
+            cpu_seconds: Some(2),
+            open_files: Some(64),
+            ..TaskLimits::default()
+        };
+        let effective = asked.bounded_by(&node);
+        assert_eq!(effective.memory, Some(100), "the node's bound wins");
+        assert_eq!(effective.cpu_seconds, Some(2), "a lower task limit wins");
+        assert_eq!(effective.open_files, Some(64), "only the task sets it");
+        assert_eq!(effective.processes, None);
+        assert_eq!(TaskLimits::default().bounded_by(&node), node);
     }
 }

@@ -227,6 +227,88 @@ impl BaseEnvironment {
         vars.extend(extra);
         vars
     }
+
+    /// One task's environment: the base, with `HOME`, `USER` and `LOGNAME` of `user` when the
+    /// task runs as another user than the node's default (its group's `run_as`), then the task's
+    /// own variables (checked by [`task_env`]; they may replace a passed-through one), then
+    /// `own` (the `PGTASKD_*` values, which a task cannot set).
+    pub fn for_task(
+        &self,
+        user: Option<&RunAs>,
+        task_vars: Vec<(String, String)>,
+        own: impl IntoIterator<Item = (String, String)>,
+    ) -> Vec<(String, String)> {
+        let mut vars = self.vars.clone();
+        let set = |vars: &mut Vec<(String, String)>, name: &str, value: String| match vars
+            .iter_mut()
+            .find(|(k, _)| k == name)
+        {
+            Some(slot) => slot.1 = value,
+            None => vars.push((name.to_owned(), value)),
+        };
+        if let Some(who) = user {
+            set(&mut vars, "HOME", who.home.clone());
+            set(&mut vars, "USER", who.name.clone());
+            set(&mut vars, "LOGNAME", who.name.clone());
+        }
+        for (name, value) in task_vars {
+            set(&mut vars, &name, value);
+        }
+        vars.extend(own);
+        vars
+    }
+}
+
+/// Names a task's own `env` may not set: they change how an allowed program is loaded or
+/// started (the same rule as the database's `long_task.check_env`), or are the node's.
+fn reserved_for_the_node(name: &str) -> bool {
+    let upper = name.to_ascii_uppercase();
+    upper.starts_with("LD_")
+        || upper.starts_with("PGTASKD_")
+        || ["PATH", "IFS", "BASH_ENV", "ENV", "GCONV_PATH"].contains(&upper.as_str())
+}
+
+/// A task's own environment (`task.env`, an object of names to strings), checked again on the
+/// node: the database is not a trust boundary for the node's host. Same limits as the
+/// database's: 64 variables, names of 128 bytes, values of 4096 bytes, 32 KiB in all.
+pub fn task_env(env: Option<&serde_json::Value>) -> Result<Vec<(String, String)>, PolicyError> {
+    let Some(env) = env.filter(|e| !e.is_null()) else {
+        return Ok(Vec::new());
+    };
+    let object = env
+        .as_object()
+        .ok_or_else(|| PolicyError("the task's env is not a JSON object".to_owned()))?;
+    if object.len() > 64 {
+        return Err(PolicyError(
+            "the task's env holds more than 64 variables".to_owned(),
+        ));
+    }
+    let mut total = 0;
+    let mut vars = Vec::with_capacity(object.len());
+    for (name, value) in object {
+        check_variable_name(name)?;
+        if name.len() > 128 || reserved_for_the_node(name) {
+            return Err(PolicyError(format!(
+                "the task's env may not set '{name}' (LD_*, PGTASKD_*, PATH, IFS, BASH_ENV, ENV and GCONV_PATH are the node's)"
+            )));
+        }
+        let value = value.as_str().ok_or_else(|| {
+            PolicyError(format!("the task's env value of '{name}' is not a string"))
+        })?;
+        if value.len() > 4096 || value.contains('\0') {
+            return Err(PolicyError(format!(
+                "the task's env value of '{name}' is longer than 4096 bytes or holds a NUL"
+            )));
+        }
+        total += name.len() + value.len();
+        vars.push((name.clone(), value.to_owned()));
+    }
+    if total > 32768 {
+        return Err(PolicyError(
+            "the task's env holds more than 32 KiB".to_owned(),
+        ));
+    }
+    Ok(vars)
 }
 
 /// A portable environment variable name: `[A-Za-z_][A-Za-z0-9_]*`.
@@ -322,5 +404,40 @@ mod tests {
         let err = BaseEnvironment::new(&["DATABASE_URL".to_owned()], None, node).unwrap_err();
         assert!(err.0.contains("never passed"), "{err}");
         assert!(BaseEnvironment::new(&["A-B".to_owned()], None, node).is_err());
+    }
+
+    #[test]
+    fn a_task_env_is_checked_and_cannot_replace_what_the_node_sets() {
+        let ok = task_env(Some(&serde_json::json!({"TZ": "UTC", "REPORT": "daily"}))).expect("ok");
+        assert_eq!(ok.len(), 2);
+        for bad in [
+            serde_json::json!({"LD_PRELOAD": "/tmp/evil.so"}),
+            serde_json::json!({"PATH": "/tmp"}),
+            serde_json::json!({"PGTASKD_TASK_ID": "1"}),
+            serde_json::json!({"A-B": "x"}),
+            serde_json::json!({"N": 1}),
+            serde_json::json!(["not", "an", "object"]),
+        ] {
+            assert!(task_env(Some(&bad)).is_err(), "{bad} must be refused");
+        }
+        assert!(task_env(None).expect("none").is_empty());
+        let base = BaseEnvironment::new(&[], None, |_| None).expect("base");
+        let who = RunAs {
+            name: "alice".into(),
+            uid: 1000,
+            gid: 1000,
+            groups: vec![],
+            home: "/home/alice".into(),
+        };
+        let env = base.for_task(
+            Some(&who),
+            vec![("LANG".into(), "de_DE.UTF-8".into())],
+            [("PGTASKD_TASK_ID".to_owned(), "7".to_owned())],
+        );
+        assert!(env.contains(&("HOME".to_owned(), "/home/alice".to_owned())));
+        assert!(env.contains(&("USER".to_owned(), "alice".to_owned())));
+        assert!(env.contains(&("LANG".to_owned(), "de_DE.UTF-8".to_owned())));
+        assert_eq!(env.iter().filter(|(k, _)| k == "LANG").count(), 1);
+        assert_eq!(env.last().map(|(k, _)| k.as_str()), Some("PGTASKD_TASK_ID"));
     }
 }

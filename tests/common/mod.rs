@@ -209,6 +209,7 @@ pub async fn task_count(client: &tokio_postgres::Client) -> i64 {
 
 pub mod http;
 pub mod node;
+pub mod roles;
 pub mod schema;
 
 /// A fresh database with the pgtaskd schema applied, and a connection to it.

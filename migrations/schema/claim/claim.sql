@@ -5,17 +5,24 @@
 -- The candidates come off the ready ring (long_task.take_ready), in claim order (priority, then
 -- first in first out); each is claimed only if its task row still waits as its entry says (the
 -- row decides), so a stale entry is dropped and the next one taken.
+-- Each row also says how to start the process: the task's env, the group's run_as user, and
+-- each resource limit of the task, else of its group (NULL: none from the database; the node's
+-- own config bounds all three).
 CREATE OR REPLACE FUNCTION long_task.claim(p_worker_id bigint, p_group_id integer, n integer,
                                            p_topics text[], p_commands boolean)
 RETURNS TABLE (id bigint, run_id uuid, command varchar[], cwd varchar, timeout double precision,
-               attempt integer, topic text, params jsonb, max_attempts integer)
+               attempt integer, topic text, params jsonb, max_attempts integer, env jsonb,
+               run_as text, limit_memory bigint, limit_cpu_seconds bigint, limit_open_files bigint,
+               limit_processes bigint)
 LANGUAGE plpgsql AS $$
 DECLARE
     want integer := n;
     ids bigint[];
     lscs timestamptz[];
     got integer;
+    g long_task.group_settings%ROWTYPE;
 BEGIN
+    SELECT * INTO g FROM long_task.group_settings s WHERE s.group_id = p_group_id;
     -- a node's write: the statement trigger skips what only a person's write can cause
     PERFORM set_config('long_task.node_write', 'on', true);
     WHILE want > 0 LOOP
@@ -47,9 +54,14 @@ BEGIN
                    lease_until = NULL, error = NULL, exit_code = NULL, exit_signal = NULL,
                    stdout_tail = NULL, stderr_tail = NULL, result = NULL
              WHERE t.id = ANY (ARRAY(SELECT c.id FROM cand c))
-            RETURNING t.id, t.run_id, t.command, t.cwd, t.timeout, t.attempt, t.topic, t.params, t.max_attempts
+            RETURNING t.id, t.run_id, t.command, t.cwd, t.timeout, t.attempt, t.topic, t.params, t.max_attempts,
+                      t.env, t.limit_memory, t.limit_cpu_seconds, t.limit_open_files, t.limit_processes
         )
-        SELECT u.id, u.run_id, u.command, u.cwd, u.timeout, u.attempt, u.topic, u.params, u.max_attempts
+        SELECT u.id, u.run_id, u.command, u.cwd, u.timeout, u.attempt, u.topic, u.params, u.max_attempts,
+               u.env, g.run_as, coalesce(u.limit_memory, g.limit_memory),
+               coalesce(u.limit_cpu_seconds, g.limit_cpu_seconds),
+               coalesce(u.limit_open_files, g.limit_open_files),
+               coalesce(u.limit_processes, g.limit_processes)
           FROM upd u
          ORDER BY array_position(ids, u.id);
         GET DIAGNOSTICS got = ROW_COUNT;

@@ -15,8 +15,10 @@ BEGIN
      CROSS JOIN LATERAL (
             -- by primary key, the state tested outside: inside, it would steer the lookup to the
             -- partial index of running rows, walked whole (with every dead entry it holds)
-            SELECT x.id, x.run_id, x.state_id FROM long_task.task x WHERE x.id = a.id LIMIT 1) t
-     WHERE t.state_id IN ('AE', 'AC');
+            SELECT x.id, x.run_id, x.state_id, x.group_id FROM long_task.task x WHERE x.id = a.id LIMIT 1) t
+     WHERE t.state_id IN ('AE', 'AC')
+       -- a task of a group the login role may not use (long_task.group_access) is not there for it
+       AND coalesce(t.group_id = ANY ((SELECT long_task.accessible_groups(session_user))::integer[]), true);
     IF ids IS NULL THEN
         RETURN;
     END IF;

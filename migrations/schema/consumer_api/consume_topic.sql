@@ -5,6 +5,8 @@
 -- worker_id of a consumed task is minus the consumer's backend pid. The candidates come off the
 -- ready ring like a node's claim (long_task.take_ready, the task row decides); a consume that
 -- finds nothing writes nothing to long_task.task and fires no statement trigger.
+-- A login role limited by long_task.group_access consumes from its groups only: a group it may
+-- not use is refused (42501), and NULL means each of its groups in turn.
 CREATE OR REPLACE FUNCTION long_task.consume_topic(p_pattern text, n integer, p_group_id integer DEFAULT NULL)
 RETURNS TABLE (id bigint, run_id uuid, topic text, params jsonb, attempt integer, max_attempts integer,
                lease_until timestamptz, group_id integer)
@@ -14,7 +16,21 @@ DECLARE
     ids bigint[];
     lscs timestamptz[];
     got integer;
+    allowed integer[] := long_task.accessible_groups(session_user);
+    g integer;
 BEGIN
+    IF allowed IS NOT NULL THEN
+        IF p_group_id IS NULL THEN
+            FOREACH g IN ARRAY allowed LOOP
+                EXIT WHEN want <= 0;
+                RETURN QUERY SELECT * FROM long_task.consume_topic(p_pattern, want, g);
+                GET DIAGNOSTICS got = ROW_COUNT;
+                want := want - got;
+            END LOOP;
+            RETURN;
+        END IF;
+        PERFORM long_task.check_group_access(p_group_id, session_user);
+    END IF;
     -- a claim like a node's: the statement trigger skips what only a person's write can cause
     PERFORM set_config('long_task.node_write', 'on', true);
     WHILE want > 0 LOOP

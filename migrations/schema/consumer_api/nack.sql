@@ -10,4 +10,6 @@ LANGUAGE sql AS $$
                                            ARRAY[NULL::integer], ARRAY[NULL::integer], ARRAY[NULL::text],
                                            ARRAY[NULL::text], ARRAY[NULL::jsonb], ARRAY[p_retry_at]) c
      WHERE t.id = p_id AND t.state_id IN ('AE', 'AC') AND (p_run_id IS NULL OR t.run_id = p_run_id)
+       -- a task of a group the login role may not use (long_task.group_access) is not there for it
+       AND coalesce(t.group_id = ANY (long_task.accessible_groups(session_user)), true)
 $$;

@@ -11,6 +11,9 @@ BEGIN
     IF p_tasks IS NULL OR cardinality(p_tasks) = 0 THEN
         RETURN;
     END IF;
+    -- SECURITY DEFINER (it draws ids from the table's sequence): the login role's access to the
+    -- group is checked here, as row-level security would for a plain INSERT
+    PERFORM long_task.check_group_access(coalesce(p_group_id, 0), session_user);
     -- the default of long_task.task_before_write, looked up once for the batch
     default_attempts := long_task.default_max_attempts(coalesce(p_group_id, 0));
     SELECT array_agg(nextval(pg_get_serial_sequence('long_task.task', 'id')) ORDER BY i)

@@ -2,7 +2,10 @@
 -- (long_task.legal_next_states), pinning (a worker_id set by a person pins the task), a cancel of
 -- a waiting task ending CC at once, a clean outcome for a new attempt, the group's max_attempts
 -- for a task inserted without one, the group's program allow-list for a new command
--- (check_program), and who did it: created_by at insert, changed_by at each cancel or re-queue
+-- (check_program), the task's own environment (check_env), the role's access to the group
+-- (check_group_access, long_task.group_access; current_user is the role whose privileges the
+-- statement runs under, the owner inside the SQL API's SECURITY DEFINER functions, which check
+-- the login role themselves), and who did it: created_by at insert, changed_by at each cancel or re-queue
 -- (session_user; never what the client wrote). The task_state and period tables
 -- are read only to word the error of a rejected write (reject_task_state, check_period).
 CREATE OR REPLACE FUNCTION long_task.task_before_write() RETURNS trigger
@@ -18,6 +21,10 @@ BEGIN
         IF NEW.command IS NOT NULL THEN
             PERFORM long_task.check_program(NEW.command, NEW.group_id);
         END IF;
+        IF NEW.env IS NOT NULL THEN
+            PERFORM long_task.check_env(NEW.env);
+        END IF;
+        PERFORM long_task.check_group_access(NEW.group_id, current_user);
         NEW.last_state_change := now();
         NEW.created_by := session_user;
         NEW.changed_by := NULL;
@@ -33,6 +40,12 @@ BEGIN
     -- who did it is the trigger's to say
     NEW.created_by := OLD.created_by;
     NEW.changed_by := OLD.changed_by;
+    IF NEW.group_id IS DISTINCT FROM OLD.group_id THEN
+        PERFORM long_task.check_group_access(NEW.group_id, current_user);
+    END IF;
+    IF NEW.env IS DISTINCT FROM OLD.env THEN
+        PERFORM long_task.check_env(NEW.env);
+    END IF;
 
     -- Pinning: a worker_id set by a person (not by a node's claim or a node's own write) pins the
     -- task; the node that merely ran a task last does not.

@@ -55,6 +55,7 @@ pub const MIGRATIONS: &[Migration] = migrations![
     8 "ready_ring" "0008_ready_ring.sql",
     9 "program_allow_list" "0009_program_allow_list.sql",
     10 "who_did_it" "0010_who_did_it.sql",
+    11 "roles_and_isolation" "0011_roles_and_isolation.sql",
 ];
 
 /// Every schema file, in the order applied (after the numbered migrations).
@@ -82,6 +83,10 @@ pub const SCHEMA_FILES: &[SchemaFile] = schema_files![
     "state_machine/program_matches.sql",
     "state_machine/program_refusal.sql",
     "state_machine/check_program.sql",
+    "state_machine/check_env.sql",
+    // who may use which group (long_task.group_access)
+    "access/accessible_groups.sql",
+    "access/check_group_access.sql",
     "state_machine/task_before_write.sql",
     "state_machine/task_reset_lost.sql",
     "state_machine/task_deps_before_insert.sql",
@@ -125,6 +130,8 @@ pub const SCHEMA_FILES: &[SchemaFile] = schema_files![
     "views/queue_stats.sql",
     // which function runs on which write
     "triggers.sql",
+    // roles, grants, row-level security, SECURITY DEFINER: after every function exists
+    "access/privileges.sql",
 ];
 
 /// FNV-1a, 64 bit, folded into one running hash.

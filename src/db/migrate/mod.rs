@@ -58,6 +58,8 @@ pub enum MigrateError {
         applied_by: String,
         applied_at: String,
     },
+    #[error("schema file {0} is not in this binary")]
+    SchemaFileMissing(&'static str),
     #[error("the database's SQL functions (checksum {found}) are older than this pgtaskd's ({ours:x}); run `pgtaskd migrate`")]
     SchemaFilesOlder { found: String, ours: i64 },
 }
@@ -71,6 +73,34 @@ pub struct MigrateReport {
     pub applied: Vec<i32>,
     /// Whether the schema files were (re)applied now.
     pub schema_files_applied: bool,
+    /// pgtaskd's database roles that do not exist because the migrating role may not create
+    /// them (docs/security.md): their grants were skipped; create them and migrate again.
+    pub missing_roles: Vec<String>,
+}
+
+/// The group roles `migrations/schema/access/privileges.sql` creates and grants to.
+pub const ROLES: [&str; 4] = [
+    "pgtaskd_reader",
+    "pgtaskd_submitter",
+    "pgtaskd_operator",
+    "pgtaskd_node",
+];
+
+/// The SQL a superuser runs to create the roles the migrating role could not, each a member of
+/// the one it includes (privileges.sql's memberships).
+pub fn create_roles_sql(missing: &[String]) -> String {
+    ROLES
+        .iter()
+        .filter(|r| missing.iter().any(|m| m == *r))
+        .map(|r| match *r {
+            "pgtaskd_submitter" => format!("CREATE ROLE {r} NOLOGIN IN ROLE pgtaskd_reader;"),
+            "pgtaskd_operator" | "pgtaskd_node" => {
+                format!("CREATE ROLE {r} NOLOGIN IN ROLE pgtaskd_submitter;")
+            }
+            _ => format!("CREATE ROLE {r} NOLOGIN;"),
+        })
+        .collect::<Vec<_>>()
+        .join(" ")
 }
 
 /// The schema files a database carries: the latest application, and whether this binary's
@@ -193,7 +223,11 @@ async fn migrate_locked(client: &mut Client) -> Result<MigrateReport, MigrateErr
     let schema_files_applied = !newly.is_empty() || files.compare().is_err();
     if schema_files_applied {
         apply_schema_files(&tx).await?;
+    } else if grants_pending(&tx).await? {
+        // roles a DBA created after an earlier migrate could not: give them their grants now
+        apply_privileges(&tx).await?;
     }
+    let missing_roles = missing_roles(&tx).await?;
     tx.commit()
         .await
         .map_err(DbError::query("committing the migration"))?;
@@ -212,8 +246,56 @@ async fn migrate_locked(client: &mut Client) -> Result<MigrateReport, MigrateErr
         to_version: latest_version(),
         applied: newly,
         schema_files_applied,
+        missing_roles,
     })
 }
+
+/// The pgtaskd roles that do not exist on this server.
+async fn missing_roles(client: &impl GenericClient) -> Result<Vec<String>, MigrateError> {
+    let rows = client
+        .query(
+            "SELECT r FROM unnest($1::text[]) r WHERE NOT EXISTS (SELECT 1 FROM pg_roles a WHERE a.rolname = r)",
+            &[&&ROLES[..]],
+        )
+        .await
+        .map_err(DbError::query("looking up the pgtaskd roles"))?;
+    Ok(rows.iter().map(|r| r.get(0)).collect())
+}
+
+/// Every pgtaskd role exists but one lacks its grants in this database (they were created
+/// after the schema files were applied).
+async fn grants_pending(client: &impl GenericClient) -> Result<bool, MigrateError> {
+    let row = client
+        .query_one(
+            "SELECT bool_and(EXISTS (SELECT 1 FROM pg_roles a WHERE a.rolname = r))
+                    AND NOT bool_and(CASE WHEN EXISTS (SELECT 1 FROM pg_roles a WHERE a.rolname = r)
+                                          THEN has_schema_privilege(r, 'long_task', 'USAGE') END)
+               FROM unnest($1::text[]) r",
+            &[&&ROLES[..]],
+        )
+        .await
+        .map_err(DbError::query("checking the grants of the pgtaskd roles"))?;
+    Ok(row.get::<_, Option<bool>>(0).unwrap_or(false))
+}
+
+async fn apply_privileges(client: &impl GenericClient) -> Result<(), MigrateError> {
+    let file = SCHEMA_FILES
+        .iter()
+        .find(|f| f.path == PRIVILEGES_FILE)
+        .ok_or(MigrateError::SchemaFileMissing(PRIVILEGES_FILE))?;
+    client
+        .batch_execute(file.sql)
+        .await
+        .map_err(|source| MigrateError::SchemaFileFailed {
+            path: file.path,
+            source,
+        })?;
+    tracing::info!("granted the pgtaskd roles their privileges");
+    Ok(())
+}
+
+/// The schema file of roles and grants (applied last).
+const PRIVILEGES_FILE: &str = "access/privileges.sql";
 
 async fn ensure_bookkeeping(client: &impl GenericClient) -> Result<(), MigrateError> {
     client
