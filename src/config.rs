@@ -126,6 +126,10 @@ pub struct NodeConfig {
     pub http_token_file: Option<PathBuf>,
     /// `/metrics` answers without a token (for a scraper on a trusted network).
     pub http_metrics_open: bool,
+    /// Serve HTTPS: the server's PEM certificate chain (with `http_tls_key`).
+    pub http_tls_cert: Option<PathBuf>,
+    /// The PEM private key of `http_tls_cert` (not readable by every user).
+    pub http_tls_key: Option<PathBuf>,
 }
 
 impl Default for NodeConfig {
@@ -160,6 +164,8 @@ impl Default for NodeConfig {
             http_tokens: Vec::new(),
             http_token_file: None,
             http_metrics_open: false,
+            http_tls_cert: None,
+            http_tls_key: None,
         }
     }
 }
@@ -283,6 +289,19 @@ impl NodeConfig {
             .contains(&Some(0))
         {
             return Err(invalid("task_limits", "a limit of 0 would stop every task"));
+        }
+        match (&self.http_tls_cert, &self.http_tls_key) {
+            (Some(cert), Some(key)) => {
+                crate::http::tls::server_config(cert, key)
+                    .map_err(|e| invalid(e.what, e.to_string()))?;
+            }
+            (None, None) => {}
+            _ => {
+                return Err(invalid(
+                    "http_tls_cert",
+                    "http_tls_cert and http_tls_key go together",
+                ))
+            }
         }
         let tokens = self
             .http_tokens()

@@ -31,7 +31,10 @@ async fn a_transaction_holding_the_horizon_is_named_by_status_and_metrics() {
     let (db, client) = migrated_db().await;
     let (_node, base) = node_with_http(&db.url, 1, &["--horizon-warning", "1s"]).await;
     wait_node_ready(&client, 1).await;
-    assert!(horizon_warnings(&status(&db.url)).is_empty(), "nothing held yet");
+    assert!(
+        horizon_warnings(&status(&db.url)).is_empty(),
+        "nothing held yet"
+    );
 
     let holder = common::connect(&format!("{}?application_name=nightly-report", db.url)).await;
     holder.batch_execute("BEGIN").await.expect("begin");
@@ -80,5 +83,8 @@ async fn a_transaction_holding_the_horizon_is_named_by_status_and_metrics() {
     assert!(page.contains("nightly-report"), "the status page warns too");
 
     holder.batch_execute("COMMIT").await.expect("commit");
-    assert!(horizon_warnings(&status(&db.url)).is_empty(), "released: no warning");
+    assert!(
+        horizon_warnings(&status(&db.url)).is_empty(),
+        "released: no warning"
+    );
 }

@@ -26,9 +26,17 @@ fn openssl(args: &[&str], dir: &Path) {
 }
 
 /// A directory the server's OS user can read, with `ca.crt`, `server.crt`/`server.key` (signed by
-/// the CA, for `DNS:localhost` only) and `other-ca.crt`.
+/// the CA, for `DNS:localhost` only) and `other-ca.crt`; made once per test process (the tests
+/// run in parallel).
 fn certificates() -> PathBuf {
-    let dir = std::env::temp_dir().join(format!("pgtaskd-tls-{}", std::process::id()));
+    static CERTS: std::sync::OnceLock<PathBuf> = std::sync::OnceLock::new();
+    CERTS.get_or_init(make_certificates).clone()
+}
+
+fn make_certificates() -> PathBuf {
+    // under the target dir (kept for the process: both tests use it); a later run uses a new one
+    let dir =
+        Path::new(env!("CARGO_TARGET_TMPDIR")).join(format!("pgtaskd-tls-{}", std::process::id()));
     std::fs::create_dir_all(&dir).expect("cert dir");
     let ec = [
         "-newkey",
@@ -253,5 +261,87 @@ async fn sslmodes_behave_as_libpq_and_a_node_runs_over_tls() {
         .expect("worker")
         .get(0);
     assert_eq!(registered, 0, "the refused node wrote nothing");
-    let _ = std::fs::remove_dir_all(&certs);
+}
+
+/// `curl` over HTTPS to the node, checking its certificate against `ca` for `localhost`;
+/// returns the status (0 when the TLS handshake or the check failed) and the body.
+fn https(port: u16, path: &str, ca: &Path) -> (u16, String) {
+    let out = Command::new("curl")
+        .args(["-sS", "--max-time", "10", "-w", "\n%{http_code}"])
+        .arg("--cacert")
+        .arg(ca)
+        .args(["--resolve", &format!("localhost:{port}:127.0.0.1")])
+        .arg(format!("https://localhost:{port}{path}"))
+        .output()
+        .expect("run curl");
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    let (body, code) = text.rsplit_once('\n').unwrap_or(("", "0"));
+    (code.trim().parse().unwrap_or(0), body.to_owned())
+}
+
+#[tokio::test]
+async fn the_http_api_serves_https_with_the_configured_certificate() {
+    let certs = certificates();
+    let (db, client) = common::migrated_db().await;
+    // the node reads its own copy of the key (the server's belongs to `postgres`)
+    let dir = tempfile::tempdir().expect("dir");
+    let (cert, key) = (dir.path().join("http.crt"), dir.path().join("http.key"));
+    std::fs::copy(certs.join("server.crt"), &cert).expect("cert");
+    std::fs::copy(certs.join("server.key"), &key).expect("key");
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(&key, std::fs::Permissions::from_mode(0o644)).expect("chmod");
+    let config = dir.path().join("node.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "http_tls_cert = \"{}\"\nhttp_tls_key = \"{}\"\n",
+            cert.display(),
+            key.display()
+        ),
+    )
+    .expect("config");
+    let port = common::http::free_port();
+    let addr = format!("127.0.0.1:{port}");
+    let config_arg = config.display().to_string();
+
+    // a key every user may read is refused, naming the key and the fix
+    let refused = Command::new(env!("CARGO_BIN_EXE_pgtaskd"))
+        .args([
+            "node",
+            "--database-url",
+            &db.url,
+            "--worker-id",
+            "81",
+            "--http",
+            &addr,
+        ])
+        .args(["--config", &config_arg])
+        .output()
+        .expect("node");
+    assert!(!refused.status.success());
+    let said = String::from_utf8_lossy(&refused.stderr);
+    assert!(
+        said.contains("http_tls_key") && said.contains("chmod 600"),
+        "{said}"
+    );
+
+    std::fs::set_permissions(&key, std::fs::Permissions::from_mode(0o600)).expect("chmod");
+    let _node = NodeProcess::start(&db.url, 81, &["--http", &addr, "--config", &config_arg]);
+    wait_node_ready(&client, 81).await;
+    let mut answered = (0, String::new());
+    for _ in 0..100 {
+        answered = https(port, "/healthz", &certs.join("ca.crt"));
+        if answered.0 == 200 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(answered.0, 200, "{answered:?}");
+    let (code, body) = https(port, "/tasks?limit=1", &certs.join("ca.crt"));
+    assert_eq!(code, 200, "{body}");
+    // a client that trusts another CA refuses the node's certificate
+    assert_eq!(https(port, "/healthz", &certs.join("other-ca.crt")).0, 0);
+    // and plain HTTP gets no answer from the HTTPS port
+    let (plain, _) = common::http::request("GET", &format!("http://{addr}/healthz"), None);
+    assert_ne!(plain, 200);
 }

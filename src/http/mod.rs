@@ -10,6 +10,7 @@
 mod api;
 pub mod auth;
 mod page;
+pub mod tls;
 
 use std::future::Future;
 use std::net::SocketAddr;
@@ -109,6 +110,10 @@ pub fn start(node: Arc<NodeContext>, addr: SocketAddr) -> Result<(), HttpError> 
         source: std::io::Error::new(std::io::ErrorKind::InvalidInput, e.0),
     })?;
     let authenticated = !tokens.is_empty();
+    let node_tls = (
+        node.config.http_tls_cert.clone(),
+        node.config.http_tls_key.clone(),
+    );
     let state = web::Data::new(HttpState {
         node,
         runtime: tokio::runtime::Handle::current(),
@@ -142,11 +147,22 @@ pub fn start(node: Arc<NodeContext>, addr: SocketAddr) -> Result<(), HttpError> 
     })
     .workers(1)
     .disable_signals()
-    .shutdown_timeout(1)
-    .bind(addr)
+    .shutdown_timeout(1);
+    let tls = match (&node_tls.0, &node_tls.1) {
+        (Some(cert), Some(key)) => Some(tls::server_config(cert, key).map_err(|e| HttpError {
+            addr,
+            source: std::io::Error::new(std::io::ErrorKind::InvalidInput, e.to_string()),
+        })?),
+        _ => None,
+    };
+    let https = tls.is_some();
+    let server = match tls {
+        Some(config) => server.bind_rustls_0_23(addr, config),
+        None => server.bind(addr),
+    }
     .map_err(|source| HttpError { addr, source })?
     .run();
-    tracing::info!(%addr, authenticated, "serving HTTP");
+    tracing::info!(%addr, authenticated, https, "serving HTTP");
     actix::spawn(async move {
         if let Err(e) = server.await {
             tracing::error!(error = %e, "HTTP server stopped");
