@@ -13,10 +13,10 @@
 //!
 //! The program is started by its absolute path (resolved by `policy::resolve_program` in the
 //! spec's own `PATH`): std gives up `posix_spawn` for a bare name once `PATH` is set.
-//! No `pre_exec` hook unless the spec asks for another user or rlimits: without one, std starts
-//! the child with `posix_spawn`
-//! (vfork-like) instead of `fork`, which halves the node's CPU per task
-//! (measured: 0.49 → 0.25 ms per `/bin/true` task). Children die with a
+//! Without another user or rlimits std starts the child with `posix_spawn` (vfork-like) instead
+//! of `fork`, which halves the node's CPU per task (measured: 0.49 → 0.25 ms per `/bin/true`
+//! task); with them, `clone_spawn` does the same plus the identity and limit steps (std would
+//! fall back to `fork` for a `pre_exec` hook). Children die with a
 //! killed node through the guardian (registered groups plus a sweep of the
 //! node's environment marker), not through `PR_SET_PDEATHSIG`.
 //!
@@ -35,6 +35,7 @@ use tokio::io::{AsyncRead, AsyncReadExt};
 use tokio::process::{Child, Command};
 use tokio::task::JoinHandle;
 
+use super::clone_spawn::{self, ClonedChild, Step};
 use super::identity::ChildSetup;
 use super::kill::signal_group;
 use super::policy::{resolve_program, BaseEnvironment, DEFAULT_PATH};
@@ -117,10 +118,25 @@ struct Reader {
     tail: Arc<Mutex<Tail>>,
 }
 
+/// The child of a `RunningProcess`: started by std (`posix_spawn`) or by `clone_spawn`.
+enum TaskChild {
+    Std(Child),
+    Cloned(ClonedChild),
+}
+
+impl TaskChild {
+    async fn wait(&mut self) -> io::Result<std::process::ExitStatus> {
+        match self {
+            TaskChild::Std(child) => child.wait().await,
+            TaskChild::Cloned(child) => child.wait().await,
+        }
+    }
+}
+
 /// A started task process. `pid` is also its process group id.
 pub struct RunningProcess {
     pub pid: i32,
-    child: Child,
+    child: TaskChild,
     stdout: Option<Reader>,
     stderr: Option<Reader>,
     /// Set once `wait()` has reaped the child and killed the group.
@@ -160,6 +176,41 @@ pub fn spawn(spec: &SpawnSpec) -> Result<RunningProcess, SpawnError> {
                 .map_err(|_| SpawnError::ProgramNotFound(program.clone()))?
         }
     };
+    if !spec.setup.is_empty() {
+        // another user or rlimits: started without fork (see clone_spawn)
+        let spawned = clone_spawn::spawn(
+            &resolved,
+            &spec.argv,
+            &spec.env,
+            spec.cwd.as_deref(),
+            &spec.setup,
+        )
+        .map_err(|e| match e.step {
+            Step::WorkingDirectory | Step::Exec => classify(program, spec, e.source),
+            step => SpawnError::Io {
+                program: program.clone(),
+                source: io::Error::new(
+                    e.source.kind(),
+                    format!("{step:?} step before exec failed: {}", e.source),
+                ),
+            },
+        })?;
+        return Ok(RunningProcess {
+            pid: spawned.child.pid,
+            child: TaskChild::Cloned(spawned.child),
+            stdout: Some(start_reader(
+                spawned.stdout,
+                spec.tail_lines,
+                spec.tail_bytes,
+            )),
+            stderr: Some(start_reader(
+                spawned.stderr,
+                spec.tail_lines,
+                spec.tail_bytes,
+            )),
+            finished: false,
+        });
+    }
     let mut cmd = Command::new(&resolved);
     cmd.arg0(program)
         .args(&spec.argv[1..])
@@ -172,13 +223,6 @@ pub fn spawn(spec: &SpawnSpec) -> Result<RunningProcess, SpawnError> {
         .kill_on_drop(false);
     if let Some(cwd) = &spec.cwd {
         cmd.current_dir(cwd);
-    }
-    if !spec.setup.is_empty() {
-        let setup = spec.setup.clone();
-        // SAFETY: `apply` makes system calls only, on data prepared before the fork.
-        unsafe {
-            cmd.pre_exec(move || setup.apply());
-        }
     }
     let mut child = cmd.spawn().map_err(|e| classify(program, spec, e))?;
     let Some(pid) = child.id().and_then(|p| i32::try_from(p).ok()) else {
@@ -198,7 +242,7 @@ pub fn spawn(spec: &SpawnSpec) -> Result<RunningProcess, SpawnError> {
         .map(|s| start_reader(s, spec.tail_lines, spec.tail_bytes));
     Ok(RunningProcess {
         pid,
-        child,
+        child: TaskChild::Std(child),
         stdout,
         stderr,
         finished: false,

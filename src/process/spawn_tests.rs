@@ -160,3 +160,100 @@ async fn dropping_unwaited_process_kills_group() {
     drop(proc);
     assert!(wait_group_dead(pgid, Duration::from_secs(3)).await);
 }
+
+/// A spec whose setup is not empty goes through `clone_spawn` (no fork).
+fn limited(argv: &[&str]) -> SpawnSpec {
+    let mut spec = SpawnSpec::new(argv.iter().copied());
+    spec.setup = ChildSetup {
+        run_as: None,
+        limits: crate::process::identity::TaskLimits {
+            open_files: Some(64),
+            ..Default::default()
+        }
+        .rlimits(),
+    };
+    spec
+}
+
+#[tokio::test]
+async fn a_child_with_limits_starts_like_any_other() {
+    // output, exit code, its own process group, a clean signal state, the limit applied
+    let out = spawn(&limited(&[
+        "sh",
+        "-c",
+        "ulimit -n; echo err >&2; grep -E '^Sig(Ign|Blk)' /proc/self/status; \
+         [ \"$(ps -o pgid= -p $$ | tr -d ' ')\" = \"$$\" ] && echo own-group; exit 3",
+    ]))
+    .expect("spawn")
+    .wait()
+    .await;
+    assert_eq!(out.exit_code, Some(3));
+    let lines: Vec<&str> = out.stdout_tail.lines().collect();
+    assert_eq!(lines[0], "64", "{}", out.stdout_tail);
+    assert!(
+        out.stdout_tail.contains("SigIgn:\t0000000000000000"),
+        "no signal ignored (SIGPIPE back to default): {}",
+        out.stdout_tail
+    );
+    assert!(
+        out.stdout_tail.contains("SigBlk:\t0000000000000000"),
+        "nothing blocked: {}",
+        out.stdout_tail
+    );
+    assert!(out.stdout_tail.contains("own-group"), "{}", out.stdout_tail);
+    assert_eq!(out.stderr_tail, "err");
+
+    // the working directory and exactly the given environment
+    let dir = tempfile::tempdir().expect("tempdir");
+    let real = std::fs::canonicalize(dir.path()).expect("canonicalize");
+    let mut spec = limited(&["sh", "-c", "pwd; env | sort"]);
+    spec.cwd = Some(real.clone());
+    spec.env = vec![("ONLY".into(), "this".into())];
+    let out = spawn(&spec).expect("spawn").wait().await;
+    let lines: Vec<&str> = out.stdout_tail.lines().collect();
+    assert_eq!(lines[0], real.to_string_lossy());
+    assert!(lines.contains(&"ONLY=this"), "{}", out.stdout_tail);
+    assert!(!out.stdout_tail.contains("CARGO"), "{}", out.stdout_tail);
+
+    // errors are classified as for std's spawn
+    let mut spec = limited(&["true"]);
+    spec.cwd = Some("/no/such/dir-pgtaskd".into());
+    assert!(matches!(
+        spawn(&spec).expect_err("bad cwd"),
+        SpawnError::CwdNotFound(_)
+    ));
+    let script = dir.path().join("not-exec.sh");
+    std::fs::write(&script, "#!/bin/sh\necho hi\n").expect("write");
+    let path = script.to_string_lossy().into_owned();
+    let err = spawn(&limited(&[&path])).expect_err("not executable");
+    assert!(matches!(err, SpawnError::NotExecutable { .. }), "{err:?}");
+
+    // and a kill of the group reaches it
+    let running = spawn(&limited(&["sleep", "30"])).expect("spawn");
+    let pid = running.pid;
+    signal_group(pid, Signal::SIGKILL).expect("kill");
+    let out = running.wait().await;
+    assert_eq!(out.signal, Some(9));
+}
+
+#[tokio::test]
+async fn a_child_runs_as_another_user_without_fork() {
+    if !nix::unistd::Uid::effective().is_root() {
+        return; // switching users needs root
+    }
+    let nobody = crate::process::identity::RunAs::resolve("nobody").expect("nobody");
+    let mut spec = SpawnSpec::new(["sh", "-c", "id -u; id -g; id -G"]);
+    spec.setup = ChildSetup {
+        run_as: Some(nobody.clone()),
+        limits: Vec::new(),
+    };
+    let out = spawn(&spec).expect("spawn").wait().await;
+    let lines: Vec<&str> = out.stdout_tail.lines().collect();
+    assert_eq!(lines[0], nobody.uid.to_string(), "{}", out.stdout_tail);
+    assert_eq!(lines[1], nobody.gid.to_string(), "{}", out.stdout_tail);
+    assert!(
+        !lines[2].split(' ').any(|g| g == "0"),
+        "no root group: {}",
+        out.stdout_tail
+    );
+}
