@@ -614,3 +614,41 @@ async fn a_killed_node_is_noticed_through_its_liveness_lock_not_a_poll() {
     assert_eq!(noticed, "liveness lock free");
     cancel_all(&client).await;
 }
+
+#[tokio::test]
+async fn standby_nodes_wait_for_the_coordinator_lock_without_errors_in_the_server_log() {
+    let private = PrivateCluster::new();
+    let url = private.database("quiet").await;
+    let mut client = common::connect(&url).await;
+    pgtaskd::db::migrate::migrate(&mut client)
+        .await
+        .expect("migrate");
+    let log = private.cluster.log_file();
+    let lock_errors = || {
+        std::fs::read_to_string(&log)
+            .unwrap_or_default()
+            .lines()
+            .filter(|l| l.contains("lock timeout") || l.contains("canceling statement"))
+            .count()
+    };
+    let before = lock_errors();
+    // heartbeat timeout 1 s: the old wait was cut, with an ERROR, every 0.5 s per standby
+    let mut a = NodeProcess::start(&url, 1, &[]);
+    wait_node_ready(&client, 1).await;
+    wait_coordinator(&client, 0, LONG, |w, _| w == 1).await;
+    let _b = NodeProcess::start(&url, 2, &[]);
+    let _c = NodeProcess::start(&url, 3, &[]);
+    wait_node_ready(&client, 2).await;
+    wait_node_ready(&client, 3).await;
+    tokio::time::sleep(Duration::from_secs(4)).await;
+    assert_eq!(
+        lock_errors() - before,
+        0,
+        "standby nodes' lock waits ended in server errors"
+    );
+    // and a standby still takes over at once when the coordinator dies
+    a.signal(Signal::SIGKILL);
+    let _ = a.child.wait();
+    let (new, _) = wait_coordinator(&client, 0, LONG, |w, _| w != 1).await;
+    assert!(new == 2 || new == 3);
+}

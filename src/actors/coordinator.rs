@@ -1,10 +1,12 @@
 //! The Coordinator (docs/design.md §3/§4): on every node, one per group it serves; active on one node.
 //!
 //! On its own dedicated connection (never the pool: the lock is session-scoped) it waits for the
-//! group's advisory lock `(NS_GROUP, group_id)` — a blocking wait, so a follower sends nothing
-//! while the coordinator lives and wins the moment the coordinator's session ends. The wait is cut
-//! every `heartbeat_timeout / 2` to check whether the lock's holder is hung (its heartbeat older
-//! than `heartbeat_timeout`); then its sessions are terminated. The winner starts a new term
+//! group's advisory lock `(NS_GROUP, group_id)` — a blocking wait without `lock_timeout`, so a
+//! follower sends nothing while the coordinator lives, raises no error on the server (the log
+//! stays quiet), and wins the moment the coordinator's session ends. Meanwhile, every
+//! `heartbeat_timeout / 2`, it checks on a pooled connection whether the lock's holder is hung
+//! (its heartbeat older than `heartbeat_timeout`); then its sessions are terminated, which frees
+//! the lock for the waiting session. The winner starts a new term
 //! (`long_task.become_coordinator`) and runs rounds of `long_task.coordinate`: dead nodes
 //! (liveness lock free, or heartbeat stale: sessions terminated first) have their tasks handed
 //! back, every write under the term. A round runs when a watcher sees a node's liveness lock come
@@ -134,30 +136,31 @@ async fn campaign(
     let wait = (cfg.heartbeat_timeout / 2).max(Duration::from_millis(200));
     // A round that takes longer than this means a dead connection (the work itself is a few ms).
     let round_limit = cfg.heartbeat_timeout;
-    loop {
-        if !node.may_coordinate() {
-            return Ok(());
-        }
-        let won = bounded(
-            wait + Duration::from_secs(5),
-            "waiting for the coordinator lock",
-            cluster::wait_group_lock(&client, group, wait),
-        )
-        .await?;
-        if won {
-            break;
-        }
-        let deposed = bounded(
-            round_limit,
-            "checking the coordinator",
-            cluster::depose_stale_coordinator(&client, group, me, cfg.heartbeat_timeout),
-        )
-        .await?;
-        if let Some(worker) = deposed {
-            warn!(
-                coordinator = worker,
-                "the coordinator's heartbeat is stale: its sessions were terminated"
-            );
+    {
+        let lock = cluster::wait_group_lock(&client, group);
+        tokio::pin!(lock);
+        loop {
+            tokio::select! {
+                won = &mut lock => {
+                    won?;
+                    break;
+                }
+                _ = tokio::time::sleep(wait) => {}
+            }
+            if !node.may_coordinate() {
+                return Ok(()); // drops the client: the server ends the wait
+            }
+            let deposed = bounded(round_limit, "checking the coordinator", async {
+                let conn = node.pool.get().await?;
+                cluster::depose_stale_coordinator(&conn, group, me, cfg.heartbeat_timeout).await
+            })
+            .await?;
+            if let Some(worker) = deposed {
+                warn!(
+                    coordinator = worker,
+                    "the coordinator's heartbeat is stale: its sessions were terminated"
+                );
+            }
         }
     }
     if !node.may_coordinate() {

@@ -44,29 +44,21 @@ pub async fn name_session(client: &Client, worker_id: i64, purpose: &str) -> Res
     Ok(())
 }
 
-/// Waits for the group's coordinator lock at most `wait` (the session's `lock_timeout`); true when
-/// this session now holds it.
-pub async fn wait_group_lock(
-    client: &Client,
-    group_id: i32,
-    wait: Duration,
-) -> Result<bool, DbError> {
-    let ms = format!("{}ms", wait.as_millis().max(1));
+/// Waits for the group's coordinator lock until this session holds it: a blocking wait with no
+/// `lock_timeout`, so a follower's wait never ends in an error on the server (nothing in
+/// PostgreSQL's log) and it wins the moment the holder's session ends. The caller bounds the wait
+/// (dropping the future closes nothing; drop the client to give the wait up) and checks for a
+/// hung holder on another connection meanwhile (`depose_stale_coordinator`).
+pub async fn wait_group_lock(client: &Client, group_id: i32) -> Result<(), DbError> {
     client
-        .execute("SELECT set_config('lock_timeout', $1, false)", &[&ms])
+        .execute("SELECT set_config('lock_timeout', '0', false)", &[])
         .await
-        .map_err(DbError::query("setting the lock wait"))?;
-    match client
+        .map_err(DbError::query("clearing the lock wait limit"))?;
+    client
         .execute("SELECT pg_advisory_lock($1, $2)", &[&NS_GROUP, &group_id])
         .await
-    {
-        Ok(_) => Ok(true),
-        Err(e) if e.code() == Some(&SqlState::LOCK_NOT_AVAILABLE) => Ok(false),
-        Err(source) => Err(DbError::Query {
-            context: "waiting for the coordinator lock",
-            source,
-        }),
-    }
+        .map_err(DbError::query("waiting for the coordinator lock"))?;
+    Ok(())
 }
 
 /// Starts a new term for the group; the session must hold the group lock.
