@@ -394,6 +394,17 @@ pub fn run(
             source,
         })?;
     let system = System::with_tokio_rt(move || runtime);
+    // SIGHUP's default action ends the process: handled from the start (a reload asked for
+    // during start-up runs once the actors are up). An embedded node leaves signals alone.
+    let hangup = if options.embedded {
+        None
+    } else {
+        system.block_on(async {
+            tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())
+                .map_err(|e| warn!(error = %e, "cannot handle SIGHUP: no live reload"))
+                .ok()
+        })
+    };
     let prepared = system.block_on(prepare(config, options))?;
     let context = prepared.context.clone();
     let span = tracing::info_span!(
@@ -409,7 +420,7 @@ pub fn run(
         if let Some(addr) = context.config.http {
             crate::http::start(context.clone(), addr)?;
         }
-        Ok::<_, Error>(Supervisor::new(prepared).start())
+        Ok::<_, Error>(Supervisor::new(prepared).with_hangup(hangup).start())
     })?;
     info!(max_tasks, "node started");
     on_start(StartedNode {

@@ -71,6 +71,9 @@ pub struct Supervisor {
     reload_again: bool,
     /// The watchdog keep-alive is being withheld (logged once per episode).
     withholding: bool,
+    /// SIGHUP, registered before start-up so that one arriving meanwhile neither kills the node
+    /// (the default action) nor is lost: it is handled once the actors run.
+    hangup: Option<tokio::signal::unix::Signal>,
 }
 
 impl Supervisor {
@@ -86,7 +89,14 @@ impl Supervisor {
             reloading: false,
             reload_again: false,
             withholding: false,
+            hangup: None,
         }
+    }
+
+    /// The SIGHUP stream `node::run` registered before start-up.
+    pub fn with_hangup(mut self, hangup: Option<tokio::signal::unix::Signal>) -> Self {
+        self.hangup = hangup;
+        self
     }
 
     fn start_dispatcher(&self, paused: bool) {
@@ -162,8 +172,9 @@ impl Supervisor {
         }
     }
 
-    fn watch_signals(&self, ctx: &mut Context<Self>) {
+    fn watch_signals(&mut self, ctx: &mut Context<Self>) {
         let addr = ctx.address();
+        let hangup = self.hangup.take();
         actix::spawn(async move {
             let (Ok(mut term), Ok(mut int)) = (
                 signal(SignalKind::terminate()),
@@ -172,12 +183,15 @@ impl Supervisor {
                 error!("cannot install signal handlers");
                 return;
             };
-            let mut hup = match signal(SignalKind::hangup()) {
-                Ok(hup) => Some(hup),
-                Err(e) => {
-                    error!(error = %e, "cannot install the SIGHUP handler: no live reload");
-                    None
-                }
+            let mut hup = match hangup {
+                Some(hup) => Some(hup),
+                None => match signal(SignalKind::hangup()) {
+                    Ok(hup) => Some(hup),
+                    Err(e) => {
+                        error!(error = %e, "cannot install the SIGHUP handler: no live reload");
+                        None
+                    }
+                },
             };
             loop {
                 let msg = tokio::select! {

@@ -14,22 +14,29 @@ use pgtaskd::config::LogFormat;
 /// The filter of a node and of `dev` when neither RUST_LOG nor `log_level` says otherwise.
 const NODE_DEFAULT: &str = "info,tokio_postgres=warn,actix_server=warn";
 
+/// `log_level` goes after these: the libraries' chatter stays quiet unless named explicitly.
+const NODE_QUIET: &str = "tokio_postgres=warn,actix_server=warn";
+
+/// The node's filter for a `log_level` (None: the default).
+fn node_filter(log_level: Option<&str>) -> String {
+    match log_level {
+        Some(level) => format!("{NODE_QUIET},{level}"),
+        None => NODE_DEFAULT.to_owned(),
+    }
+}
+
 /// For nodes and `dev`: RUST_LOG, else `log_level`, else `info`; a node's SIGHUP may change
 /// `log_level` later (RUST_LOG, when set, keeps winning).
 pub fn init_logging(format: LogFormat, log_level: Option<&str>) {
     let rust_log = std::env::var("RUST_LOG").ok().filter(|v| !v.is_empty());
-    let handle = init(
-        format,
-        rust_log.as_deref(),
-        log_level.unwrap_or(NODE_DEFAULT),
-    );
+    let handle = init(format, rust_log.as_deref(), &node_filter(log_level));
     let Some(handle) = handle else { return };
     pgtaskd::reload::set_log_control(move |level| {
         if rust_log.is_some() {
             return Err("RUST_LOG is set in the node's environment and wins over log_level".into());
         }
         let filter = EnvFilter::builder()
-            .parse(level.unwrap_or(NODE_DEFAULT))
+            .parse(node_filter(level))
             .map_err(|e| e.to_string())?;
         handle.reload(filter).map_err(|e| e.to_string())
     });
