@@ -191,6 +191,77 @@ async fn readiness_status_watchdog_and_stopping_reach_the_notify_socket() {
 }
 
 #[tokio::test]
+async fn the_watchdog_is_fed_while_the_database_is_away_and_the_status_says_fenced() {
+    // The chosen rule: heartbeat rounds that fail still prove the node alive (it fences itself);
+    // a restart by the service manager would not bring the database back.
+    let private = common::PrivateCluster::new();
+    let url = private.database("watchdog").await;
+    let mut admin = common::connect(&url).await;
+    pgtaskd::db::migrate::migrate(&mut admin)
+        .await
+        .expect("migrate");
+    drop(admin);
+    let dir = tempfile::tempdir().expect("tempdir");
+    let socket_path = dir.path().join("notify.sock");
+    let socket = UnixDatagram::bind(&socket_path).expect("bind the notify socket");
+    let node = Node::start(
+        &url,
+        34,
+        &[
+            "--state-dir",
+            dir.path().join("state").to_str().expect("utf-8"),
+        ],
+        &[
+            ("NOTIFY_SOCKET", socket_path.to_str().expect("utf-8")),
+            ("WATCHDOG_USEC", "600000"),
+        ],
+        &dir.path().join("node.log"),
+    );
+    let seen = receive(
+        &socket,
+        |seen| seen.iter().any(|m| m == "READY=1"),
+        Duration::from_secs(30),
+    );
+    assert!(
+        seen.iter().any(|m| m == "READY=1"),
+        "{seen:?}\n{}",
+        node.log()
+    );
+
+    private.cluster.stop().expect("stop PostgreSQL");
+    let seen = receive(
+        &socket,
+        |seen| {
+            seen.iter().any(|m| m.starts_with("STATUS=fenced"))
+                && seen.iter().filter(|m| *m == "WATCHDOG=1").count() >= 10
+        },
+        Duration::from_secs(15),
+    );
+    let beats = seen.iter().filter(|m| *m == "WATCHDOG=1").count();
+    assert!(
+        beats >= 10,
+        "{beats} keep-alives while the database was away: {seen:?}"
+    );
+    assert!(
+        seen.iter().any(|m| m.starts_with("STATUS=fenced")),
+        "{seen:?}\n{}",
+        node.log()
+    );
+
+    private.cluster.start().expect("start PostgreSQL again");
+    let seen = receive(
+        &socket,
+        |seen| seen.iter().any(|m| m.starts_with("STATUS=group 0:")),
+        Duration::from_secs(30),
+    );
+    assert!(
+        seen.iter().any(|m| m.starts_with("STATUS=group 0:")),
+        "{seen:?}\n{}",
+        node.log()
+    );
+}
+
+#[tokio::test]
 async fn without_a_notify_socket_nothing_is_sent_and_the_node_runs() {
     // The same binary outside a service manager: no socket, no error, a working node.
     let (db, client) = migrated_db().await;
