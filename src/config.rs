@@ -89,6 +89,9 @@ pub struct NodeConfig {
     pub auto_migrate: bool,
     /// Log output format: `pretty`, `logfmt` or `json`.
     pub log_format: LogFormat,
+    /// Log filter, in `RUST_LOG` syntax (`info`, `warn,pgtaskd::actors=debug`); unset: `info`.
+    /// `RUST_LOG`, when set, wins. Changes with SIGHUP.
+    pub log_level: Option<String>,
     /// Address of the HTTP API, metrics and status page (e.g. `127.0.0.1:8080`); off when unset.
     pub http: Option<std::net::SocketAddr>,
     /// The node claims nothing while the host's available memory is under this many bytes
@@ -153,6 +156,7 @@ impl Default for NodeConfig {
             pool_size: 8,
             auto_migrate: true,
             log_format: LogFormat::Pretty,
+            log_level: None,
             http: None,
             min_free_memory: 0,
             horizon_warning: Duration::from_secs(60),
@@ -251,6 +255,11 @@ impl NodeConfig {
         }
         if self.pool_size < 2 {
             return Err(invalid("pool_size", "must be at least 2"));
+        }
+        if let Some(level) = &self.log_level {
+            tracing_subscriber::EnvFilter::builder()
+                .parse(level)
+                .map_err(|e| invalid("log_level", format!("'{level}': {e}")))?;
         }
         if let Some(root) = &self.cwd_root {
             if !root.is_absolute() {
@@ -479,6 +488,16 @@ mod tests {
             .expect("parses")
             .validate()
             .expect("loopback needs no token");
+    }
+
+    #[test]
+    fn log_level_is_checked() {
+        let cfg =
+            NodeConfig::from_toml("log_level = \"warn,pgtaskd::actors=debug\"").expect("parses");
+        cfg.validate().expect("valid");
+        let cfg = NodeConfig::from_toml("log_level = \"pgtaskd=loud\"").expect("parses");
+        let err = cfg.validate().unwrap_err().to_string();
+        assert!(err.contains("log_level"), "{err}");
     }
 
     #[test]

@@ -84,6 +84,7 @@ impl Node {
             topics: Vec::new(),
             run_commands: self.run_commands,
             embedded: true,
+            reload: None,
         };
         let config = self.config;
         let (ready_tx, ready_rx) = mpsc::channel();

@@ -17,4 +17,6 @@ pub mod metrics;
 pub mod node;
 pub mod pgcluster;
 pub mod process;
+pub mod reload;
 pub mod resources;
+pub mod service;

@@ -6,7 +6,7 @@ mod cli;
 
 use std::process::ExitCode;
 
-use clap::Parser;
+use clap::FromArgMatches as _;
 
 fn main() -> ExitCode {
     // The guardian is a helper process of a node (hidden verb): it must start with nothing else.
@@ -14,7 +14,13 @@ fn main() -> ExitCode {
         return ExitCode::from(u8::try_from(pgtaskd::process::guardian_main()).unwrap_or(1));
     }
     // clap exits 2 on a usage error and 0 for --help/--version.
-    let args = cli::Cli::parse();
+    let args = match cli::command()
+        .try_get_matches()
+        .and_then(|m| cli::Cli::from_arg_matches(&m))
+    {
+        Ok(args) => args,
+        Err(e) => e.exit(),
+    };
     match cli::run(args) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {

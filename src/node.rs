@@ -29,8 +29,9 @@ use crate::db::{self, migrate, Pool};
 use crate::error::Error;
 use crate::handler::Handlers;
 use crate::process::identity::{RunAs, RunAsPolicy};
-use crate::process::policy::{BaseEnvironment, ProgramRules};
+use crate::process::policy::TaskPolicy;
 use crate::process::{kill_leftovers, Guardian};
+use crate::reload::ConfigSource;
 
 /// Environment variable carrying `<installation id>/<worker id>` into every task process, so a
 /// restarted node finds what its previous run left behind, and nothing of another installation.
@@ -64,6 +65,9 @@ pub struct Standing {
     pub fenced: bool,
     /// The coordinator term this node holds for its group, if it is the coordinator.
     pub term: Option<i64>,
+    /// When Membership last finished a heartbeat round, successful or not (what feeds the
+    /// service manager's watchdog, `crate::service::Liveness`).
+    pub last_round: Instant,
 }
 
 /// The OS user tasks of a group without `run_as` run as: the node's `run_as` user, else the
@@ -98,15 +102,23 @@ pub struct NodeContext {
     pub options: NodeOptions,
     /// Outcomes that could not be written wait here (None: the state directory is unusable).
     pub spool: Option<Spool>,
-    /// Which programs this node starts (`allowed_programs`).
-    pub program_rules: ProgramRules,
-    /// What every task's environment starts with (`env_passthrough`, `run_as`).
-    pub task_environment: BaseEnvironment,
     /// Whom tasks run as (`run_as`, and the users `run_as_allowed` lets a group name).
     pub run_as: RunAsPolicy,
     running: Mutex<HashMap<i64, RunEntry>>,
     peers: Mutex<Peers>,
     standing: Mutex<Standing>,
+    live: Mutex<LiveSettings>,
+}
+
+/// What a reload (SIGHUP) may replace while the node runs (`crate::reload`).
+#[derive(Debug, Clone)]
+pub struct LiveSettings {
+    /// The configuration last accepted (at start-up or by a reload): what the next reload is
+    /// compared against. `config` above stays the start-up one.
+    pub config: NodeConfig,
+    /// Which programs tasks may run and their base environment (`allowed_programs`,
+    /// `env_passthrough`).
+    pub policy: Arc<TaskPolicy>,
 }
 
 impl NodeContext {
@@ -141,6 +153,16 @@ impl NodeContext {
 
     pub fn coordinator(&self) -> Option<Addr<Coordinator>> {
         self.peers().coordinator.clone()
+    }
+
+    /// The settings a reload may change (poisoning is survivable: they are replaced whole).
+    pub fn live(&self) -> MutexGuard<'_, LiveSettings> {
+        self.live.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// The task policy in force now (a run keeps the one it started with).
+    pub fn task_policy(&self) -> Arc<TaskPolicy> {
+        self.live().policy.clone()
     }
 
     pub fn standing(&self) -> MutexGuard<'_, Standing> {
@@ -179,8 +201,10 @@ pub struct NodeOptions {
     pub topics: Vec<String>,
     /// Claim process tasks (a command) too.
     pub run_commands: bool,
-    /// Embedded in another program: no signal handlers, no guardian process.
+    /// Embedded in another program: no signal handlers, no guardian process, no service manager.
     pub embedded: bool,
+    /// Where SIGHUP reads the configuration again (None: SIGHUP changes nothing).
+    pub reload: Option<ConfigSource>,
 }
 
 impl Default for NodeOptions {
@@ -190,6 +214,7 @@ impl Default for NodeOptions {
             topics: Vec::new(),
             run_commands: true,
             embedded: false,
+            reload: None,
         }
     }
 }
@@ -304,12 +329,6 @@ pub async fn prepare(config: NodeConfig, mut options: NodeOptions) -> Result<Pre
         config.pool_size,
     )?;
     let group_id = config.group_id;
-    let program_rules = ProgramRules::new(config.allowed_programs.as_deref()).map_err(|e| {
-        ConfigError::Invalid {
-            key: "allowed_programs",
-            message: e.0,
-        }
-    })?;
     let run_as = match &config.run_as {
         Some(spec) => Some(RunAs::resolve(spec).map_err(|e| ConfigError::Invalid {
             key: "run_as",
@@ -320,19 +339,22 @@ pub async fn prepare(config: NodeConfig, mut options: NodeOptions) -> Result<Pre
     if run_as.is_none() && nix::unistd::Uid::effective().is_root() && !options.embedded {
         warn!("this node runs as root and no run_as is configured: tasks run as root (see docs/security.md)");
     }
-    let task_environment = BaseEnvironment::new(&config.env_passthrough, run_as.as_ref(), |name| {
-        std::env::var(name).ok()
-    })
-    .map_err(|e| ConfigError::Invalid {
-        key: "env_passthrough",
-        message: e.0,
-    })?;
-    if program_rules.allows_everything() && !options.embedded {
+    let policy = TaskPolicy::from_config(
+        config.allowed_programs.as_deref(),
+        &config.env_passthrough,
+        run_as.as_ref(),
+    )
+    .map_err(|(key, e)| ConfigError::Invalid { key, message: e.0 })?;
+    if policy.programs.allows_everything() && !options.embedded {
         info!("no allowed_programs configured: tasks may run any program on this host (see docs/security.md)");
     }
     let run_as = RunAsPolicy {
         default: config.run_as.clone().zip(run_as),
         allowed: config.run_as_allowed.clone(),
+    };
+    let live = LiveSettings {
+        config: config.clone(),
+        policy: Arc::new(policy),
     };
     let context = Arc::new(NodeContext {
         config,
@@ -344,8 +366,6 @@ pub async fn prepare(config: NodeConfig, mut options: NodeOptions) -> Result<Pre
         guardian,
         options,
         spool,
-        program_rules,
-        task_environment,
         run_as,
         running: Mutex::new(HashMap::new()),
         peers: Mutex::new(Peers::default()),
@@ -353,7 +373,9 @@ pub async fn prepare(config: NodeConfig, mut options: NodeOptions) -> Result<Pre
             last_heartbeat: Instant::now(),
             fenced: false,
             term: None,
+            last_round: Instant::now(),
         }),
+        live: Mutex::new(live),
     });
     Ok(PreparedNode {
         context,
@@ -391,6 +413,17 @@ pub fn run(
             source,
         })?;
     let system = System::with_tokio_rt(move || runtime);
+    // SIGHUP's default action ends the process: handled from the start (a reload asked for
+    // during start-up runs once the actors are up). An embedded node leaves signals alone.
+    let hangup = if options.embedded {
+        None
+    } else {
+        system.block_on(async {
+            tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())
+                .map_err(|e| warn!(error = %e, "cannot handle SIGHUP: no live reload"))
+                .ok()
+        })
+    };
     let prepared = system.block_on(prepare(config, options))?;
     let context = prepared.context.clone();
     let span = tracing::info_span!(
@@ -406,7 +439,7 @@ pub fn run(
         if let Some(addr) = context.config.http {
             crate::http::start(context.clone(), addr)?;
         }
-        Ok::<_, Error>(Supervisor::new(prepared).start())
+        Ok::<_, Error>(Supervisor::new(prepared).with_hangup(hangup).start())
     })?;
     info!(max_tasks, "node started");
     on_start(StartedNode {

@@ -125,6 +125,8 @@ impl Membership {
         let sampled = host.resources;
         ctx.spawn(fut.into_actor(self).map(move |result, act, ctx| {
             act.in_flight = false;
+            // a finished round, good or bad, is what the service manager's watchdog checks
+            act.node.standing().last_round = std::time::Instant::now();
             match result {
                 Ok((client, control)) => {
                     if act.failing_since.take().is_some() {

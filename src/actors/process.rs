@@ -126,13 +126,14 @@ impl ProcessActor {
         let task_vars = policy::task_env(start.env.as_ref()).map_err(|e| refused(e.0))?;
         let argv = build_argv(self.task.command.as_deref().unwrap_or(&[]), self.task.id);
         let cwd = resolve_cwd(self.task.cwd.as_deref(), config.cwd_root.as_deref());
-        let base = &self.node.task_environment;
+        let policy = self.node.task_policy();
+        let base = &policy.environment;
         let program = match argv.first().filter(|p| !p.is_empty()) {
             Some(name) => {
                 let resolved = policy::resolve_program(name, base.path(), cwd.as_deref())
                     .map_err(|e| e.to_string())?;
-                self.node
-                    .program_rules
+                policy
+                    .programs
                     .check(&resolved)
                     .map_err(|e| refused(e.to_string()))?;
                 Some(resolved)

@@ -12,6 +12,11 @@
 //!
 //! Before exiting it writes every pending outcome, re-queues what it abandoned and marks the
 //! worker row inactive; the row itself stays (a restart and pinned tasks need it).
+//!
+//! It also speaks for the node to the host's service manager (`crate::service`): `READY=1` once
+//! the actors have started, `STATUS=` as it changes, `STOPPING=1` when shutdown begins, the
+//! watchdog keep-alive while the node is alive, and SIGHUP reloads the configuration
+//! (`crate::reload`).
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -29,6 +34,8 @@ use super::process::KillReason;
 use super::scheduler::Scheduler;
 use crate::db::queries::{self, WorkerControl};
 use crate::node::{NodeContext, PreparedNode};
+use crate::reload::{self, ReloadReport};
+use crate::service::{Liveness, ServiceManager};
 
 /// Messages of the Supervisor.
 #[derive(Message, Debug)]
@@ -38,6 +45,8 @@ pub enum SupervisorMsg {
     StopCode(i16),
     /// SIGTERM or SIGINT arrived.
     Signal(&'static str),
+    /// SIGHUP arrived: read the configuration again.
+    Reload,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -56,17 +65,38 @@ pub struct Supervisor {
     listener: Option<Addr<Listener>>,
     shutdown: Option<Shutdown>,
     finishing: bool,
+    service: ServiceManager,
+    /// A reload is running; `reload_again`: another SIGHUP came meanwhile.
+    reloading: bool,
+    reload_again: bool,
+    /// The watchdog keep-alive is being withheld (logged once per episode).
+    withholding: bool,
+    /// SIGHUP, registered before start-up so that one arriving meanwhile neither kills the node
+    /// (the default action) nor is lost: it is handled once the actors run.
+    hangup: Option<tokio::signal::unix::Signal>,
 }
 
 impl Supervisor {
     pub fn new(prepared: PreparedNode) -> Self {
+        let prepared_embedded = prepared.context.options.embedded;
         Supervisor {
             node: prepared.context,
             membership_setup: Some((prepared.membership_client, prepared.control)),
             listener: None,
             shutdown: None,
             finishing: false,
+            service: ServiceManager::new(!prepared_embedded),
+            reloading: false,
+            reload_again: false,
+            withholding: false,
+            hangup: None,
         }
+    }
+
+    /// The SIGHUP stream `node::run` registered before start-up.
+    pub fn with_hangup(mut self, hangup: Option<tokio::signal::unix::Signal>) -> Self {
+        self.hangup = hangup;
+        self
     }
 
     fn start_dispatcher(&self, paused: bool) {
@@ -142,8 +172,9 @@ impl Supervisor {
         }
     }
 
-    fn watch_signals(&self, ctx: &mut Context<Self>) {
+    fn watch_signals(&mut self, ctx: &mut Context<Self>) {
         let addr = ctx.address();
+        let hangup = self.hangup.take();
         actix::spawn(async move {
             let (Ok(mut term), Ok(mut int)) = (
                 signal(SignalKind::terminate()),
@@ -152,12 +183,23 @@ impl Supervisor {
                 error!("cannot install signal handlers");
                 return;
             };
+            let mut hup = match hangup {
+                Some(hup) => Some(hup),
+                None => match signal(SignalKind::hangup()) {
+                    Ok(hup) => Some(hup),
+                    Err(e) => {
+                        error!(error = %e, "cannot install the SIGHUP handler: no live reload");
+                        None
+                    }
+                },
+            };
             loop {
-                let name = tokio::select! {
-                    _ = term.recv() => "SIGTERM",
-                    _ = int.recv() => "SIGINT",
+                let msg = tokio::select! {
+                    _ = term.recv() => SupervisorMsg::Signal("SIGTERM"),
+                    _ = int.recv() => SupervisorMsg::Signal("SIGINT"),
+                    Some(()) = async { match hup.as_mut() { Some(h) => h.recv().await, None => None } } => SupervisorMsg::Reload,
                 };
-                if addr.try_send(SupervisorMsg::Signal(name)).is_err() {
+                if addr.try_send(msg).is_err() {
                     return;
                 }
             }
@@ -167,6 +209,10 @@ impl Supervisor {
     fn begin_shutdown(&mut self, mode: Shutdown, ctx: &mut Context<Self>) {
         let first = self.shutdown.is_none();
         self.shutdown = Some(mode);
+        if first {
+            let status = self.status_line();
+            self.service.stopping(&status);
+        }
         if let Some(d) = self.node.dispatcher() {
             d.do_send(DispatcherMsg::Pause(true));
             match mode {
@@ -248,6 +294,116 @@ async fn finish_worker_row(node: &NodeContext) {
     }
 }
 
+impl Supervisor {
+    /// The one-line summary the service manager shows (`systemctl status`).
+    fn status_line(&self) -> String {
+        let running = self.node.running().len();
+        let standing = *self.node.standing();
+        let group = self.node.group_id;
+        if self.shutdown.is_some() {
+            return format!("stopping: {running} task(s) still running");
+        }
+        if standing.fenced {
+            return format!(
+                "fenced: no heartbeat for {}s, claiming nothing; {running} task(s) running",
+                standing.last_heartbeat.elapsed().as_secs()
+            );
+        }
+        match standing.term {
+            Some(term) => {
+                format!("group {group}: {running} task(s) running; coordinator (term {term})")
+            }
+            None => format!("group {group}: {running} task(s) running"),
+        }
+    }
+
+    /// Feeds the service manager's watchdog while the node is alive (`service::Liveness`).
+    fn feed_watchdog(&mut self) {
+        let actors_connected = {
+            let peers = self.node.peers();
+            peers.outcomes.as_ref().is_some_and(|a| a.connected())
+                && peers.dispatcher.as_ref().is_some_and(|a| a.connected())
+                && peers.membership.as_ref().is_some_and(|a| a.connected())
+        };
+        let liveness = Liveness {
+            last_round: self.node.standing().last_round,
+            actors_connected,
+        };
+        let cfg = &self.node.config;
+        let limit = Liveness::round_limit(cfg.heartbeat_interval, cfg.heartbeat_timeout);
+        if liveness.alive(limit) {
+            if std::mem::take(&mut self.withholding) {
+                info!("watchdog keep-alive resumed");
+            }
+            self.service.watchdog();
+        } else if !std::mem::replace(&mut self.withholding, true) {
+            error!(
+                since_last_heartbeat_round = ?liveness.last_round.elapsed(),
+                actors_connected,
+                "withholding the watchdog keep-alive: the node looks hung; the service manager will restart it"
+            );
+        }
+    }
+
+    /// SIGHUP: reads the configuration again and applies what can change live.
+    fn reload(&mut self, ctx: &mut Context<Self>) {
+        if self.reloading {
+            self.reload_again = true;
+            return;
+        }
+        if self.node.options.reload.is_none() {
+            info!("SIGHUP: this node has no configuration source to read again; nothing changed");
+            return;
+        }
+        self.reloading = true;
+        self.service.reloading();
+        info!("SIGHUP: reading the configuration again");
+        let node = self.node.clone();
+        let fut = async move { reload::reload(&node).await };
+        ctx.spawn(fut.into_actor(self).map(|result, act, ctx| {
+            act.reloading = false;
+            match result {
+                Ok(report) => log_reload(&report),
+                Err(e) => error!(
+                    error = %e,
+                    "configuration reload refused: keeping the running configuration"
+                ),
+            }
+            let status = act.status_line();
+            act.service.ready(&status);
+            if std::mem::take(&mut act.reload_again) {
+                act.reload(ctx);
+            }
+        }));
+    }
+}
+
+/// What a reload did, clearly: what was applied, what failed, what needs a restart.
+fn log_reload(report: &ReloadReport) {
+    if report.applied.is_empty() && report.failed.is_empty() && report.need_restart.is_empty() {
+        info!("configuration reloaded: nothing changed");
+        return;
+    }
+    if !report.applied.is_empty() {
+        info!(
+            changed = %report.applied.join("; "),
+            "configuration reloaded"
+        );
+    }
+    if !report.failed.is_empty() {
+        error!(
+            failed = %report.failed.join("; "),
+            "configuration reload: these settings could not be applied and keep their running values (the next SIGHUP tries again)"
+        );
+    }
+    if !report.need_restart.is_empty() {
+        warn!(
+            keys = %report.need_restart.join(", "),
+            "configuration reload: these changed settings take effect only after a restart; they keep their running values"
+        );
+    }
+}
+
 impl Actor for Supervisor {
     type Context = Context<Self>;
 
@@ -267,7 +423,20 @@ impl Actor for Supervisor {
         if !self.node.options.embedded {
             self.watch_signals(ctx);
         }
-        ctx.run_interval(Duration::from_secs(1), |act, _| act.watchdog());
+        ctx.run_interval(Duration::from_secs(1), |act, _| {
+            act.watchdog();
+            let status = act.status_line();
+            act.service.status(&status);
+        });
+        if let Some(every) = self.service.watchdog_interval() {
+            info!(?every, "feeding the service manager's watchdog");
+            self.feed_watchdog();
+            ctx.run_interval(every, |act, _| act.feed_watchdog());
+        }
+        // Connected, schema migrated or checked, registered, liveness lock held (prepare), and
+        // the Dispatcher's first claim queued: ready.
+        let status = self.status_line();
+        self.service.ready(&status);
     }
 }
 
@@ -292,6 +461,7 @@ impl Handler<SupervisorMsg> for Supervisor {
                 }
                 _ => {}
             },
+            SupervisorMsg::Reload => self.reload(ctx),
             SupervisorMsg::Signal(name) => {
                 if self.shutdown.is_none() {
                     let grace = self.node.config.shutdown_grace;

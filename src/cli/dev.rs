@@ -2,8 +2,14 @@
 //! local PostgreSQL cluster under `./.pgtaskd/`, migrates it, starts N node processes on it,
 //! prints how to connect, and on Ctrl-C stops the nodes (they drain and re-queue) and the cluster.
 //!
+//! Node 1 serves HTTP (the console, the API, `/metrics`) on `127.0.0.1:8080` by default, or the
+//! next free port when that one is taken (probed here, then handed to the node: another program
+//! could take it in between, and then node 1 fails to start and says so); `--http off` serves
+//! nothing, `--http ADDR` picks another loopback address (dev configures no tokens).
+//!
 //! Must never touch a database given by `DATABASE_URL` beyond migrating it.
 
+use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::path::PathBuf;
 use std::process::Stdio;
 use std::time::Duration;
@@ -36,6 +42,73 @@ pub struct DevArgs {
     /// the database). Default with --nodes > 1: `cluster-configs/three-node` when it exists.
     #[arg(long)]
     cluster: Option<PathBuf>,
+    /// Where node 1 serves HTTP (console, API, /metrics): a loopback address, tried and then the
+    /// next ports up while taken; `off` serves nothing.
+    #[arg(long, default_value = "127.0.0.1:8080", value_parser = parse_http, value_name = "ADDR|off")]
+    http: Http,
+}
+
+/// `--http`: off, or where to start looking for a free port.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Http {
+    Off,
+    On(SocketAddr),
+}
+
+fn parse_http(text: &str) -> Result<Http, String> {
+    if text.eq_ignore_ascii_case("off") {
+        return Ok(Http::Off);
+    }
+    let addr: SocketAddr = text.parse().map_err(|e| {
+        format!("'{text}' is neither `off` nor an address like 127.0.0.1:8080: {e}")
+    })?;
+    if !addr.ip().is_loopback() {
+        return Err(format!(
+            "{addr} is not a loopback address: `dev` configures no HTTP tokens; run `pgtaskd node` with http_token_file to serve other hosts (docs/security.md)"
+        ));
+    }
+    Ok(Http::On(addr))
+}
+
+/// How many ports after the asked one are tried.
+const PORT_TRIES: u16 = 20;
+
+/// The first address from `addr` up (`PORT_TRIES` ports) that can be bound now; port 0 lets the
+/// system choose.
+fn free_address(addr: SocketAddr) -> anyhow::Result<SocketAddr> {
+    let mut last = None;
+    for step in 0..PORT_TRIES {
+        let Some(port) = addr.port().checked_add(step) else {
+            break;
+        };
+        let candidate = SocketAddr::new(addr.ip(), port);
+        match TcpListener::bind(candidate) {
+            Ok(listener) => return Ok(listener.local_addr().unwrap_or(candidate)),
+            Err(e) if e.kind() == std::io::ErrorKind::AddrInUse && addr.port() != 0 => {
+                last = Some(e);
+            }
+            Err(e) => return Err(e).with_context(|| format!("cannot serve HTTP on {candidate}")),
+        }
+    }
+    let last = last.map(|e| e.to_string()).unwrap_or_default();
+    anyhow::bail!(
+        "no free port for HTTP from {addr} up ({PORT_TRIES} tried, {last}): pass --http ADDR or --http off"
+    )
+}
+
+/// Waits until `addr` accepts connections (node 1 bound it) or `child` exits; false on timeout.
+async fn wait_http(addr: SocketAddr, child: &mut Child) -> bool {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    while tokio::time::Instant::now() < deadline {
+        if TcpStream::connect_timeout(&addr, Duration::from_millis(200)).is_ok() {
+            return true;
+        }
+        if let Ok(Some(_)) = child.try_wait() {
+            return false;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    false
 }
 
 /// The config file of node `i`, if a cluster directory applies.
@@ -92,6 +165,10 @@ async fn run_nodes(args: &DevArgs, url: &str, log_format: Option<LogFormat>) -> 
     drop(client);
 
     let exe = std::env::current_exe().context("finding the pgtaskd executable")?;
+    let http = match args.http {
+        Http::Off => None,
+        Http::On(addr) => Some(free_address(addr)?),
+    };
     let mut children: Vec<Child> = Vec::new();
     for i in 1..=args.nodes {
         let mut cmd = Command::new(&exe);
@@ -103,6 +180,9 @@ async fn run_nodes(args: &DevArgs, url: &str, log_format: Option<LogFormat>) -> 
             });
         }
         cmd.arg("node").arg("--database-url").arg(url);
+        if let (1, Some(addr)) = (i, http) {
+            cmd.arg("--http").arg(addr.to_string());
+        }
         match node_config(args, i) {
             Some(file) => {
                 println!("node {i}: {}", file.display());
@@ -118,13 +198,29 @@ async fn run_nodes(args: &DevArgs, url: &str, log_format: Option<LogFormat>) -> 
             }
         }
         cmd.stdin(Stdio::null())
+            // `dev` is not a service: its nodes must not speak to a service manager
+            .env_remove("NOTIFY_SOCKET")
+            .env_remove("WATCHDOG_USEC")
             // own process group: a terminal Ctrl-C reaches only us, and we stop the nodes in order
             .process_group(0);
         children.push(cmd.spawn().context("starting a node")?);
     }
 
+    let console = match (http, children.first_mut()) {
+        (Some(addr), Some(first)) => {
+            if !wait_http(addr, first).await {
+                eprintln!("node 1 does not answer on http://{addr}/ yet (see its log above)");
+            }
+            Some(addr)
+        }
+        _ => None,
+    };
+
     println!();
     println!("pgtaskd is running: {} node(s).", args.nodes);
+    if let Some(addr) = console {
+        println!("  console:  http://{addr}/");
+    }
     println!("  cluster:  pgtaskd status --database-url '{url}'");
     println!("  connect:  psql '{url}'");
     println!("  queue a task:");

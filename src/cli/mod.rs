@@ -7,6 +7,7 @@
 
 mod config;
 mod dev;
+mod generate;
 mod logging;
 mod node;
 pub mod output;
@@ -18,6 +19,7 @@ use clap::{Args, Parser, Subcommand};
 
 use pgtaskd::config::LogFormat;
 
+pub use generate::command;
 pub use logging::init_logging;
 pub use node::NodeArgs;
 pub use output::Failure;
@@ -105,13 +107,23 @@ pub enum Command {
     /// Configuration files.
     #[command(subcommand)]
     Config(config::ConfigCommand),
+    /// Print a shell completion script: `pgtaskd completions bash > /etc/bash_completion.d/pgtaskd`.
+    #[command(
+        after_help = "Examples:\n  pgtaskd completions bash > ~/.local/share/bash-completion/completions/pgtaskd\n  pgtaskd completions zsh > \"${fpath[1]}/_pgtaskd\"\n  pgtaskd completions fish > ~/.config/fish/completions/pgtaskd.fish"
+    )]
+    Completions(generate::CompletionsArgs),
+    /// Print the manual page (roff), or write one page per verb with --out-dir.
+    #[command(
+        after_help = "Examples:\n  pgtaskd man | man -l -\n  pgtaskd man --out-dir /usr/local/share/man/man1"
+    )]
+    Man(generate::ManArgs),
 }
 
 /// Runs the chosen verb.
 pub fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
         Command::Migrate { database_url } => {
-            init_logging(cli.log_format.unwrap_or_default());
+            init_logging(cli.log_format.unwrap_or_default(), None);
             let rt = runtime()?;
             rt.block_on(async {
                 let mut client = pgtaskd::db::connect_dedicated(&database_url, "migrate").await?;
@@ -144,15 +156,28 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
             let config = args
                 .resolve()
                 .map_err(|e| Failure::config(format!("invalid node configuration: {e:#}")))?;
-            init_logging(cli.log_format.unwrap_or(config.log_format));
-            let options = pgtaskd::node::NodeOptions::default();
+            init_logging(
+                cli.log_format.unwrap_or(config.log_format),
+                config.log_level.as_deref(),
+            );
+            // SIGHUP reads the configuration again exactly as now: these flags and environment
+            // over the file.
+            let source = (*args).clone();
+            let options = pgtaskd::node::NodeOptions {
+                reload: Some(pgtaskd::reload::ConfigSource::new(move || {
+                    source.resolve().map_err(|e| format!("{e:#}"))
+                })),
+                ..pgtaskd::node::NodeOptions::default()
+            };
             pgtaskd::node::run(config, options, "pgtaskd-worker", |_| {}).context("node failed")
         }
         Command::Dev(args) => {
-            init_logging(cli.log_format.unwrap_or_default());
+            init_logging(cli.log_format.unwrap_or_default(), None);
             dev::run(args, cli.log_format)
         }
         Command::Config(cmd) => config::run(cmd),
+        Command::Completions(args) => generate::completions(args),
+        Command::Man(args) => generate::man(args),
         Command::Submit(args) => client(cli.log_format, tasks::submit(*args)),
         Command::Ls(args) => client(cli.log_format, tasks::ls(args)),
         Command::Show(args) => client(cli.log_format, tasks::show(args)),

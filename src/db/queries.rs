@@ -452,6 +452,23 @@ pub async fn heartbeat(
     }
 }
 
+/// Sets the node's process limit (`worker.max_task_count`, what SIGHUP applies from the config
+/// file); the row's trigger notifies the node, whose next heartbeat hands it to the Dispatcher.
+pub async fn set_max_task_count(
+    client: &impl GenericClient,
+    worker_id: i64,
+    max_task_count: i32,
+) -> Result<(), DbError> {
+    client
+        .execute(
+            "UPDATE long_task.worker SET max_task_count = $2 WHERE id = $1",
+            &[&worker_id, &max_task_count],
+        )
+        .await
+        .map_err(DbError::query("changing the node's process limit"))?;
+    Ok(())
+}
+
 /// Marks the node stopped (the row stays: a restart needs it, and pinned tasks refer to it).
 pub async fn mark_stopped(client: &Client, worker_id: i64) -> Result<(), DbError> {
     client

@@ -327,6 +327,34 @@ pub fn check_variable_name(name: &str) -> Result<(), PolicyError> {
     }
 }
 
+/// The node's rules for every task it starts: which programs, and the base environment. Built
+/// at start-up and again on a reload (SIGHUP) that changes `allowed_programs` or
+/// `env_passthrough`; a run uses the policy in force when it starts.
+#[derive(Debug, Clone, Default)]
+pub struct TaskPolicy {
+    pub programs: ProgramRules,
+    pub environment: BaseEnvironment,
+}
+
+impl TaskPolicy {
+    /// From the config's `allowed_programs` and `env_passthrough` (values from the node's own
+    /// environment); errors name the config key.
+    pub fn from_config(
+        allowed_programs: Option<&[String]>,
+        env_passthrough: &[String],
+        run_as: Option<&RunAs>,
+    ) -> Result<TaskPolicy, (&'static str, PolicyError)> {
+        let programs = ProgramRules::new(allowed_programs).map_err(|e| ("allowed_programs", e))?;
+        let environment =
+            BaseEnvironment::new(env_passthrough, run_as, |name| std::env::var(name).ok())
+                .map_err(|e| ("env_passthrough", e))?;
+        Ok(TaskPolicy {
+            programs,
+            environment,
+        })
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
