@@ -55,6 +55,7 @@ pub const MIGRATIONS: &[Migration] = migrations![
     8 "ready_ring" "0008_ready_ring.sql",
     9 "program_allow_list" "0009_program_allow_list.sql",
     10 "who_did_it" "0010_who_did_it.sql",
+    13 "console" "0013_console.sql",
 ];
 
 /// Every schema file, in the order applied (after the numbered migrations).
@@ -123,6 +124,8 @@ pub const SCHEMA_FILES: &[SchemaFile] = schema_files![
     "views/running.sql",
     "views/expired.sql",
     "views/queue_stats.sql",
+    // the web console: queue-depth samples for its charts
+    "console/sample_queue.sql",
     // which function runs on which write
     "triggers.sql",
 ];
