@@ -1,15 +1,15 @@
 //! The web console in a real headless Chromium, driven over the DevTools protocol
 //! (`common::browser`): each view loads with data, a filter narrows the list, the actions change
 //! the rows (and leave events), a running task's output appears as the row holds it, the charts
-//! show what happened. Screenshots go to `target/console-screenshots/`. Also the console's JSON
-//! routes without a browser: bad input refused by key, write scope required for changes.
+//! show what happened, and a read token cannot act. Screenshots go to
+//! `target/console-screenshots/`. The JSON routes without a browser: tests/console_api.rs.
 
 mod common;
 
 use std::time::Duration;
 
 use common::browser::Browser;
-use common::http::{node_with_http, request, request_json, token_file};
+use common::http::{node_with_http, token_file};
 use common::migrated_db;
 use common::node::{queue, wait_node_ready, wait_state, wait_until};
 use tokio_postgres::Client;
@@ -368,215 +368,63 @@ async fn the_console_in_a_headless_browser() {
     wait_state(&client, streaming, "CC", LONG).await;
 }
 
-#[tokio::test]
-async fn the_console_routes_refuse_bad_input_and_need_the_write_scope() {
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_read_token_sees_everything_and_changes_nothing() {
+    let Some(mut b) = Browser::launch() else {
+        return;
+    };
     let (db, client) = migrated_db().await;
     let dir = tempfile::tempdir().expect("dir");
-    let (read, write) = (
-        "console-read-token-0123456789",
-        "console-write-token-0123456789",
-    );
-    let file = token_file(dir.path(), &format!("read {read}\nwrite {write}\n"));
-    let (_node, base) = node_with_http(&db.url, 32, &["--http-token-file", &file]).await;
-    wait_node_ready(&client, 32).await;
+    let token = "console-only-reads-0123456789";
+    let file = token_file(dir.path(), &format!("read {token}\n"));
+    let (_node, base) = node_with_http(&db.url, 33, &["--http-token-file", &file]).await;
+    wait_node_ready(&client, 33).await;
     let id: i64 = client
         .query_one(
-            "INSERT INTO long_task.task (state_id, command, priority) VALUES ('DR', '{true}', 1)
-             RETURNING id",
+            "INSERT INTO long_task.task (state_id, command) VALUES ('DR', '{true}') RETURNING id",
             &[],
         )
         .await
         .expect("draft")
         .get(0);
 
-    let call = |method: &str, path: &str, token: &str, body: Option<&str>| {
-        let agent = ureq::AgentBuilder::new()
-            .timeout(Duration::from_secs(15))
-            .build();
-        let req = agent
-            .request(method, &format!("{base}{path}"))
-            .set("Authorization", &format!("Bearer {token}"));
-        let res = match body {
-            Some(b) => req.set("Content-Type", "application/json").send_string(b),
-            None => req.call(),
-        };
-        match res {
-            Ok(r) => (r.status(), r.into_string().unwrap_or_default()),
-            Err(ureq::Error::Status(c, r)) => (c, r.into_string().unwrap_or_default()),
-            Err(e) => panic!("{method} {path}: {e}"),
-        }
-    };
-
-    // the page itself is open (it holds no data); its data is not
-    let (status, page) = request("GET", &format!("{base}/"), None);
-    assert_eq!(status, 200);
-    assert!(page.contains("id=\"main\"") && !page.contains("<script src"));
-    assert_eq!(
-        request_json("GET", &format!("{base}/tasks/search"), None).0,
-        401
+    // without a token: the prompt, no data
+    b.goto(&format!("{base}/#/task/{id}"));
+    b.wait_for(
+        "the token prompt",
+        "document.getElementById('token-form')",
+        LONG,
     );
-    assert_eq!(request_json("GET", &format!("{base}/charts"), None).0, 401);
-
-    // reads with a read token; bad input named by key
-    let (s, body) = call("GET", "/tasks/search?state=DR", read, None);
-    assert_eq!(s, 200, "{body}");
-    let page: serde_json::Value = serde_json::from_str(&body).expect("json");
-    assert_eq!(page["tasks"][0]["id"], id);
-    assert_eq!(page["next"], serde_json::Value::Null);
-    for (path, key) in [
-        ("/tasks/search?state=XX", "`state`"),
-        ("/tasks/search?limit=0", "`limit`"),
-        ("/tasks/search?from=yesterday", "`from`"),
-        ("/tasks/search?colour=red", "colour"),
-        ("/charts?minutes=100000", "`minutes`"),
-        ("/tasks/x/detail", "not a task id"),
-    ] {
-        let (s, body) = call("GET", path, read, None);
-        assert_eq!(s, 400, "{path}: {body}");
-        assert!(body.contains(key), "{path}: {body}");
-    }
-    assert_eq!(call("GET", "/tasks/999999/detail", read, None).0, 404);
-    let (s, body) = call("GET", "/charts?minutes=5", read, None);
-    assert_eq!(s, 200, "{body}");
-
-    // changes need the write scope, and nothing changes without it
-    let prio = format!("/tasks/{id}/priority");
-    assert_eq!(call("POST", &prio, read, Some(r#"{"priority": 5}"#)).0, 403);
-    assert_eq!(
-        call("POST", "/nodes/32/stop", read, Some(r#"{"stop": 1}"#)).0,
-        403
+    // with one, from the link's fragment (which the page then removes from the address bar)
+    b.goto(&format!("{base}/#token={token}"));
+    b.wait_for(
+        "the overview with the token",
+        "document.querySelector('#nodes tr[data-node-id=\"33\"]')",
+        LONG,
     );
-    assert_eq!(
-        call(
-            "POST",
-            "/nodes/32/limit",
-            read,
-            Some(r#"{"max_task_count": 1}"#)
-        )
-        .0,
-        403
+    assert_eq!(b.eval("location.hash"), "#/");
+    open_task(&mut b, &base, id);
+    b.eval("document.querySelector('button[data-action=cancel]').click()");
+    b.wait_for(
+        "the confirm dialog",
+        "document.getElementById('confirm').open",
+        LONG,
     );
-    let row = client
-        .query_one(
-            "SELECT t.priority, w.stop::int, w.max_task_count
-               FROM long_task.task t, long_task.worker w WHERE t.id = $1 AND w.id = 32",
-            &[&id],
-        )
-        .await
-        .expect("rows");
-    assert_eq!(
-        (
-            row.get::<_, i32>(0),
-            row.get::<_, i32>(1),
-            row.get::<_, i32>(2)
-        ),
-        (1, 0, 2),
-        "priority, stop and limit as they were"
+    b.eval("document.getElementById('confirm-ok').click()");
+    let said = b.wait_for(
+        "the refusal",
+        "document.getElementById('flash').className === 'bad' && \
+         document.getElementById('flash').innerText",
+        LONG,
     );
-    for (path, body, key) in [
-        (prio.as_str(), r#"{"priority": "high"}"#, "`priority`"),
-        (
-            prio.as_str(),
-            r#"{"priority": 1, "x": 1}"#,
-            "unknown key `x`",
-        ),
-        ("/nodes/32/stop", r#"{"stop": 9}"#, "`stop`"),
-        (
-            "/nodes/32/limit",
-            r#"{"max_task_count": -1}"#,
-            "`max_task_count`",
-        ),
-    ] {
-        let (s, answer) = call("POST", path, write, Some(body));
-        assert_eq!(s, 400, "{path} {body}: {answer}");
-        assert!(answer.contains(key), "{path} {body}: {answer}");
-    }
-    let (s, answer) = call("POST", &prio, write, Some(r#"{"priority": 5}"#));
-    assert_eq!(s, 200, "{answer}");
     assert!(
-        answer.contains("\"before\":1") && answer.contains("\"after\":5"),
-        "{answer}"
+        said.as_str().unwrap_or_default().contains("write token"),
+        "{said}"
     );
     assert_eq!(
-        call("POST", "/nodes/999/stop", write, Some(r#"{"stop": 1}"#)).0,
-        404
+        common::node::state(&client, id).await,
+        "DR",
+        "nothing changed"
     );
-    let (s, answer) = call("GET", &format!("/tasks/{id}/detail"), read, None);
-    assert_eq!(s, 200, "{answer}");
-    let detail: serde_json::Value = serde_json::from_str(&answer).expect("json");
-    assert_eq!(detail["task"]["priority"], 5);
-    assert_eq!(detail["events"][0]["kind"], "priority");
-    assert!(
-        detail["events"][0]["detail"]
-            .as_str()
-            .is_some_and(|d| d.starts_with("1 -> 5 by ")),
-        "{detail}"
-    );
-}
-
-#[tokio::test]
-async fn search_pages_by_keyset_and_filters_combine() {
-    let (_db, client) = migrated_db().await;
-    client
-        .batch_execute(
-            "INSERT INTO long_task.task (state_id, group_id, topic, command, params)
-             SELECT 'DR', g % 2, CASE WHEN g % 3 = 0 THEN 'mail' END,
-                    ARRAY['echo', 'job-' || g], jsonb_build_object('n', g)
-               FROM generate_series(1, 25) g",
-        )
-        .await
-        .expect("tasks");
-    let q = |before: Option<i64>| pgtaskd::db::search::TaskQuery {
-        group_id: Some(1),
-        limit: 5,
-        before,
-        ..Default::default()
-    };
-    // group 1: the 13 odd ones, newest first, 5 per page, then 3
-    let mut seen = Vec::new();
-    let mut before = None;
-    loop {
-        let page = pgtaskd::db::search::search(&client, &q(before))
-            .await
-            .expect("page");
-        seen.extend(page.tasks.iter().map(|t| t["id"].as_i64().expect("id")));
-        match page.next {
-            Some(n) => before = Some(n),
-            None => break,
-        }
-    }
-    assert_eq!(seen.len(), 13, "{seen:?}");
-    assert!(
-        seen.windows(2).all(|w| w[0] > w[1]),
-        "newest first: {seen:?}"
-    );
-    let one = pgtaskd::db::search::search(
-        &client,
-        &pgtaskd::db::search::TaskQuery {
-            topic: Some("mail".into()),
-            text: Some("JOB-2".into()),
-            limit: 50,
-            ..Default::default()
-        },
-    )
-    .await
-    .expect("search");
-    // job-21 and job-24 have topic mail and contain "job-2" (job-2 itself has no topic)
-    let ids: Vec<String> = one
-        .tasks
-        .iter()
-        .map(|t| t["command"][1].as_str().unwrap_or_default().to_owned())
-        .collect();
-    assert_eq!(ids, ["job-24", "job-21"]);
-    let wild = pgtaskd::db::search::search(
-        &client,
-        &pgtaskd::db::search::TaskQuery {
-            text: Some("%".into()),
-            limit: 50,
-            ..Default::default()
-        },
-    )
-    .await
-    .expect("search");
-    assert!(wild.tasks.is_empty(), "a % is matched literally");
+    assert!(events(&client, "cancel").await.is_empty());
 }

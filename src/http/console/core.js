@@ -64,13 +64,15 @@ PG.command = function (t) {
 
 // ---- the token ------------------------------------------------------------------------------
 PG.token = function () { return sessionStorage.getItem(TOKEN_KEY); };
-(function takeTokenFromLink() {
+// A link's `#token=…` (at load, or pasted into an open tab): kept, and taken off the address bar.
+PG.takeTokenFromLink = function () {
   var m = location.hash.match(/token=([^&]+)/);
   if (m) {
     sessionStorage.setItem(TOKEN_KEY, decodeURIComponent(m[1]));
     history.replaceState(null, '', location.pathname + '#/');
   }
-})();
+};
+PG.takeTokenFromLink();
 
 function askToken(text) {
   var i = h('input', {type: 'password', placeholder: 'token', autocomplete: 'off', id: 'token-input'});
@@ -181,6 +183,7 @@ PG.go = function (path, params) {
 PG.route = function () {
   PG.route.gen = (PG.route.gen || 0) + 1;
   clearTimeout(PG.timer);
+  PG.takeTokenFromLink();
   var r = PG.parseHash();
   var parts = r.path.split('/');
   var name = parts[0] || 'overview';
