@@ -44,7 +44,13 @@ fn document() -> &'static str {
 
 /// `GET /`.
 pub async fn console_page(state: web::Data<HttpState>) -> HttpResponse {
-    let page = document().replacen("/*NODE*/", &state.node.worker_id.to_string(), 1);
+    let page = document()
+        .replacen("/*NODE*/", &state.node.worker_id.to_string(), 1)
+        .replacen(
+            "/*HORIZON*/",
+            &state.node.config.horizon_warning.as_secs_f64().to_string(),
+            1,
+        );
     HttpResponse::Ok()
         .content_type("text/html; charset=utf-8")
         .insert_header(("Content-Security-Policy", CSP))

@@ -75,7 +75,9 @@
     var live = o.nodes.filter(function (n) { return n.alive; });
     var gone = o.nodes.length - live.length;
     var warnings = [];
-    if (o.horizon && o.horizon.age_seconds !== null && o.horizon.age_seconds > 60) {
+    // the node's horizon_warning (seconds), as the status page and `pgtaskd status` use it
+    var after = parseFloat(document.body.dataset.horizonWarning) || 60;
+    if (o.horizon && o.horizon.age_seconds !== null && o.horizon.age_seconds >= after) {
       warnings.push(h('p', {class: 'bad warning'}, 'warning: a ' + o.horizon.kind + ' (' + PG.dash(o.horizon.holder) +
         ', pid ' + PG.dash(o.horizon.pid) + ') has held the vacuum horizon back ' + PG.secs(o.horizon.age_seconds)));
     }
