@@ -288,3 +288,44 @@ async fn charts_count_a_cancel_before_start_and_the_coordinators_samples() {
         .get(0);
     assert_eq!(samples, 1, "one row per group and minute");
 }
+
+#[tokio::test]
+async fn a_recorded_change_names_its_real_author_and_only_known_kinds() {
+    let (_db, client) = migrated_db().await;
+    client
+        .execute(
+            "SELECT long_task.record_change('priority', 0, 1, NULL, NULL, '1 -> 2 by mallory')",
+            &[],
+        )
+        .await
+        .expect("recorded");
+    let detail: String = client
+        .query_one("SELECT detail FROM long_task.event", &[])
+        .await
+        .expect("event")
+        .get(0);
+    let me: String = client
+        .query_one("SELECT session_user::text", &[])
+        .await
+        .expect("role")
+        .get(0);
+    assert_eq!(
+        detail,
+        format!("1 -> 2 by mallory by {me}"),
+        "the real role comes last"
+    );
+    let err = client
+        .execute(
+            "SELECT long_task.record_change('elected', 0, NULL, 1, NULL, 'x')",
+            &[],
+        )
+        .await
+        .expect_err("a coordinator's kind is not a person's change");
+    let message = err.as_db_error().map(|e| e.message().to_owned());
+    assert!(
+        message
+            .as_deref()
+            .is_some_and(|m| m.contains("unknown change kind")),
+        "{err:?}"
+    );
+}

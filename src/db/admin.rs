@@ -1,7 +1,8 @@
 //! Operator changes that are plain UPDATEs, not state changes: a task's priority, a node's stop
 //! code (`worker.stop`: pause, drain, cancel all) and its process limit (`worker.max_task_count`).
 //! Each is one statement that updates the row and records an event (`priority`, `node_stop`,
-//! `node_limit`, detail `old -> new by <login role>`) in the same transaction, so the console,
+//! `node_limit`, detail `old -> new by <login role>`, through `long_task.record_change`; the
+//! CTE that calls it is read by the final SELECT, so it runs) in the same transaction, so the console,
 //! the HTTP API and any later CLI verb share it. The triggers do the rest: a re-prioritized
 //! waiting task gets a new entry on the ready ring, a node row's change notifies that node.
 //!
@@ -35,12 +36,11 @@ pub async fn set_priority<C: GenericClient + Sync>(
                  UPDATE long_task.task t SET priority = $2 FROM old WHERE t.id = old.id
                  RETURNING t.id, t.group_id, t.run_id, old.priority AS before, t.priority AS after
              ), ev AS (
-                 INSERT INTO long_task.event (group_id, kind, task_id, run_id, detail)
-                 SELECT u.group_id, 'priority', u.id, u.run_id,
-                        format('%s -> %s by %s', u.before, u.after, session_user)
+                 SELECT long_task.record_change('priority', u.group_id, u.id, NULL, u.run_id,
+                                                format('%s -> %s', u.before, u.after))
                    FROM upd u WHERE u.before <> u.after
              )
-             SELECT before, after FROM upd",
+             SELECT u.before, u.after, (SELECT count(*) FROM ev) FROM upd u",
             &[&id, &priority],
         )
         .await
@@ -83,11 +83,11 @@ pub async fn set_node<C: GenericClient + Sync>(
              UPDATE long_task.worker w SET {column} = $2 FROM old WHERE w.id = old.id
              RETURNING w.id, w.group_id, old.v AS before, w.{column}::bigint AS after
          ), ev AS (
-             INSERT INTO long_task.event (group_id, kind, worker_id, detail)
-             SELECT u.group_id, '{kind}', u.id, format('%s -> %s by %s', u.before, u.after, session_user)
+             SELECT long_task.record_change('{kind}', u.group_id, NULL, u.id, NULL,
+                                            format('%s -> %s', u.before, u.after))
                FROM upd u WHERE u.before <> u.after
          )
-         SELECT before, after FROM upd"
+         SELECT u.before, u.after, (SELECT count(*) FROM ev) FROM upd u"
     );
     let row = match setting {
         NodeSetting::Stop(v) => client.query_opt(&sql, &[&worker_id, &v]).await,

@@ -4,7 +4,8 @@
 -- Returns the state before and after; after is NULL when the task is final (refused), and no
 -- row comes back when there is no such task. The plain-SQL form is the reference's
 -- UPDATE long_task.task SET state_id = 'AC' WHERE id = <id> AND state_id LIKE 'A%'.
--- A change is recorded as an event of kind 'cancel' (detail: before -> after by <login role>);
+-- A change is recorded as an event of kind 'cancel' (long_task.record_change: 'before -> after
+-- by <login role>');
 -- the plain UPDATE records none.
 CREATE OR REPLACE FUNCTION long_task.cancel(p_id bigint)
 RETURNS TABLE (before char(2), after char(2))
@@ -28,10 +29,9 @@ BEGIN
     END IF;
     IF v_after IS DISTINCT FROM v_before AND v_after IS NOT NULL THEN
         -- who asked, in the event log (the console's and `pgtaskd show`'s history)
-        INSERT INTO long_task.event (group_id, kind, task_id, run_id, detail)
-        SELECT t.group_id, 'cancel', t.id, t.run_id,
-               format('%s -> %s by %s', v_before, v_after, session_user)
-          FROM long_task.task t WHERE t.id = p_id;
+        PERFORM long_task.record_change('cancel', t.group_id, t.id, NULL, t.run_id,
+                                        format('%s -> %s', v_before, v_after))
+           FROM long_task.task t WHERE t.id = p_id;
     END IF;
     RETURN QUERY SELECT v_before, v_after;
 END

@@ -94,7 +94,8 @@ pub const SCHEMA_FILES: &[SchemaFile] = schema_files![
     "outcomes/finish_runs.sql",
     "claim/claim.sql",
     "claim/running_state.sql",
-    // the one write path of every client: submit, cancel, re-queue
+    // the one write path of every client: submit, cancel, re-queue (recording who asked)
+    "console/record_change.sql",
     "client_api/submit.sql",
     "client_api/cancel.sql",
     "client_api/requeue.sql",
