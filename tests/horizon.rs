@@ -79,7 +79,7 @@ async fn a_transaction_holding_the_horizon_is_named_by_status_and_metrics() {
             "no size of {table} in {metrics}"
         );
     }
-    let (_, page) = request("GET", &format!("{base}/"), None);
+    let (_, page) = request("GET", &format!("{base}/status"), None);
     assert!(page.contains("nightly-report"), "the status page warns too");
 
     holder.batch_execute("COMMIT").await.expect("commit");

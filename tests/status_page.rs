@@ -1,5 +1,6 @@
-//! The status page in a real headless browser (Debian's `chromium`): it loads, shows a running
-//! task, and shows a node disappearing after it is killed. Skipped (with a message) only when no
+//! The plain status page (`/status`) in a real headless browser (Debian's `chromium`): it loads,
+//! shows a running task, and shows a node disappearing after it is killed; and the console's
+//! token shell at `/` (the console itself: tests/console.rs). Skipped (with a message) only when no
 //! chromium is installed and `PGTASKD_REQUIRE_BROWSER` is unset; CI sets it.
 
 mod common;
@@ -72,7 +73,7 @@ fn browser_or_skip() -> Option<PathBuf> {
 }
 
 #[tokio::test]
-async fn the_status_page_asks_for_a_token_when_the_api_has_tokens() {
+async fn the_console_asks_for_a_token_when_the_api_has_tokens() {
     let Some(browser) = browser_or_skip() else {
         return;
     };
@@ -135,7 +136,7 @@ async fn status_page_in_a_headless_browser() {
     let running = queue(&client, &["sleep", "60"]).await;
     wait_state(&client, running, "AE", LONG).await;
 
-    let page = format!("{base}/");
+    let page = format!("{base}/status");
     let b = browser.clone();
     let p = page.clone();
     let dom = tokio::task::spawn_blocking(move || dump_dom(&b, &p))

@@ -12,8 +12,9 @@
 //! back, every write under the term. A round runs when a watcher sees a node's liveness lock come
 //! free (one blocked session per live node: a crash is noticed at once), just after the earliest
 //! heartbeat deadline (a hung node), and at least every `heartbeat_timeout` (30 s for a lone
-//! node) — never in a tight poll, so an idle cluster costs a query every few seconds. The
-//! Scheduler ticks only under the term.
+//! node) — never in a tight poll, so an idle cluster costs a query every few seconds. Once a
+//! minute it also writes the group's queue-depth sample for the console (`long_task.sample_queue`,
+//! under the term). The Scheduler ticks only under the term.
 //!
 //! Steps down at once when its connection fails, a round fails or times out, the term is
 //! superseded, or the node's own heartbeat is late (`NodeContext::may_coordinate`). Must never
@@ -181,11 +182,27 @@ async fn campaign(
 
     let (freed_tx, mut freed_rx) = mpsc::unbounded_channel::<i64>();
     let mut watchers = Watchers::default();
-    let mut next_round = Duration::ZERO;
+    let mut round_at = tokio::time::Instant::now();
+    let mut sample_at = tokio::time::Instant::now();
     loop {
-        // Sleep until the earliest heartbeat deadline, a watcher's news, or the safety bound.
+        // Sleep until the earliest heartbeat deadline, a watcher's news, or the safety bound; or
+        // until the console's queue-depth sample is due (once a minute, not a round).
         tokio::select! {
-            _ = tokio::time::sleep(next_round) => {}
+            _ = tokio::time::sleep_until(sample_at) => {
+                sample_at = tokio::time::Instant::now() + QUEUE_SAMPLE_EVERY;
+                let sampled = bounded(
+                    round_limit,
+                    "sampling the queue",
+                    db::charts::sample_queue(&client, group, term),
+                )
+                .await?;
+                if !sampled {
+                    warn!(term, "no longer the coordinator (sampling the queue)");
+                    return Ok(());
+                }
+                continue;
+            }
+            _ = tokio::time::sleep_until(round_at) => {}
             Some(worker) = freed_rx.recv() => {
                 info!(term, worker_id = worker, "a node's liveness lock came free");
             }
@@ -219,9 +236,13 @@ async fn campaign(
             );
         }
         watchers.keep(node, &round.live, &freed_tx);
-        next_round = next_round_in(cfg, &round.live);
+        round_at = tokio::time::Instant::now() + next_round_in(cfg, &round.live);
     }
 }
+
+/// How often the coordinator writes its group's queue-depth sample (`long_task.queue_sample`,
+/// the console's queue chart): one row per group and minute.
+const QUEUE_SAMPLE_EVERY: Duration = Duration::from_secs(60);
 
 /// A round at least this often while the group has no other live node (a node that joins
 /// announces itself with `peer`; this bounds the cost of a missed announcement).

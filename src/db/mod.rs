@@ -6,11 +6,15 @@
 //! the database, and never LISTEN or take a session lock on a pooled connection (bb8 drops
 //! notifications and recycles sessions).
 
+pub mod admin;
+pub mod charts;
 pub mod cluster;
 pub mod codes;
+pub mod detail;
 pub mod migrate;
 pub mod overview;
 pub mod queries;
+pub mod search;
 pub mod tasks;
 pub mod tls;
 

@@ -4,7 +4,8 @@
 //! Owns: the tokens (from the config's `http_tokens` and the file `http_token_file`, never from
 //! the command line), which scope a route needs (`/healthz` none; `/metrics` none when
 //! `http_metrics_open`, else `read`; other `GET`/`HEAD` routes — the status page included —
-//! `read`; everything else `write`, which also grants `read`), and the constant-time comparison.
+//! `read`; `/` (the console, which holds no data) none; everything else `write`, which also grants
+//! `read`), and the constant-time comparison.
 //! With no token configured every route is open, which the node allows on a loopback address
 //! only (`NodeConfig::validate`). Must never log, echo or compare a token in variable time.
 
@@ -109,7 +110,7 @@ impl Tokens {
         if path == "/metrics" && self.metrics_open {
             return None;
         }
-        // the status page's shell asks the browser for a token and then reads `/status` with it
+        // the console holds no data: its script asks the browser for a token and reads the API with it
         if path == "/" {
             return None;
         }

@@ -1,5 +1,6 @@
 //! The node's HTTP server (actix-web, off unless `http` is configured): the task API, the cluster
-//! overview, health and readiness probes, Prometheus metrics and the status page.
+//! overview, health and readiness probes, Prometheus metrics, the web console (`/`) with its
+//! JSON routes, and the plain status page (`/status`).
 //!
 //! Runs inside the node's actix `System` (started by `node::run`) with one worker thread and no
 //! signal handling of its own (the Supervisor owns shutdown). Database work of a request runs on
@@ -9,6 +10,8 @@
 
 mod api;
 pub mod auth;
+mod console;
+mod console_api;
 mod page;
 pub mod tls;
 
@@ -131,16 +134,11 @@ pub fn start(node: Arc<NodeContext>, addr: SocketAddr) -> Result<(), HttpError> 
                     .error_handler(|e, _| ApiError::bad_request(format!("bad query: {e}")).into()),
             )
             .wrap(actix_web::middleware::from_fn(auth::require_token))
+            // before the API's routes: `/tasks/search` is not a task id
+            .configure(console_api::routes)
             .configure(api::routes)
             .route("/status", web::get().to(page::status_page))
-            .route(
-                "/",
-                if authenticated {
-                    web::get().to(page::token_shell)
-                } else {
-                    web::get().to(page::status_page)
-                },
-            )
+            .route("/", web::get().to(console::console_page))
             .default_service(web::to(|| async {
                 ApiError::new(StatusCode::NOT_FOUND, "no such route").error_response()
             }))

@@ -1,10 +1,8 @@
-//! The status page (`GET /`, also `GET /status`): one self-contained HTML document (inline CSS,
-//! no script, no CDN), rendered on the server from the cluster overview and reloading itself every
-//! 2 seconds. When the HTTP API has tokens, `GET /` is a small shell instead (the only script):
-//! it takes a read token once (from `#token=` in the link, else a password field), keeps it in
-//! the browser's session storage, and loads `/status` with it every 2 seconds. Shows
-//! live nodes (heartbeat age, load, memory), coordinators, queue depth per group, running and
-//! recent tasks. Every value from the database is HTML-escaped. Must never write.
+//! The plain status page (`GET /status`; the console at `GET /` is `console.rs`): one
+//! self-contained HTML document (inline CSS, no script, no CDN), rendered on the server from the
+//! cluster overview and reloading itself every 2 seconds — for a browser without JavaScript or a
+//! `curl`. Shows live nodes (heartbeat age, load, memory), coordinators, queue depth per group,
+//! running and recent tasks. Every value from the database is HTML-escaped. Must never write.
 
 use std::fmt::Write as _;
 
@@ -252,7 +250,7 @@ pub fn render(
     out
 }
 
-/// `GET /`.
+/// `GET /status`.
 pub async fn status_page(state: web::Data<HttpState>) -> HttpResponse {
     match overview(&state, 20).await {
         Ok(o) => HttpResponse::Ok()
@@ -272,38 +270,6 @@ pub async fn status_page(state: web::Data<HttpState>) -> HttpResponse {
             )),
     }
 }
-
-/// `GET /` when the API has tokens: the shell that asks for one (see the module header).
-pub async fn token_shell() -> HttpResponse {
-    HttpResponse::Ok()
-        .content_type("text/html; charset=utf-8")
-        .body(format!(
-            "<!DOCTYPE html><html lang=\"en\"><head><meta charset=\"utf-8\">\
-             <meta name=\"viewport\" content=\"width=device-width,initial-scale=1\">\
-             <title>pgtaskd</title><style>{STYLE}</style></head><body>\
-             <h1>pgtaskd cluster</h1><p id=\"auth\" class=\"muted\">this node needs a read token</p>\
-             <script>{TOKEN_SHELL_SCRIPT}</script></body></html>"
-        ))
-}
-
-const TOKEN_SHELL_SCRIPT: &str = "(function(){
-var key='pgtaskd_token';
-var m=location.hash.match(/token=([^&]+)/);
-if(m){sessionStorage.setItem(key,decodeURIComponent(m[1]));history.replaceState(null,'',location.pathname);}
-function ask(text){var p=document.createElement('p');p.className='bad';p.textContent=text;
- var f=document.createElement('form');f.id='token-form';
- var i=document.createElement('input');i.type='password';i.placeholder='read token';i.autocomplete='off';
- var b=document.createElement('button');b.textContent='open';f.append(i,b);
- f.onsubmit=function(e){e.preventDefault();if(i.value){sessionStorage.setItem(key,i.value);load();}};
- document.body.replaceChildren(p,f);i.focus();}
-function load(){var t=sessionStorage.getItem(key);if(!t){ask('this node needs a read token');return;}
- fetch('/status',{headers:{Authorization:'Bearer '+t}}).then(function(r){
-  if(r.status===401||r.status===403){sessionStorage.removeItem(key);ask('the token was refused: enter another');return;}
-  return r.text().then(function(html){var d=new DOMParser().parseFromString(html,'text/html');
-   document.title=d.title;document.body.replaceChildren.apply(document.body,Array.from(d.body.childNodes));
-   setTimeout(load,2000);});
- }).catch(function(){setTimeout(load,2000);});}
-load();})();";
 
 #[cfg(test)]
 mod tests {

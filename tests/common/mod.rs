@@ -207,6 +207,7 @@ pub async fn task_count(client: &tokio_postgres::Client) -> i64 {
         .get(0)
 }
 
+pub mod browser;
 pub mod http;
 pub mod node;
 pub mod roles;

@@ -16,7 +16,7 @@
 -- Roles are created only when the migrating role may (superuser or CREATEROLE); otherwise a
 -- WARNING names the missing privilege and the SQL to run, the grants to missing roles are
 -- skipped, and `pgtaskd migrate` says so (it applies this file again once the roles exist).
--- Row-level security on task, task_run and event limits a role to the groups
+-- Row-level security on task, task_run, event and queue_sample limits a role to the groups
 -- long_task.group_access gives it; with no row for a role, every group (opt-in).
 
 -- Nothing for PUBLIC: not the schema, not a table, not a function (PostgreSQL grants EXECUTE on
@@ -43,7 +43,8 @@ BEGIN
                              'scheduler_tick', 'scheduler_tick_as', 'expire_leases', 'fire_schedules',
                              'purge_finished', 'promote_due', 'turn_ready', 'rotate_ready',
                              'terminate_node_sessions', 'publish_bulk', 'consume_topic', 'consume',
-                             'ack', 'ack_many', 'nack', 'task_after_write')
+                             'ack', 'ack_many', 'nack', 'task_after_write', 'record_change',
+                             'sample_queue')
     LOOP
         EXECUTE format('ALTER FUNCTION %s SECURITY DEFINER SET search_path = pg_catalog, pg_temp', f);
     END LOOP;
@@ -56,7 +57,7 @@ DO $$
 DECLARE
     t text;
 BEGIN
-    FOREACH t IN ARRAY ARRAY['task', 'task_run', 'event'] LOOP
+    FOREACH t IN ARRAY ARRAY['task', 'task_run', 'event', 'queue_sample'] LOOP
         IF NOT (SELECT c.relrowsecurity FROM pg_class c WHERE c.oid = ('long_task.' || t)::regclass) THEN
             EXECUTE format('ALTER TABLE long_task.%I ENABLE ROW LEVEL SECURITY', t);
         END IF;
@@ -128,7 +129,7 @@ BEGIN
     GRANT SELECT ON long_task.task, long_task.task_run, long_task.event, long_task.worker,
                     long_task.coordinator, long_task.group_settings, long_task.group_access,
                     long_task.task_state, long_task.period, long_task.installation,
-                    long_task.schema_migrations, long_task.schema_files,
+                    long_task.schema_migrations, long_task.schema_files, long_task.queue_sample,
                     long_task.running, long_task.expired, long_task.queue_stats
        TO pgtaskd_reader;
     GRANT EXECUTE ON FUNCTION long_task.accessible_groups, long_task.channel,
@@ -159,7 +160,9 @@ BEGIN
                               long_task.reject_task_state, long_task.check_period,
                               long_task.check_program, long_task.program_refusal,
                               long_task.program_matches, long_task.check_env,
-                              long_task.check_group_access
+                              long_task.check_group_access,
+                              -- the event of a person's cancel or re-queue (long_task.cancel, requeue)
+                              long_task.record_change
        TO pgtaskd_submitter;
 
     -- pgtaskd_operator: the control plane
@@ -179,7 +182,8 @@ BEGIN
                               long_task.hand_back, long_task.become_coordinator, long_task.depose_stale_coordinator,
                               long_task.coordinate, long_task.scheduler_tick, long_task.scheduler_tick_as,
                               long_task.expire_leases, long_task.fire_schedules, long_task.purge_finished,
-                              long_task.promote_due, long_task.turn_ready, long_task.rotate_ready
+                              long_task.promote_due, long_task.turn_ready, long_task.rotate_ready,
+                              long_task.sample_queue
        TO pgtaskd_node;
     $grants$;
 END

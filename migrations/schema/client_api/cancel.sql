@@ -4,6 +4,9 @@
 -- Returns the state before and after; after is NULL when the task is final (refused), and no
 -- row comes back when there is no such task. The plain-SQL form is the reference's
 -- UPDATE long_task.task SET state_id = 'AC' WHERE id = <id> AND state_id LIKE 'A%'.
+-- A change is recorded as an event of kind 'cancel' (long_task.record_change: 'before -> after
+-- by <login role>');
+-- the plain UPDATE records none.
 CREATE OR REPLACE FUNCTION long_task.cancel(p_id bigint)
 RETURNS TABLE (before char(2), after char(2))
 LANGUAGE plpgsql AS $$
@@ -23,6 +26,12 @@ BEGIN
                error = CASE WHEN v_before = 'DR' THEN 'cancelled before start' ELSE t.error END
          WHERE t.id = p_id
         RETURNING t.state_id INTO v_after;
+    END IF;
+    IF v_after IS DISTINCT FROM v_before AND v_after IS NOT NULL THEN
+        -- who asked, in the event log (the console's and `pgtaskd show`'s history)
+        PERFORM long_task.record_change('cancel', t.group_id, t.id, NULL, t.run_id,
+                                        format('%s -> %s', v_before, v_after))
+           FROM long_task.task t WHERE t.id = p_id;
     END IF;
     RETURN QUERY SELECT v_before, v_after;
 END

@@ -56,6 +56,7 @@ pub const MIGRATIONS: &[Migration] = migrations![
     9 "program_allow_list" "0009_program_allow_list.sql",
     10 "who_did_it" "0010_who_did_it.sql",
     11 "roles_and_isolation" "0011_roles_and_isolation.sql",
+    13 "console" "0013_console.sql",
 ];
 
 /// Every schema file, in the order applied (after the numbered migrations).
@@ -98,7 +99,8 @@ pub const SCHEMA_FILES: &[SchemaFile] = schema_files![
     "outcomes/finish_runs.sql",
     "claim/claim.sql",
     "claim/running_state.sql",
-    // the one write path of every client: submit, cancel, re-queue
+    // the one write path of every client: submit, cancel, re-queue (recording who asked)
+    "console/record_change.sql",
     "client_api/submit.sql",
     "client_api/cancel.sql",
     "client_api/requeue.sql",
@@ -128,6 +130,8 @@ pub const SCHEMA_FILES: &[SchemaFile] = schema_files![
     "views/running.sql",
     "views/expired.sql",
     "views/queue_stats.sql",
+    // the web console: queue-depth samples for its charts
+    "console/sample_queue.sql",
     // which function runs on which write
     "triggers.sql",
     // roles, grants, row-level security, SECURITY DEFINER: after every function exists
