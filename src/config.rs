@@ -81,6 +81,11 @@ pub struct NodeConfig {
     pub tail_lines: usize,
     /// Bytes kept at most per output tail.
     pub tail_bytes: usize,
+    /// Live output: a running process's tails are written to its task row this often (and
+    /// sooner, at most every 100 ms, once a stream printed `tail_lines` new lines), only when they
+    /// changed; `0s` turns it off (the tails then appear when the run ends).
+    #[serde(with = "humantime_serde")]
+    pub live_output_interval: Duration,
     /// Base directory for relative task `cwd` values (default: the node's working directory).
     pub cwd_root: Option<PathBuf>,
     /// Size of the shared database pool.
@@ -141,6 +146,7 @@ impl Default for NodeConfig {
             state_dir: None,
             tail_lines: 20,
             tail_bytes: 8 * 1024,
+            live_output_interval: Duration::from_secs(1),
             cwd_root: None,
             pool_size: 8,
             auto_migrate: true,
@@ -233,6 +239,14 @@ impl NodeConfig {
             return Err(invalid(
                 "coordinator_interval",
                 "must be shorter than heartbeat_timeout",
+            ));
+        }
+        if !self.live_output_interval.is_zero()
+            && self.live_output_interval < Duration::from_millis(100)
+        {
+            return Err(invalid(
+                "live_output_interval",
+                "must be 0s (off) or at least 100ms",
             ));
         }
         if self.tail_bytes == 0 && self.tail_lines > 0 {

@@ -28,6 +28,7 @@ use crate::db::queries::{self, WorkerControl};
 use crate::db::{self, migrate, Pool};
 use crate::error::Error;
 use crate::handler::Handlers;
+use crate::live_output::LiveOutputs;
 use crate::process::identity::{ChildSetup, RunAs};
 use crate::process::policy::{BaseEnvironment, ProgramRules};
 use crate::process::{kill_leftovers, Guardian};
@@ -86,6 +87,8 @@ pub struct NodeContext {
     pub task_environment: BaseEnvironment,
     /// The user and rlimits of every task process (`run_as`, `task_limits`).
     pub child_setup: ChildSetup,
+    /// The running processes' tails, flushed while they run (`live_output`).
+    pub live_output: LiveOutputs,
     running: Mutex<HashMap<i64, RunEntry>>,
     peers: Mutex<Peers>,
     standing: Mutex<Standing>,
@@ -315,6 +318,7 @@ pub async fn prepare(config: NodeConfig, mut options: NodeOptions) -> Result<Pre
         run_as,
         limits: config.task_limits.rlimits(),
     };
+    let live_output = LiveOutputs::new(config.live_output_interval, config.tail_lines);
     let context = Arc::new(NodeContext {
         config,
         database_url,
@@ -328,6 +332,7 @@ pub async fn prepare(config: NodeConfig, mut options: NodeOptions) -> Result<Pre
         program_rules,
         task_environment,
         child_setup,
+        live_output,
         running: Mutex::new(HashMap::new()),
         peers: Mutex::new(Peers::default()),
         standing: Mutex::new(Standing {

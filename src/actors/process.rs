@@ -5,7 +5,11 @@
 //! handler runs that handler instead (a tokio task: a panic fails the attempt, not the node;
 //! a kill cancels its token, then drops it after the grace).
 //!
-//! Must never write to the database itself (the Outcomes actor owns every outcome write).
+//! While the process runs, its tails are registered with the node's live output
+//! (`live_output`), which writes them to the task row.
+//!
+//! Must never write to the database itself (the Outcomes actor owns every outcome write, the
+//! live-output loop the tails of running processes).
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -143,6 +147,7 @@ impl ProcessActor {
             setup: self.node.child_setup.clone(),
             tail_lines: config.tail_lines,
             tail_bytes: config.tail_bytes,
+            output_alarm: self.node.live_output.alarm(),
         })
     }
 
@@ -282,6 +287,7 @@ impl ProcessActor {
 
     fn finish(&mut self, outcome: Option<RunOutcome>, ctx: &mut Context<Self>) {
         let _enter = self.span.enter();
+        self.node.live_output.unregister(self.task.id);
         if let Some(outcome) = outcome {
             debug!(state = outcome.state.code(), error = ?outcome.error, "run ended");
             let pending = Pending {
@@ -348,6 +354,9 @@ impl Actor for ProcessActor {
         };
         let pgid = running.pid;
         self.pgid = Some(pgid);
+        self.node
+            .live_output
+            .register(self.task.id, self.task.run_id, running.live_tails());
         if let Some(guardian) = &self.node.guardian {
             guardian.register(pgid);
         }

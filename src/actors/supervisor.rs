@@ -263,6 +263,8 @@ impl Actor for Supervisor {
         self.start_membership();
         self.start_coordinator();
         self.start_listener();
+        // a plain task, not an actor: it holds no state a restart would need
+        actix::spawn(crate::live_output::run(self.node.clone()));
         // an embedded node leaves the host program's signals alone (it stops through its handle)
         if !self.node.options.embedded {
             self.watch_signals(ctx);

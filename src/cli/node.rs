@@ -62,6 +62,9 @@ pub struct NodeArgs {
     /// Lines of stdout/stderr kept per run.
     #[arg(long, env = "PGTASKD_TAIL_LINES")]
     pub tail_lines: Option<usize>,
+    /// How often a running task's output tails are written to its row (e.g. 1s; 0s: off).
+    #[arg(long, env = "PGTASKD_LIVE_OUTPUT_INTERVAL", value_parser = humantime::parse_duration)]
+    pub live_output_interval: Option<std::time::Duration>,
     /// Base directory for relative task cwd values.
     #[arg(long, env = "PGTASKD_CWD_ROOT")]
     pub cwd_root: Option<PathBuf>,
@@ -116,6 +119,7 @@ impl NodeArgs {
         set!(kill_grace, self.kill_grace);
         set!(shutdown_grace, self.shutdown_grace);
         set!(tail_lines, self.tail_lines);
+        set!(live_output_interval, self.live_output_interval);
         set!(coordinator_interval, self.coordinator_interval);
         if let Some(dir) = self.state_dir.clone() {
             cfg.state_dir = Some(dir);

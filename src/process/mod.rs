@@ -20,4 +20,6 @@ mod testutil;
 pub use guardian::{guardian_main, run_guardian, Guardian, GuardianError, GUARDIAN_ARG};
 pub use kill::{group_alive, signal_group, terminate_group, KillError, Termination};
 pub use leftovers::{kill_leftovers, processes_with_env};
-pub use spawn::{spawn, ExitOutcome, RunningProcess, SpawnError, SpawnSpec};
+pub use spawn::{
+    spawn, ExitOutcome, LiveTails, OutputAlarm, RunningProcess, SpawnError, SpawnSpec, TailSnapshot,
+};
