@@ -8,6 +8,7 @@
 
 pub mod cluster;
 pub mod codes;
+pub mod follow;
 pub mod migrate;
 pub mod overview;
 pub mod queries;

@@ -1,15 +1,16 @@
-//! The node's HTTP server (actix-web, off unless `http` is configured): the task API, the cluster
-//! overview, health and readiness probes, Prometheus metrics and the status page.
+//! The node's HTTP server (actix-web, off unless `http` is configured): the task API (and a
+//! task's live output as server-sent events, `stream.rs`), the cluster overview, health and readiness probes, Prometheus metrics and the status page.
 //!
 //! Runs inside the node's actix `System` (started by `node::run`) with one worker thread and no
 //! signal handling of its own (the Supervisor owns shutdown). Database work of a request runs on
 //! the node's main runtime, where the pool lives (connections made from an actix-web worker's
 //! runtime would die with it). Must never hold a request open on anything unbounded, and never
-//! write anything when a request is malformed.
+//! write anything when a request is malformed (an output stream is bounded in number and time).
 
 mod api;
 pub mod auth;
 mod page;
+mod stream;
 
 use std::future::Future;
 use std::net::SocketAddr;
@@ -29,6 +30,8 @@ pub struct HttpState {
     pub runtime: tokio::runtime::Handle,
     /// The bearer tokens requests are checked against (none: every route is open).
     pub tokens: auth::Tokens,
+    /// The permits of open output streams (`stream::MAX_STREAMS`).
+    pub streams: Arc<tokio::sync::Semaphore>,
 }
 
 /// A request's error: a status and a JSON body `{"error": message}`.
@@ -113,6 +116,7 @@ pub fn start(node: Arc<NodeContext>, addr: SocketAddr) -> Result<(), HttpError> 
         node,
         runtime: tokio::runtime::Handle::current(),
         tokens,
+        streams: stream::stream_permits(),
     });
     let server = HttpServer::new(move || {
         App::new()
@@ -127,6 +131,7 @@ pub fn start(node: Arc<NodeContext>, addr: SocketAddr) -> Result<(), HttpError> 
             )
             .wrap(actix_web::middleware::from_fn(auth::require_token))
             .configure(api::routes)
+            .route("/tasks/{id}/output", web::get().to(stream::output))
             .route("/status", web::get().to(page::status_page))
             .route(
                 "/",

@@ -1,0 +1,380 @@
+//! Live output and following tasks against a real database and real nodes: the tails of a
+//! running task reach its row (fenced by run id, without waking nodes), `pgtaskd logs -f`,
+//! `pgtaskd wait` and `submit --wait/--follow` with their exit codes, and the HTTP output stream.
+
+mod common;
+
+use std::io::{BufRead, BufReader};
+use std::process::{Command, Output};
+use std::time::Duration;
+
+use common::migrated_db;
+use common::node::{queue, state, wait_node_ready, wait_state, wait_until, NodeProcess};
+use pgtaskd::db::codes::{group_channel, DONE_CHANNEL, OUTPUT_CHANNEL};
+use pgtaskd::db::{self, Notice};
+use tokio::sync::mpsc;
+use tokio_postgres::Client;
+
+const LONG: Duration = Duration::from_secs(20);
+/// Prints a line, sleeps 3 s, prints another: the first must be visible while it runs.
+const TWO_LINES: &str = "echo first; sleep 3; echo second";
+
+fn pgtaskd(url: &str, args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_pgtaskd"))
+        .args(args)
+        .env("DATABASE_URL", url)
+        .env_remove("RUST_LOG")
+        .output()
+        .expect("run pgtaskd")
+}
+
+/// Runs pgtaskd off the test's runtime (it blocks until the followed tasks end).
+async fn pgtaskd_async(url: &str, args: &[&str]) -> Output {
+    let url = url.to_owned();
+    let args: Vec<String> = args.iter().map(|a| a.to_string()).collect();
+    tokio::task::spawn_blocking(move || {
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        pgtaskd(&url, &args)
+    })
+    .await
+    .expect("pgtaskd ran")
+}
+
+fn code(out: &Output) -> i32 {
+    out.status.code().expect("exited normally")
+}
+
+fn text(bytes: &[u8]) -> String {
+    String::from_utf8_lossy(bytes).into_owned()
+}
+
+async fn tails(client: &Client, id: i64) -> (String, Option<String>, Option<String>) {
+    let row = client
+        .query_one(
+            "SELECT state_id::text, stdout_tail, stderr_tail FROM long_task.task WHERE id = $1",
+            &[&id],
+        )
+        .await
+        .expect("task exists");
+    (row.get(0), row.get(1), row.get(2))
+}
+
+async fn listen(url: &str, channels: &[String]) -> (Client, mpsc::UnboundedReceiver<Notice>) {
+    let (tx, rx) = mpsc::unbounded_channel();
+    let (listener, _ended) = db::connect_listening(url, "test listener", tx)
+        .await
+        .expect("listen");
+    let sql: String = channels
+        .iter()
+        .map(|c| format!("LISTEN \"{c}\";"))
+        .collect();
+    listener.batch_execute(&sql).await.expect("LISTEN");
+    (listener, rx)
+}
+
+/// Everything that arrives within `window`.
+async fn notices_within(rx: &mut mpsc::UnboundedReceiver<Notice>, window: Duration) -> Vec<Notice> {
+    let mut got = Vec::new();
+    let deadline = tokio::time::Instant::now() + window;
+    while let Ok(Some(n)) = tokio::time::timeout_at(deadline, rx.recv()).await {
+        got.push(n);
+    }
+    got
+}
+
+async fn node(url: &str, client: &Client, worker_id: i64) -> NodeProcess {
+    let node = NodeProcess::start(url, worker_id, &["--max-tasks", "4"]);
+    wait_node_ready(client, worker_id).await;
+    node
+}
+
+#[tokio::test]
+async fn record_output_is_fenced_by_run_id_and_wakes_no_node() {
+    let (db, client) = migrated_db().await;
+    let id = queue(&client, &["true"]).await;
+    let run_id: uuid::Uuid = client
+        .query_one("SELECT run_id FROM long_task.claim(1, 0, 1)", &[])
+        .await
+        .expect("claim")
+        .get(0);
+    let channels = [
+        group_channel(0),
+        OUTPUT_CHANNEL.to_owned(),
+        DONE_CHANNEL.to_owned(),
+    ];
+    let (_listener, mut rx) = listen(&db.url, &channels).await;
+    let record = |run: uuid::Uuid, out: Option<&'static str>, err: Option<&'static str>| {
+        let client = &client;
+        async move {
+            let ids: Vec<i64> = client
+                .query(
+                    "SELECT id FROM long_task.record_output($1, $2, $3, $4)",
+                    &[&vec![id], &vec![run], &vec![out], &vec![err]],
+                )
+                .await
+                .expect("record_output")
+                .iter()
+                .map(|r| r.get(0))
+                .collect();
+            ids
+        }
+    };
+
+    let stale = uuid::Uuid::new_v4();
+    assert!(record(stale, Some("stale"), Some("stale")).await.is_empty());
+    assert_eq!(
+        tails(&client, id).await,
+        ("AE".into(), None, None),
+        "a stale run id writes nothing"
+    );
+
+    assert_eq!(record(run_id, Some("one"), None).await, vec![id]);
+    assert_eq!(
+        tails(&client, id).await,
+        ("AE".into(), Some("one".into()), None)
+    );
+    assert_eq!(record(run_id, None, Some("err")).await, vec![id]);
+    assert_eq!(
+        tails(&client, id).await,
+        ("AE".into(), Some("one".into()), Some("err".into())),
+        "a NULL tail leaves that stream as it is"
+    );
+    let got = notices_within(&mut rx, Duration::from_millis(500)).await;
+    let seen: Vec<(&str, &str)> = got
+        .iter()
+        .map(|n| (n.channel.as_str(), n.payload.as_str()))
+        .collect();
+    let id_text = id.to_string();
+    assert_eq!(
+        seen,
+        vec![
+            (OUTPUT_CHANNEL, id_text.as_str()),
+            (OUTPUT_CHANNEL, id_text.as_str())
+        ],
+        "one output notification per write, nothing on the group's channel"
+    );
+
+    // the run ends: its outcome is final, a late flush of the same run changes nothing
+    client
+        .execute(
+            "SELECT * FROM long_task.finish_runs($1, $2, '{CS}', '{NULL}', '{0}', '{NULL}', '{final}', '{NULL}')",
+            &[&vec![id], &vec![run_id]],
+        )
+        .await
+        .expect("finish");
+    assert!(record(run_id, Some("late"), None).await.is_empty());
+    assert_eq!(
+        tails(&client, id).await,
+        ("CS".into(), Some("final".into()), None)
+    );
+    let got = notices_within(&mut rx, Duration::from_millis(500)).await;
+    let seen: Vec<(&str, &str)> = got
+        .iter()
+        .map(|n| (n.channel.as_str(), n.payload.as_str()))
+        .collect();
+    assert_eq!(
+        seen,
+        vec![(DONE_CHANNEL, id_text.as_str())],
+        "the end is announced to followers, and the late flush says nothing"
+    );
+}
+
+#[tokio::test]
+async fn a_running_tasks_output_is_live_and_logs_follow_prints_it_all() {
+    let (db, client) = migrated_db().await;
+    let _node = node(&db.url, &client, 1).await;
+    let id = queue(
+        &client,
+        &["sh", "-c", &format!("{TWO_LINES}; echo oops >&2; exit 3")],
+    )
+    .await;
+    let follow = {
+        let url = db.url.clone();
+        tokio::spawn(async move { pgtaskd_async(&url, &["logs", "-f", &id.to_string()]).await })
+    };
+    let live = wait_until(LONG, || async {
+        tails(&client, id).await == ("AE".into(), Some("first".into()), None)
+    })
+    .await;
+    if live.is_err() {
+        panic!(
+            "no first line while running: {:?}",
+            tails(&client, id).await
+        );
+    }
+    assert_eq!(state(&client, id).await, "AE", "still running");
+
+    let out = follow.await.expect("logs -f");
+    assert_eq!(
+        code(&out),
+        3,
+        "the task's exit code; stderr: {}",
+        text(&out.stderr)
+    );
+    assert_eq!(text(&out.stdout), "first\nsecond\n");
+    let err = text(&out.stderr);
+    assert!(err.starts_with("oops\n"), "{err}");
+    assert!(err.contains("exited with code 3"), "{err}");
+
+    // a finished task: logs -f prints its tails and exits at once
+    let out = pgtaskd(&db.url, &["logs", "-f", &id.to_string()]);
+    assert_eq!(
+        (code(&out), text(&out.stdout)),
+        (3, "first\nsecond\n".into())
+    );
+    let out = pgtaskd(&db.url, &["logs", "-f", "999999"]);
+    assert_eq!(code(&out), 3, "no such task");
+    assert!(text(&out.stderr).contains("no task with id 999999"));
+}
+
+#[tokio::test]
+async fn wait_returns_the_documented_codes() {
+    let (db, client) = migrated_db().await;
+    let _node = node(&db.url, &client, 1).await;
+    let ok = queue(&client, &["sh", "-c", "sleep 1"]).await;
+    let failed = queue(&client, &["sh", "-c", "sleep 1; exit 7"]).await;
+    let (ok_s, failed_s) = (ok.to_string(), failed.to_string());
+
+    let out = pgtaskd_async(&db.url, &["wait", &ok_s]).await;
+    assert_eq!(code(&out), 0, "{}", text(&out.stderr));
+    assert_eq!(text(&out.stdout), format!("{ok} CS exit 0\n"));
+
+    let out = pgtaskd_async(&db.url, &["wait", &ok_s, &failed_s]).await;
+    assert_eq!(
+        code(&out),
+        7,
+        "the failure's exit code: {}",
+        text(&out.stderr)
+    );
+    let out = pgtaskd(&db.url, &["wait", &ok_s, &failed_s, "--json"]);
+    assert_eq!(code(&out), 7);
+    let statuses: serde_json::Value = serde_json::from_slice(&out.stdout).expect("JSON");
+    assert_eq!(statuses[1]["state_id"], "CF");
+    assert_eq!(statuses[1]["exit_code"], 7);
+
+    let long = queue(&client, &["sleep", "30"]).await;
+    wait_state(&client, long, "AE", LONG).await;
+    let started = std::time::Instant::now();
+    let out = pgtaskd_async(&db.url, &["wait", &long.to_string(), "--timeout", "1s"]).await;
+    assert_eq!(code(&out), 124, "{}", text(&out.stderr));
+    assert!(started.elapsed() < Duration::from_secs(10));
+    assert!(
+        text(&out.stderr).contains(&format!("{long} AE")),
+        "{}",
+        text(&out.stderr)
+    );
+
+    // a cancel while waited for: notification-driven, 125
+    let waiting = {
+        let url = db.url.clone();
+        let long = long.to_string();
+        tokio::spawn(async move { pgtaskd_async(&url, &["wait", &long]).await })
+    };
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_eq!(code(&pgtaskd(&db.url, &["cancel", &long.to_string()])), 0);
+    let out = waiting.await.expect("wait");
+    assert_eq!(code(&out), 125, "cancelled: {}", text(&out.stderr));
+
+    let out = pgtaskd(&db.url, &["wait", &ok_s, "424242"]);
+    assert_eq!(code(&out), 3);
+    assert!(text(&out.stderr).contains("no task with id 424242"));
+}
+
+#[tokio::test]
+async fn submit_wait_and_follow() {
+    let (db, client) = migrated_db().await;
+    let _node = node(&db.url, &client, 1).await;
+    let out = pgtaskd_async(&db.url, &["submit", "--wait", "--", "sh", "-c", "exit 5"]).await;
+    assert_eq!(code(&out), 5, "{}", text(&out.stderr));
+    let lines: Vec<String> = text(&out.stdout).lines().map(str::to_owned).collect();
+    assert_eq!(lines.len(), 2, "{lines:?}");
+    assert!(
+        lines[1].ends_with("CF exit 5: exited with code 5"),
+        "{lines:?}"
+    );
+
+    let out = pgtaskd_async(
+        &db.url,
+        &[
+            "submit",
+            "--follow",
+            "--",
+            "sh",
+            "-c",
+            "echo a; sleep 1; echo b",
+        ],
+    )
+    .await;
+    assert_eq!(code(&out), 0, "{}", text(&out.stderr));
+    assert_eq!(text(&out.stdout), "a\nb\n");
+
+    let out = pgtaskd(
+        &db.url,
+        &[
+            "submit",
+            "--wait",
+            "--wait-timeout",
+            "1s",
+            "--",
+            "sleep",
+            "20",
+        ],
+    );
+    assert_eq!(code(&out), 124, "{}", text(&out.stderr));
+}
+
+#[tokio::test]
+async fn the_http_output_stream_delivers_the_lines_until_the_end() {
+    let (db, client) = migrated_db().await;
+    let (_node, base) = common::http::node_with_http(&db.url, 1, &[]).await;
+    wait_node_ready(&client, 1).await;
+    let (status, _) = common::http::request("GET", &format!("{base}/tasks/999999/output"), None);
+    assert_eq!(status, 404);
+
+    let id = queue(&client, &["sh", "-c", TWO_LINES]).await;
+    let url = format!("{base}/tasks/{id}/output");
+    let events = tokio::task::spawn_blocking(move || {
+        let resp = ureq::AgentBuilder::new()
+            .timeout(Duration::from_secs(30))
+            .build()
+            .get(&url)
+            .call()
+            .expect("the stream answers");
+        assert_eq!(resp.content_type(), "text/event-stream");
+        // (when each line arrived, the event) until the end
+        let started = std::time::Instant::now();
+        let mut events = Vec::new();
+        let (mut name, mut data) = (String::new(), Vec::new());
+        for line in BufReader::new(resp.into_reader()).lines() {
+            let line = line.expect("a line");
+            if let Some(n) = line.strip_prefix("event: ") {
+                name = n.to_owned();
+            } else if let Some(d) = line.strip_prefix("data: ") {
+                data.push(d.to_owned());
+            } else if line.is_empty() {
+                events.push((started.elapsed(), name.clone(), data.join("\n")));
+                data.clear();
+            }
+        }
+        events
+    })
+    .await
+    .expect("read the stream");
+    let stdout: String = events
+        .iter()
+        .filter(|e| e.1 == "stdout")
+        .map(|e| e.2.as_str())
+        .collect();
+    assert_eq!(stdout, "first\nsecond", "{events:?}");
+    let first = events
+        .iter()
+        .find(|e| e.1 == "stdout")
+        .expect("a stdout event");
+    let end = events.last().expect("events");
+    assert_eq!(end.1, "end", "{events:?}");
+    assert!(end.2.contains("\"state_id\":\"CS\""), "{events:?}");
+    assert!(
+        end.0 >= first.0 + Duration::from_secs(2),
+        "the first line came while the task ran: {events:?}"
+    );
+}
