@@ -7,8 +7,8 @@ mod common;
 use std::time::Duration;
 
 use pgtaskd::db::codes::{
-    group_channel, GroupEvent, Period, TaskState, Verdict, NS_CLAIM, NS_GROUP, NS_NODE, NS_RING,
-    WORKER_CHANNEL,
+    group_channel, GroupEvent, Period, TaskIds, TaskState, Verdict, DONE_CHANNEL, NS_CLAIM,
+    NS_GROUP, NS_NODE, NS_RING, OUTPUT_CHANNEL, WORKER_CHANNEL,
 };
 use pgtaskd::db::{self, queries, Notice};
 use tokio::sync::mpsc;
@@ -177,6 +177,76 @@ async fn every_notification_payload_is_one_the_listener_knows() {
     assert_eq!(
         (n.channel.as_str(), n.payload.as_str()),
         (WORKER_CHANNEL, "5")
+    );
+}
+
+#[tokio::test]
+async fn the_followers_channels_and_payloads_match_the_schema() {
+    let (db, client) = common::migrated_db().await;
+    let (tx, mut rx) = mpsc::unbounded_channel();
+    let (listener, _ended) = db::connect_listening(&db.url, "test listener", tx)
+        .await
+        .expect("listen");
+    listener
+        .batch_execute(&format!(
+            "LISTEN \"{DONE_CHANNEL}\"; LISTEN \"{OUTPUT_CHANNEL}\";"
+        ))
+        .await
+        .expect("LISTEN");
+    let mut ids = Vec::new();
+    for _ in 0..2 {
+        let id: i64 = client
+            .query_one(
+                "INSERT INTO long_task.task (state_id, command) VALUES ('AW', '{true}') RETURNING id",
+                &[],
+            )
+            .await
+            .expect("queue")
+            .get(0);
+        ids.push(id);
+    }
+    let (run, run_id): (i64, uuid::Uuid) = {
+        let row = client
+            .query_one("SELECT id, run_id FROM long_task.claim(1, 0, 1)", &[])
+            .await
+            .expect("claim");
+        (row.get(0), row.get(1))
+    };
+    client
+        .execute(
+            "SELECT long_task.record_output(ARRAY[$1::bigint], ARRAY[$2::uuid], '{out}', '{NULL}')",
+            &[&run, &run_id],
+        )
+        .await
+        .expect("record output");
+    let n = next(&mut rx).await;
+    assert_eq!(n.channel, OUTPUT_CHANNEL);
+    assert_eq!(
+        TaskIds::from_payload(&n.payload),
+        Some(TaskIds::Listed(vec![run]))
+    );
+    client
+        .execute(
+            "UPDATE long_task.task SET state_id = 'AC' WHERE id = ANY ($1)",
+            &[&ids],
+        )
+        .await
+        .expect("cancel both: the waiting one ends CC at once");
+    let n = next(&mut rx).await;
+    let waiting = ids.iter().copied().find(|&i| i != run).expect("the other");
+    assert_eq!(
+        (n.channel.as_str(), TaskIds::from_payload(&n.payload)),
+        (DONE_CHANNEL, Some(TaskIds::Listed(vec![waiting])))
+    );
+    client
+        .execute("DELETE FROM long_task.task WHERE id = $1", &[&run])
+        .await
+        .expect("delete the running one");
+    let n = next(&mut rx).await;
+    assert_eq!(
+        (n.channel.as_str(), TaskIds::from_payload(&n.payload)),
+        (DONE_CHANNEL, Some(TaskIds::Listed(vec![run]))),
+        "an unfinished task deleted is an end for its followers"
     );
 }
 
