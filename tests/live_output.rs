@@ -378,3 +378,42 @@ async fn the_http_output_stream_delivers_the_lines_until_the_end() {
         "the first line came while the task ran: {events:?}"
     );
 }
+
+#[tokio::test]
+async fn a_task_that_prints_a_lot_is_flushed_at_a_bounded_rate() {
+    let (db, client) = migrated_db().await;
+    let _node = node(&db.url, &client, 1).await;
+    let (_listener, mut rx) = listen(&db.url, &[OUTPUT_CHANNEL.to_owned()]).await;
+    // ~2.5 s of bursts of 20,000 lines: far more than tail_lines (20) between two rounds
+    let id = queue(
+        &client,
+        &[
+            "sh",
+            "-c",
+            "for i in $(seq 1 25); do seq 1 20000; sleep 0.1; done",
+        ],
+    )
+    .await;
+    let started = std::time::Instant::now();
+    wait_state(&client, id, "CS", Duration::from_secs(60)).await;
+    let ran = started.elapsed();
+    let flushes = notices_within(&mut rx, Duration::from_millis(300))
+        .await
+        .iter()
+        .filter(|n| n.payload == id.to_string())
+        .count();
+    println!("500,000 lines in {ran:?}: {flushes} live-output writes");
+    assert!(flushes >= 2, "live output while it ran: {flushes}");
+    let bound = (ran.as_secs_f64() / 0.1).ceil() as usize + 1;
+    assert!(
+        flushes <= bound,
+        "at most one round per 100 ms: {flushes} writes in {ran:?}"
+    );
+    let (_, stdout, _) = tails(&client, id).await;
+    let want: Vec<String> = (19_981..=20_000).map(|i| i.to_string()).collect();
+    assert_eq!(
+        stdout,
+        Some(want.join("\n")),
+        "the final tail is the outcome's"
+    );
+}
