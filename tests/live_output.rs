@@ -351,10 +351,14 @@ async fn the_http_output_stream_delivers_the_lines_until_the_end() {
                 name = n.to_owned();
             } else if let Some(d) = line.strip_prefix("data: ") {
                 data.push(d.to_owned());
-            } else if line.is_empty() {
-                events.push((started.elapsed(), name.clone(), data.join("\n")));
+            } else if line.is_empty() && !name.is_empty() {
+                events.push((
+                    started.elapsed(),
+                    std::mem::take(&mut name),
+                    data.join("\n"),
+                ));
                 data.clear();
-            }
+            } // else a comment line (`: still running`) or the end of one
         }
         events
     })

@@ -10,7 +10,8 @@
 //! `data:` line each, so a chunk that does not end a line continues in the next one):
 //! `stdout`, `stderr`, `attempt` (a new attempt began; data: its number), `gap` (output went by
 //! that the tails no longer hold), `end` (data: JSON `{id, state_id, exit_code, exit_signal,
-//! error}`), `timeout`, `error` (data: the message). Must never write anything.
+//! error}`), `timeout`, `error` (data: the message); and a comment line every 5 s of quiet.
+//! Must never write anything.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -22,10 +23,13 @@ use tokio::time::Instant;
 
 use super::{ApiError, HttpState};
 use crate::db::codes::{DONE_CHANNEL, OUTPUT_CHANNEL};
-use crate::db::follow::{self, Advance, Follower, OutputCursor, OutputView, REREAD};
+use crate::db::follow::{self, Advance, Follower, OutputCursor, OutputView, Woke, REREAD};
 
 /// Output streams open at once, per node (each holds a database connection).
 pub const MAX_STREAMS: usize = 16;
+
+/// Bound on opening a stream (connect, LISTEN, the first read).
+const OPEN_DEADLINE: Duration = Duration::from_secs(10);
 
 /// The longest one stream stays open.
 pub const MAX_STREAM_TIME: Duration = Duration::from_secs(3600);
@@ -91,27 +95,28 @@ pub async fn output(
         )
     })?;
     let url = state.node.database_url.clone();
-    let follower = state
+    // listen, then the first read, before the answer: an unknown task is a 404, not an empty
+    // stream; bounded like any request's database work
+    let opened = state
         .runtime
         .spawn(async move {
-            Follower::connect(&url, "http output", &[OUTPUT_CHANNEL, DONE_CHANNEL]).await
-        })
-        .await
-        .map_err(ApiError::internal)?
-        .map_err(|e| ApiError::new(StatusCode::SERVICE_UNAVAILABLE, e.to_string()))?;
-    let (tx, rx) = mpsc::channel::<web::Bytes>(16);
-    // the first read before the answer: an unknown task is a 404, not an empty stream
-    let (follower, first) = state
-        .runtime
-        .spawn(async move {
-            let first = follow::output(follower.client(), id).await;
-            (follower, first)
+            tokio::time::timeout(OPEN_DEADLINE, async {
+                let follower =
+                    Follower::connect(&url, "http output", &[OUTPUT_CHANNEL, DONE_CHANNEL]).await?;
+                let first = follow::output(follower.client(), id).await?;
+                Ok::<_, crate::db::DbError>((follower, first))
+            })
+            .await
         })
         .await
         .map_err(ApiError::internal)?;
+    let unavailable = |m: String| ApiError::new(StatusCode::SERVICE_UNAVAILABLE, m);
+    let (follower, first) = opened
+        .map_err(|_| unavailable("the database did not answer in time".into()))?
+        .map_err(|e| unavailable(e.to_string()))?;
     let first = first
-        .map_err(|e| ApiError::new(StatusCode::SERVICE_UNAVAILABLE, e.to_string()))?
         .ok_or_else(|| ApiError::new(StatusCode::NOT_FOUND, format!("no task with id {id}")))?;
+    let (tx, rx) = mpsc::channel::<web::Bytes>(16);
     state.runtime.spawn(async move {
         let _permit = permit;
         pump(follower, id, first, tx).await;
@@ -149,12 +154,19 @@ async fn pump(mut follower: Follower, id: i64, first: OutputView, tx: mpsc::Send
         }
         let wake = deadline.min(Instant::now() + REREAD);
         tokio::select! {
-            woke = follower.next(|x| x == id, Some(wake)) => {
-                if let Err(e) = woke {
+            woke = follower.next(|x| x == id, Some(wake)) => match woke {
+                Err(e) => {
                     let _ = tx.send(event("error", &e.to_string())).await;
                     return;
                 }
-            }
+                // a comment line: keeps proxies from closing a quiet stream
+                Ok(Woke::Deadline) => {
+                    if tx.send(web::Bytes::from_static(b": still running\n\n")).await.is_err() {
+                        return;
+                    }
+                }
+                Ok(Woke::Notified) => {}
+            },
             _ = tx.closed() => return,
         }
         view = match follow::output(follower.client(), id).await {
