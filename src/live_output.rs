@@ -85,15 +85,24 @@ impl LiveOutputs {
         if !self.enabled() {
             return;
         }
-        self.runs().insert(
-            task_id,
-            LiveRun {
-                run_id,
-                tails,
-                written: (0, 0),
-            },
-        );
-        self.alarm.notify_one(); // the loop may be asleep on an empty registry
+        let was_empty = {
+            let mut runs = self.runs();
+            let was_empty = runs.is_empty();
+            runs.insert(
+                task_id,
+                LiveRun {
+                    run_id,
+                    tails,
+                    written: (0, 0),
+                },
+            );
+            was_empty
+        };
+        // the loop sleeps on the alarm alone while nothing runs; otherwise its timer is armed
+        // (waking it for every start would turn a busy node's rounds from 1/s into 10/s)
+        if was_empty {
+            self.alarm.notify_one();
+        }
     }
 
     /// A process ended (its outcome carries the final tails).

@@ -272,8 +272,15 @@ async fn wait_returns_the_documented_codes() {
     };
     tokio::time::sleep(Duration::from_millis(500)).await;
     assert_eq!(code(&pgtaskd(&db.url, &["cancel", &long.to_string()])), 0);
+    let cancelled = std::time::Instant::now();
     let out = waiting.await.expect("wait");
     assert_eq!(code(&out), 125, "cancelled: {}", text(&out.stderr));
+    // the kill takes up to kill_grace (500 ms); a waiter reading every 5 s would take longer
+    assert!(
+        cancelled.elapsed() < Duration::from_secs(3),
+        "woken by the done notification, not the 5 s re-read: {:?}",
+        cancelled.elapsed()
+    );
 
     let out = pgtaskd(&db.url, &["wait", &ok_s, "424242"]);
     assert_eq!(code(&out), 3);

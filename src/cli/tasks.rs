@@ -192,6 +192,9 @@ impl SubmitArgs {
 
 pub async fn submit(args: SubmitArgs) -> anyhow::Result<()> {
     let task = args.new_task();
+    if args.wait_timeout.is_some() && !(args.wait || args.follow) {
+        return Err(Failure::usage("--wait-timeout needs --wait or --follow"));
+    }
     if args.wait || args.follow {
         return submit_and_follow(&args, &task).await;
     }
