@@ -338,9 +338,18 @@ async fn the_http_output_stream_delivers_the_lines_until_the_end() {
     let (status, _) = common::http::request("GET", &format!("{base}/tasks/999999/output"), None);
     assert_eq!(status, 404);
 
-    let id = queue(&client, &["sh", "-c", TWO_LINES]).await;
+    // a draft: the stream is open before the task starts
+    let id: i64 = client
+        .query_one(
+            "INSERT INTO long_task.task (state_id, command) VALUES ('DR', ARRAY['sh', '-c', $1])
+             RETURNING id",
+            &[&TWO_LINES],
+        )
+        .await
+        .expect("a draft")
+        .get(0);
     let url = format!("{base}/tasks/{id}/output");
-    let events = tokio::task::spawn_blocking(move || {
+    let reader = tokio::task::spawn_blocking(move || {
         let resp = ureq::AgentBuilder::new()
             .timeout(Duration::from_secs(30))
             .build()
@@ -368,9 +377,13 @@ async fn the_http_output_stream_delivers_the_lines_until_the_end() {
             } // else a comment line (`: still running`) or the end of one
         }
         events
-    })
-    .await
-    .expect("read the stream");
+    });
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    client
+        .execute("SELECT long_task.requeue($1)", &[&id])
+        .await
+        .expect("start the draft");
+    let events = reader.await.expect("read the stream");
     let stdout: String = events
         .iter()
         .filter(|e| e.1 == "stdout")
@@ -381,6 +394,10 @@ async fn the_http_output_stream_delivers_the_lines_until_the_end() {
         .iter()
         .find(|e| e.1 == "stdout")
         .expect("a stdout event");
+    assert_eq!(
+        first.2, "first",
+        "the first line alone, while the task ran: {events:?}"
+    );
     let end = events.last().expect("events");
     assert_eq!(end.1, "end", "{events:?}");
     assert!(end.2.contains("\"state_id\":\"CS\""), "{events:?}");
@@ -426,5 +443,31 @@ async fn a_task_that_prints_a_lot_is_flushed_at_a_bounded_rate() {
         stdout,
         Some(want.join("\n")),
         "the final tail is the outcome's"
+    );
+}
+
+#[tokio::test]
+async fn logs_follow_prints_every_attempt_of_a_retried_task() {
+    let (db, client) = migrated_db().await;
+    let _node = node(&db.url, &client, 1).await;
+    // the last line of each attempt comes right before its exit, after any live flush
+    let script =
+        "echo \"start $PGTASKD_ATTEMPT\"; sleep 1.5; echo \"end $PGTASKD_ATTEMPT\"; exit 4";
+    let id: i64 = client
+        .query_one(
+            "INSERT INTO long_task.task (state_id, command, max_attempts, retry_base)
+             VALUES ('AW', ARRAY['sh', '-c', $1], 2, 0) RETURNING id",
+            &[&script],
+        )
+        .await
+        .expect("queue")
+        .get(0);
+    let out = pgtaskd_async(&db.url, &["logs", "-f", &id.to_string()]).await;
+    assert_eq!(code(&out), 4, "{}", text(&out.stderr));
+    assert_eq!(text(&out.stdout), "start 1\nend 1\nstart 2\nend 2\n");
+    assert!(
+        text(&out.stderr).contains(&format!("task {id}: attempt 2")),
+        "{}",
+        text(&out.stderr)
     );
 }

@@ -195,8 +195,9 @@ pub async fn follow_output(follower: &mut Follower, id: i64) -> anyhow::Result<(
     // whether the last text printed on each stream ended a line
     let (mut out_open, mut err_open) = (false, false);
     loop {
-        let view = match follow::output(follower.client(), id).await? {
-            Some(view) => view,
+        let (view, advances) = match follow::read_output(follower.client(), id, &mut cursor).await?
+        {
+            Some(read) => read,
             None if first_read => return Err(Failure::not_found(id)),
             None => {
                 return Err(Failure {
@@ -207,23 +208,24 @@ pub async fn follow_output(follower: &mut Follower, id: i64) -> anyhow::Result<(
             }
         };
         first_read = false;
-        let advance = cursor.advance(&view);
-        if let Some(attempt) = advance.new_attempt {
-            end_lines(&mut out_open, &mut err_open);
-            eprintln!("pgtaskd: task {id}: attempt {attempt}");
-        }
-        if advance.gap {
-            end_lines(&mut out_open, &mut err_open);
-            eprintln!("pgtaskd: task {id}: some output went by that the tails no longer hold");
-        }
-        if !advance.stdout.is_empty() {
-            print!("{}", advance.stdout);
-            out_open = !advance.stdout.ends_with('\n');
-            std::io::stdout().flush()?;
-        }
-        if !advance.stderr.is_empty() {
-            eprint!("{}", advance.stderr);
-            err_open = !advance.stderr.ends_with('\n');
+        for advance in advances {
+            if let Some(attempt) = advance.new_attempt {
+                end_lines(&mut out_open, &mut err_open);
+                eprintln!("pgtaskd: task {id}: attempt {attempt}");
+            }
+            if advance.gap {
+                end_lines(&mut out_open, &mut err_open);
+                eprintln!("pgtaskd: task {id}: some output went by that the tails no longer hold");
+            }
+            if !advance.stdout.is_empty() {
+                print!("{}", advance.stdout);
+                out_open = !advance.stdout.ends_with('\n');
+                std::io::stdout().flush()?;
+            }
+            if !advance.stderr.is_empty() {
+                eprint!("{}", advance.stderr);
+                err_open = !advance.stderr.ends_with('\n');
+            }
         }
         if let Some(code) = task_exit_code(&view.status) {
             end_lines(&mut out_open, &mut err_open);

@@ -92,6 +92,55 @@ pub async fn output(client: &impl GenericClient, id: i64) -> Result<Option<Outpu
     }))
 }
 
+/// The tails an ended attempt left in `task_run` (None when it has no history row).
+async fn attempt_tails(
+    client: &impl GenericClient,
+    id: i64,
+    run_id: Uuid,
+) -> Result<Option<(Option<String>, Option<String>)>, DbError> {
+    let row = client
+        .query_opt(
+            "SELECT stdout_tail, stderr_tail FROM long_task.task_run
+              WHERE task_id = $1 AND run_id = $2",
+            &[&id, &run_id],
+        )
+        .await
+        .map_err(DbError::query("reading an attempt's output"))?;
+    Ok(row.map(|r| (r.get(0), r.get(1))))
+}
+
+/// Reads task `id` and what its output added since `cursor` last saw it, in order: when a new
+/// attempt began meanwhile, first the end of the one the cursor followed (from `task_run`: a
+/// retry can be claimed again before a follower reads the row), then the new one's. None when
+/// there is no such task.
+pub async fn read_output(
+    client: &impl GenericClient,
+    id: i64,
+    cursor: &mut OutputCursor,
+) -> Result<Option<(OutputView, Vec<Advance>)>, DbError> {
+    let Some(view) = output(client, id).await? else {
+        return Ok(None);
+    };
+    let mut advances = Vec::new();
+    if let Some(old) = cursor
+        .run_id
+        .filter(|old| view.run_id.is_some_and(|r| r != *old))
+    {
+        if let Some((stdout_tail, stderr_tail)) = attempt_tails(client, id, old).await? {
+            let ended = OutputView {
+                run_id: Some(old),
+                stdout_tail,
+                stderr_tail,
+                ..view.clone()
+            };
+            advances.push(cursor.advance(&ended));
+        }
+    }
+    advances.push(cursor.advance(&view));
+    advances.retain(|a| !a.is_empty());
+    Ok(Some((view, advances)))
+}
+
 /// What arrived since the last read of a task's output.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Advance {

@@ -137,9 +137,10 @@ pub async fn output(
 async fn pump(mut follower: Follower, id: i64, first: OutputView, tx: mpsc::Sender<web::Bytes>) {
     let deadline = Instant::now() + MAX_STREAM_TIME;
     let mut cursor = OutputCursor::default();
+    let mut advances = vec![cursor.advance(&first)];
     let mut view = first;
     loop {
-        for bytes in advance_events(&cursor.advance(&view)) {
+        for bytes in advances.iter().flat_map(advance_events) {
             if tx.send(bytes).await.is_err() {
                 return; // the client went away
             }
@@ -169,8 +170,8 @@ async fn pump(mut follower: Follower, id: i64, first: OutputView, tx: mpsc::Send
             },
             _ = tx.closed() => return,
         }
-        view = match follow::output(follower.client(), id).await {
-            Ok(Some(view)) => view,
+        (view, advances) = match follow::read_output(follower.client(), id, &mut cursor).await {
+            Ok(Some(read)) => read,
             Ok(None) => {
                 let _ = tx
                     .send(event("error", &format!("task {id} was deleted")))
