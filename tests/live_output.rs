@@ -5,44 +5,19 @@
 mod common;
 
 use std::io::{BufRead, BufReader};
-use std::process::{Command, Output};
 use std::time::Duration;
 
-use common::migrated_db;
+use common::cli::{code, pgtaskd, pgtaskd_async};
 use common::node::{queue, state, wait_node_ready, wait_state, wait_until, NodeProcess};
+use common::{listen, migrated_db};
 use pgtaskd::db::codes::{group_channel, DONE_CHANNEL, OUTPUT_CHANNEL};
-use pgtaskd::db::{self, Notice};
+use pgtaskd::db::Notice;
 use tokio::sync::mpsc;
 use tokio_postgres::Client;
 
 const LONG: Duration = Duration::from_secs(20);
 /// Prints a line, sleeps 3 s, prints another: the first must be visible while it runs.
 const TWO_LINES: &str = "echo first; sleep 3; echo second";
-
-fn pgtaskd(url: &str, args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_pgtaskd"))
-        .args(args)
-        .env("DATABASE_URL", url)
-        .env_remove("RUST_LOG")
-        .output()
-        .expect("run pgtaskd")
-}
-
-/// Runs pgtaskd off the test's runtime (it blocks until the followed tasks end).
-async fn pgtaskd_async(url: &str, args: &[&str]) -> Output {
-    let url = url.to_owned();
-    let args: Vec<String> = args.iter().map(|a| a.to_string()).collect();
-    tokio::task::spawn_blocking(move || {
-        let args: Vec<&str> = args.iter().map(String::as_str).collect();
-        pgtaskd(&url, &args)
-    })
-    .await
-    .expect("pgtaskd ran")
-}
-
-fn code(out: &Output) -> i32 {
-    out.status.code().expect("exited normally")
-}
 
 fn text(bytes: &[u8]) -> String {
     String::from_utf8_lossy(bytes).into_owned()
@@ -57,19 +32,6 @@ async fn tails(client: &Client, id: i64) -> (String, Option<String>, Option<Stri
         .await
         .expect("task exists");
     (row.get(0), row.get(1), row.get(2))
-}
-
-async fn listen(url: &str, channels: &[String]) -> (Client, mpsc::UnboundedReceiver<Notice>) {
-    let (tx, rx) = mpsc::unbounded_channel();
-    let (listener, _ended) = db::connect_listening(url, "test listener", tx)
-        .await
-        .expect("listen");
-    let sql: String = channels
-        .iter()
-        .map(|c| format!("LISTEN \"{c}\";"))
-        .collect();
-    listener.batch_execute(&sql).await.expect("LISTEN");
-    (listener, rx)
 }
 
 /// Everything that arrives within `window`.
@@ -97,12 +59,8 @@ async fn record_output_is_fenced_by_run_id_and_wakes_no_node() {
         .await
         .expect("claim")
         .get(0);
-    let channels = [
-        group_channel(0),
-        OUTPUT_CHANNEL.to_owned(),
-        DONE_CHANNEL.to_owned(),
-    ];
-    let (_listener, mut rx) = listen(&db.url, &channels).await;
+    let group = group_channel(0);
+    let (_listener, mut rx) = listen(&db.url, &[&group, OUTPUT_CHANNEL, DONE_CHANNEL]).await;
     let record = |run: uuid::Uuid, out: Option<&'static str>, err: Option<&'static str>| {
         let client = &client;
         async move {
@@ -411,7 +369,7 @@ async fn the_http_output_stream_delivers_the_lines_until_the_end() {
 async fn a_task_that_prints_a_lot_is_flushed_at_a_bounded_rate() {
     let (db, client) = migrated_db().await;
     let _node = node(&db.url, &client, 1).await;
-    let (_listener, mut rx) = listen(&db.url, &[OUTPUT_CHANNEL.to_owned()]).await;
+    let (_listener, mut rx) = listen(&db.url, &[OUTPUT_CHANNEL]).await;
     // ~2.5 s of bursts of 20,000 lines: far more than tail_lines (20) between two rounds
     let id = queue(
         &client,

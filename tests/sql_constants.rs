@@ -94,17 +94,8 @@ async fn next(rx: &mut mpsc::UnboundedReceiver<Notice>) -> Notice {
 #[tokio::test]
 async fn every_notification_payload_is_one_the_listener_knows() {
     let (db, client) = common::migrated_db().await;
-    let (tx, mut rx) = mpsc::unbounded_channel();
-    let (listener, _ended) = db::connect_listening(&db.url, "test listener", tx)
-        .await
-        .expect("listen");
-    listener
-        .batch_execute(&format!(
-            "LISTEN \"{}\"; LISTEN \"{WORKER_CHANNEL}\";",
-            group_channel(0)
-        ))
-        .await
-        .expect("LISTEN");
+    let group = group_channel(0);
+    let (_listener, mut rx) = common::listen(&db.url, &[&group, WORKER_CHANNEL]).await;
     let event = |n: &Notice| {
         assert_eq!(n.channel, group_channel(0), "{n:?}");
         GroupEvent::from_payload(&n.payload)
@@ -183,28 +174,11 @@ async fn every_notification_payload_is_one_the_listener_knows() {
 #[tokio::test]
 async fn the_followers_channels_and_payloads_match_the_schema() {
     let (db, client) = common::migrated_db().await;
-    let (tx, mut rx) = mpsc::unbounded_channel();
-    let (listener, _ended) = db::connect_listening(&db.url, "test listener", tx)
-        .await
-        .expect("listen");
-    listener
-        .batch_execute(&format!(
-            "LISTEN \"{DONE_CHANNEL}\"; LISTEN \"{OUTPUT_CHANNEL}\";"
-        ))
-        .await
-        .expect("LISTEN");
-    let mut ids = Vec::new();
-    for _ in 0..2 {
-        let id: i64 = client
-            .query_one(
-                "INSERT INTO long_task.task (state_id, command) VALUES ('AW', '{true}') RETURNING id",
-                &[],
-            )
-            .await
-            .expect("queue")
-            .get(0);
-        ids.push(id);
-    }
+    let (_listener, mut rx) = common::listen(&db.url, &[DONE_CHANNEL, OUTPUT_CHANNEL]).await;
+    let ids = vec![
+        common::node::queue(&client, &["true"]).await,
+        common::node::queue(&client, &["true"]).await,
+    ];
     let (run, run_id): (i64, uuid::Uuid) = {
         let row = client
             .query_one("SELECT id, run_id FROM long_task.claim(1, 0, 1)", &[])

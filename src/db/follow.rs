@@ -13,7 +13,7 @@ use tokio_postgres::{Client, GenericClient};
 use uuid::Uuid;
 
 use super::codes::{TaskIds, TaskState};
-use super::{connect_listening, DbError, Notice};
+use super::{connect_listening, listen, DbError, Notice};
 
 /// Where a task stands, for a waiter.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -256,14 +256,7 @@ impl Follower {
     pub async fn connect(url: &str, purpose: &str, channels: &[&str]) -> Result<Follower, DbError> {
         let (tx, notices) = mpsc::unbounded_channel();
         let (client, ended) = connect_listening(url, purpose, tx).await?;
-        let listen: String = channels
-            .iter()
-            .map(|c| format!("LISTEN \"{c}\";"))
-            .collect();
-        client
-            .batch_execute(&listen)
-            .await
-            .map_err(DbError::query("listening for task changes"))?;
+        listen(&client, channels, "listening for task changes").await?;
         Ok(Follower {
             client,
             notices,

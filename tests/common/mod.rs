@@ -207,6 +207,7 @@ pub async fn task_count(client: &tokio_postgres::Client) -> i64 {
         .get(0)
 }
 
+pub mod cli;
 pub mod http;
 pub mod node;
 pub mod schema;
@@ -219,4 +220,22 @@ pub async fn migrated_db() -> (TestDb, tokio_postgres::Client) {
         .await
         .unwrap_or_else(|e| panic!("migrating {}: {e}", db.name));
     (db, client)
+}
+
+/// A connection that LISTENs on `channels`, and the notifications it receives.
+pub async fn listen(
+    url: &str,
+    channels: &[&str],
+) -> (
+    tokio_postgres::Client,
+    tokio::sync::mpsc::UnboundedReceiver<pgtaskd::db::Notice>,
+) {
+    let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+    let (listener, _ended) = pgtaskd::db::connect_listening(url, "test listener", tx)
+        .await
+        .expect("listen");
+    pgtaskd::db::listen(&listener, channels, "test LISTEN")
+        .await
+        .expect("LISTEN");
+    (listener, rx)
 }
