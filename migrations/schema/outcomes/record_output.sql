@@ -3,9 +3,12 @@
 -- where the task is still AE/AC under that run_id. A NULL tail leaves that stream as it is. A
 -- row locked by another transaction (an outcome, a cancel) is skipped, never waited for (no lock
 -- order to get wrong against complete_runs): the node writes it in its next round, and the
--- outcome carries the final tails anyway. As a node write it sends no wake/ctl/sched
--- (task_after_write); it sends one notification on long_task_output for followers (pgtaskd logs
--- -f, the HTTP stream): the ids written, space-separated, or '*' when they would not fit.
+-- outcome carries the final tails anyway. The triggers let such a row through untouched: the
+-- BEFORE trigger (task_before_write) finds no state, worker, command or period change and only
+-- keeps created_by/changed_by; the AFTER trigger (task_after_write) sees a node write with no
+-- final and no waiting row and returns before any join or notification (no wake/ctl/sched: no
+-- node is woken). It sends one notification itself, on long_task_output, for followers (pgtaskd
+-- logs -f, the HTTP stream): the ids written, space-separated, or '*' when they would not fit.
 -- Returns the ids written.
 CREATE OR REPLACE FUNCTION long_task.record_output(
     p_ids bigint[], p_run_ids uuid[], p_stdout text[], p_stderr text[])
