@@ -155,7 +155,8 @@ impl LiveOutputs {
     }
 }
 
-/// The flush loop of a node (until the node's System stops). See the module header.
+/// The flush loop of a node (until the node's System stops), in a span with the node's worker
+/// and group ids. See the module header.
 pub async fn run(node: Arc<NodeContext>) {
     let live = &node.live_output;
     if !live.enabled() {
@@ -183,7 +184,6 @@ pub async fn run(node: Arc<NodeContext>) {
         {
             Ok(Ok(ids)) => {
                 debug!(
-                    worker_id = node.worker_id,
                     changed = changes.len(),
                     written = ids.len(),
                     "live output written"
@@ -191,8 +191,8 @@ pub async fn run(node: Arc<NodeContext>) {
                 live.written(&changes, &ids);
             }
             // best effort: the next round writes what the tails hold then
-            Ok(Err(e)) => debug!(worker_id = node.worker_id, error = %e, "live output not written"),
-            Err(_) => debug!(worker_id = node.worker_id, "live output write timed out"),
+            Ok(Err(e)) => debug!(error = %e, "live output not written"),
+            Err(_) => debug!("live output write timed out"),
         }
     }
 }

@@ -264,7 +264,15 @@ impl Actor for Supervisor {
         self.start_coordinator();
         self.start_listener();
         // a plain task, not an actor: it holds no state a restart would need
-        actix::spawn(crate::live_output::run(self.node.clone()));
+        let span = tracing::info_span!(
+            "live_output",
+            worker_id = self.node.worker_id,
+            group_id = self.node.group_id
+        );
+        actix::spawn(tracing::Instrument::instrument(
+            crate::live_output::run(self.node.clone()),
+            span,
+        ));
         // an embedded node leaves the host program's signals alone (it stops through its handle)
         if !self.node.options.embedded {
             self.watch_signals(ctx);
