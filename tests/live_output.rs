@@ -429,3 +429,60 @@ async fn logs_follow_prints_every_attempt_of_a_retried_task() {
         text(&out.stderr)
     );
 }
+
+#[tokio::test]
+async fn output_streams_are_bounded_per_node_and_end_when_the_client_goes() {
+    let (db, client) = migrated_db().await;
+    let (_node, base) = common::http::node_with_http(&db.url, 1, &[]).await;
+    wait_node_ready(&client, 1).await;
+    let id = queue(&client, &["sleep", "60"]).await;
+    wait_state(&client, id, "AE", LONG).await;
+    let url = format!("{base}/tasks/{id}/output");
+    let streams = tokio::task::spawn_blocking(move || {
+        let agent = ureq::AgentBuilder::new()
+            .timeout(Duration::from_secs(15))
+            .build();
+        let open: Vec<ureq::Response> = (0..16)
+            .map(|i| {
+                agent
+                    .get(&url)
+                    .call()
+                    .unwrap_or_else(|e| panic!("stream {i}: {e}"))
+            })
+            .collect();
+        let refused = match agent.get(&url).call() {
+            Err(ureq::Error::Status(code, _)) => code,
+            other => panic!("a 17th stream: {:?}", other.map(|r| r.status())),
+        };
+        (open, refused)
+    })
+    .await
+    .expect("open the streams");
+    let (open, refused) = streams;
+    assert_eq!(refused, 503, "16 streams at most");
+    let sessions = || async {
+        client
+            .query_one(
+                "SELECT count(*) FROM pg_stat_activity
+                  WHERE datname = current_database() AND application_name LIKE '%http output%'",
+                &[],
+            )
+            .await
+            .expect("sessions")
+            .get::<_, i64>(0)
+    };
+    assert_eq!(sessions().await, 16, "one follower connection per stream");
+    drop(open); // the clients go away: their followers end, and a new stream opens
+    let freed = wait_until(Duration::from_secs(15), || async { sessions().await == 0 }).await;
+    assert!(freed.is_ok(), "followers left: {}", sessions().await);
+    let (status, _) = tokio::task::spawn_blocking({
+        let url = format!("{base}/tasks/{id}/output");
+        move || {
+            let resp = ureq::get(&url).call().expect("a stream again");
+            (resp.status(), ())
+        }
+    })
+    .await
+    .expect("reopen");
+    assert_eq!(status, 200);
+}
