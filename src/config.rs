@@ -86,6 +86,14 @@ pub struct NodeConfig {
     /// changed; `0s` turns it off (the tails then appear when the run ends).
     #[serde(with = "humantime_serde")]
     pub live_output_interval: Duration,
+    /// Full output capture: every byte of a task's stdout and of its stderr, up to this many per
+    /// stream and attempt, in files under the state directory (`output/`), served by this node's
+    /// HTTP API; 0 (the default): off.
+    #[serde(with = "crate::resources::bytes_serde")]
+    pub output_capture_bytes: u64,
+    /// Capture files older than this are deleted (at start-up and every hour).
+    #[serde(with = "humantime_serde")]
+    pub output_capture_keep: Duration,
     /// Base directory for relative task `cwd` values (default: the node's working directory).
     pub cwd_root: Option<PathBuf>,
     /// Size of the shared database pool.
@@ -147,6 +155,8 @@ impl Default for NodeConfig {
             tail_lines: 20,
             tail_bytes: 8 * 1024,
             live_output_interval: Duration::from_secs(1),
+            output_capture_bytes: 0,
+            output_capture_keep: Duration::from_secs(7 * 86400),
             cwd_root: None,
             pool_size: 8,
             auto_migrate: true,
@@ -248,6 +258,9 @@ impl NodeConfig {
                 "live_output_interval",
                 "must be 0s (off) or at least 100ms",
             ));
+        }
+        if self.output_capture_bytes > 0 && self.output_capture_keep < Duration::from_secs(60) {
+            return Err(invalid("output_capture_keep", "must be at least 1m"));
         }
         if self.tail_bytes == 0 && self.tail_lines > 0 {
             return Err(invalid("tail_bytes", "must be > 0 when tail_lines > 0"));

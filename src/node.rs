@@ -6,6 +6,8 @@
 //! running processes, the current address of each actor). Must never run tasks itself.
 
 use std::collections::HashMap;
+use std::os::unix::fs::DirBuilderExt;
+use std::path::PathBuf;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
@@ -32,6 +34,34 @@ use crate::live_output::LiveOutputs;
 use crate::process::identity::{ChildSetup, RunAs};
 use crate::process::policy::{BaseEnvironment, ProgramRules};
 use crate::process::{kill_leftovers, Guardian};
+
+/// The capture directory of this node, created (mode 0700) and swept of expired files; None when
+/// capture is off or the directory cannot be made (logged: tasks run without capture).
+fn capture_dir(config: &NodeConfig, installation: Uuid, worker_id: i64) -> Option<PathBuf> {
+    if config.output_capture_bytes == 0 {
+        return None;
+    }
+    let dir = config
+        .state_dir()
+        .join(installation.to_string())
+        .join(worker_id.to_string())
+        .join("output");
+    let made = std::fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(&dir);
+    match made {
+        Ok(()) => {
+            let removed = crate::process::capture::sweep(&dir, config.output_capture_keep);
+            info!(dir = %dir.display(), removed, "capturing task output");
+            Some(dir)
+        }
+        Err(e) => {
+            warn!(dir = %dir.display(), error = %e, "cannot make the output capture directory; not capturing");
+            None
+        }
+    }
+}
 
 /// Environment variable carrying `<installation id>/<worker id>` into every task process, so a
 /// restarted node finds what its previous run left behind, and nothing of another installation.
@@ -89,6 +119,9 @@ pub struct NodeContext {
     pub child_setup: ChildSetup,
     /// The running processes' tails, flushed while they run (`live_output`).
     pub live_output: LiveOutputs,
+    /// Where full output is captured (`output_capture_bytes`; None: off, or the directory is
+    /// unusable).
+    pub output_dir: Option<PathBuf>,
     running: Mutex<HashMap<i64, RunEntry>>,
     peers: Mutex<Peers>,
     standing: Mutex<Standing>,
@@ -319,6 +352,7 @@ pub async fn prepare(config: NodeConfig, mut options: NodeOptions) -> Result<Pre
         limits: config.task_limits.rlimits(),
     };
     let live_output = LiveOutputs::new(config.live_output_interval, config.tail_lines);
+    let output_dir = capture_dir(&config, installation, worker_id);
     let context = Arc::new(NodeContext {
         config,
         database_url,
@@ -333,6 +367,7 @@ pub async fn prepare(config: NodeConfig, mut options: NodeOptions) -> Result<Pre
         task_environment,
         child_setup,
         live_output,
+        output_dir,
         running: Mutex::new(HashMap::new()),
         peers: Mutex::new(Peers::default()),
         standing: Mutex::new(Standing {

@@ -486,3 +486,91 @@ async fn output_streams_are_bounded_per_node_and_end_when_the_client_goes() {
     .expect("reopen");
     assert_eq!(status, 200);
 }
+
+#[tokio::test]
+async fn full_output_is_captured_up_to_the_cap_and_served_by_the_node_that_ran_it() {
+    use std::os::unix::fs::PermissionsExt;
+    let (db, client) = migrated_db().await;
+    let state = tempfile::tempdir().expect("state dir");
+    let state_dir = state.path().display().to_string();
+    let (_node, base) = common::http::node_with_http(
+        &db.url,
+        1,
+        &["--state-dir", &state_dir, "--output-capture-bytes", "2000"],
+    )
+    .await;
+    wait_node_ready(&client, 1).await;
+    let small = queue(&client, &["seq", "1", "100"]).await;
+    let big = queue(&client, &["sh", "-c", "seq 1 1000; echo err >&2"]).await;
+    wait_state(&client, small, "CS", LONG).await;
+    wait_state(&client, big, "CS", LONG).await;
+
+    let (status, text) =
+        common::http::request("GET", &format!("{base}/tasks/{small}/output/full"), None);
+    assert_eq!(status, 200, "{text}");
+    let all: String = (1..=100).map(|i| format!("{i}\n")).collect();
+    assert_eq!(text, all, "every line, not the 20 of the tail");
+    let (_, tail, _) = tails(&client, small).await;
+    assert_eq!(tail.expect("a tail").lines().count(), 20);
+
+    let (status, text) = common::http::request(
+        "GET",
+        &format!("{base}/tasks/{big}/output/full?attempt=1"),
+        None,
+    );
+    assert_eq!(status, 200);
+    let seq: String = (1..=1000).map(|i| format!("{i}\n")).collect();
+    assert_eq!(
+        text,
+        format!(
+            "{}\n[pgtaskd: output capture stopped at 2000 bytes]\n",
+            &seq[..2000]
+        ),
+        "the cap, then a line saying so"
+    );
+    let (status, text) = common::http::request(
+        "GET",
+        &format!("{base}/tasks/{big}/output/full?stream=stderr"),
+        None,
+    );
+    assert_eq!((status, text.as_str()), (200, "err\n"));
+
+    for (path, want) in [
+        (format!("/tasks/{big}/output/full?attempt=2"), 404),
+        ("/tasks/999999/output/full".to_owned(), 404),
+        (format!("/tasks/{big}/output/full?stream=both"), 400),
+        (format!("/tasks/{big}/output/full?colour=red"), 400),
+    ] {
+        assert_eq!(
+            common::http::request("GET", &format!("{base}{path}"), None).0,
+            want,
+            "{path}"
+        );
+    }
+    // the files: under the node's state dir, readable by its user only
+    let files: Vec<_> = walk(state.path())
+        .into_iter()
+        .filter(|p| {
+            p.extension()
+                .is_some_and(|e| e == "stdout" || e == "stderr")
+        })
+        .collect();
+    assert_eq!(files.len(), 4, "{files:?}");
+    for file in files {
+        let mode = std::fs::metadata(&file).expect("meta").permissions().mode() & 0o777;
+        assert_eq!(mode, 0o600, "{}", file.display());
+    }
+}
+
+fn walk(dir: &std::path::Path) -> Vec<std::path::PathBuf> {
+    let mut found = Vec::new();
+    for entry in std::fs::read_dir(dir).into_iter().flatten().flatten() {
+        let path = entry.path();
+        if path.is_dir() {
+            found.extend(walk(&path));
+        } else {
+            found.push(path);
+        }
+    }
+    found
+}

@@ -23,6 +23,7 @@ use super::outcomes::{OutcomesMsg, Pending};
 use crate::db::queries::{ClaimedTask, RunOutcome, TaskState};
 use crate::handler::{self, CancellationToken, HandlerFn, HandlerOutput};
 use crate::node::{NodeContext, NODE_MARKER};
+use crate::process::capture::CaptureTarget;
 use crate::process::{self, policy, ExitOutcome, SpawnSpec};
 
 /// Why a process is being stopped; decides what is written afterwards.
@@ -148,6 +149,13 @@ impl ProcessActor {
             tail_lines: config.tail_lines,
             tail_bytes: config.tail_bytes,
             output_alarm: self.node.live_output.alarm(),
+            capture: self.node.output_dir.as_ref().map(|dir| CaptureTarget {
+                dir: dir.clone(),
+                task_id: self.task.id,
+                attempt: self.task.attempt,
+                run_id: self.task.run_id,
+                max_bytes: config.output_capture_bytes,
+            }),
         })
     }
 

@@ -132,6 +132,7 @@ pub fn start(node: Arc<NodeContext>, addr: SocketAddr) -> Result<(), HttpError> 
             .wrap(actix_web::middleware::from_fn(auth::require_token))
             .configure(api::routes)
             .route("/tasks/{id}/output", web::get().to(stream::output))
+            .route("/tasks/{id}/output/full", web::get().to(stream::full))
             .route("/status", web::get().to(page::status_page))
             .route(
                 "/",

@@ -1,4 +1,5 @@
-//! `GET /tasks/{id}/output`: a task's output as server-sent events, until the task is final.
+//! `GET /tasks/{id}/output`: a task's output as server-sent events, until the task is final; and
+//! `GET /tasks/{id}/output/full`: the output this node captured of an attempt (`capture`).
 //!
 //! Each stream has its own follower (`db::follow::Follower`: one dedicated connection that
 //! listens on the done and output channels and reads the row again when they name the task, and
@@ -24,6 +25,7 @@ use tokio::time::Instant;
 use super::{ApiError, HttpState};
 use crate::db::codes::{DONE_CHANNEL, OUTPUT_CHANNEL};
 use crate::db::follow::{self, Advance, Follower, OutputCursor, OutputView, Woke, REREAD};
+use crate::process::capture::{self, Stream};
 
 /// Output streams open at once, per node (each holds a database connection).
 pub const MAX_STREAMS: usize = 16;
@@ -184,6 +186,78 @@ async fn pump(mut follower: Follower, id: i64, first: OutputView, tx: mpsc::Send
             }
         };
     }
+}
+
+/// `GET /tasks/{id}/output/full?stream=stdout|stderr&attempt=N`: the output this node captured
+/// of an attempt (the latest it ran when `attempt` is not given), as `text/plain`, read from the
+/// file in chunks; `404` when this node has none (capture off, another node ran it, expired).
+pub async fn full(
+    state: web::Data<HttpState>,
+    path: web::Path<String>,
+    query: web::Query<std::collections::HashMap<String, String>>,
+) -> Result<HttpResponse, ApiError> {
+    let id: i64 = path
+        .parse()
+        .map_err(|_| ApiError::bad_request(format!("`{path}` is not a task id")))?;
+    let (mut stream, mut attempt) = (Stream::Stdout, None);
+    for (key, value) in query.iter() {
+        match key.as_str() {
+            "stream" => {
+                stream = Stream::from_name(value).ok_or_else(|| {
+                    ApiError::bad_request(format!(
+                        "`stream`: `{value}` is neither stdout nor stderr"
+                    ))
+                })?
+            }
+            "attempt" => {
+                attempt = Some(value.parse::<i32>().map_err(|_| {
+                    ApiError::bad_request(format!("`attempt`: `{value}` is not a number"))
+                })?)
+            }
+            other => {
+                return Err(ApiError::bad_request(format!(
+                    "unknown parameter `{other}`"
+                )))
+            }
+        }
+    }
+    let not_here = || {
+        ApiError::new(
+            StatusCode::NOT_FOUND,
+            format!(
+                "node {} has no captured output of task {id}",
+                state.node.worker_id
+            ),
+        )
+    };
+    let dir = state.node.output_dir.clone().ok_or_else(not_here)?;
+    let file = state
+        .runtime
+        .spawn(async move {
+            let path =
+                tokio::task::spawn_blocking(move || capture::find(&dir, id, attempt, stream))
+                    .await
+                    .ok()
+                    .flatten()?;
+            tokio::fs::File::open(path).await.ok()
+        })
+        .await
+        .map_err(ApiError::internal)?
+        .ok_or_else(not_here)?;
+    let chunks = futures_util::stream::unfold(file, |mut file| async move {
+        let mut buf = vec![0u8; 64 * 1024];
+        match tokio::io::AsyncReadExt::read(&mut file, &mut buf).await {
+            Ok(0) => None,
+            Ok(n) => {
+                buf.truncate(n);
+                Some((Ok::<_, std::io::Error>(web::Bytes::from(buf)), file))
+            }
+            Err(e) => Some((Err(e), file)),
+        }
+    });
+    Ok(HttpResponse::Ok()
+        .content_type("text/plain; charset=utf-8")
+        .streaming(chunks))
 }
 
 #[cfg(test)]

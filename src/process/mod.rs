@@ -7,6 +7,7 @@
 //! Must never: talk to the database, know about task states, or run a
 //! command through a shell.
 
+pub mod capture;
 mod guardian;
 pub mod identity;
 mod kill;

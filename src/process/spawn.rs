@@ -3,7 +3,8 @@
 //! Owns: building the command (no shell, stdin null, stdout/stderr piped,
 //! its own process group, exactly the environment in the spec), the bounded
 //! stdout/stderr tails (readable while the process runs: `live_tails`, and the
-//! spec's `output_alarm` rung by a reader that saw that many new lines), and `wait()`: exit status, then SIGKILL of the whole
+//! spec's `output_alarm` rung by a reader that saw that many new lines; every byte, up to a cap,
+//! into the spec's `capture` files), and `wait()`: exit status, then SIGKILL of the whole
 //! group (leftover grandchildren die with the task), then the tails, waiting
 //! at most ~500 ms for the pipes to close.
 //! Must never: run through a shell, buffer unbounded output, block on a pipe
@@ -36,6 +37,7 @@ use tokio::io::{AsyncRead, AsyncReadExt};
 use tokio::process::{Child, Command};
 use tokio::task::JoinHandle;
 
+use super::capture::{CaptureFile, CaptureTarget, Stream};
 use super::identity::ChildSetup;
 use super::kill::signal_group;
 use super::policy::{resolve_program, BaseEnvironment, DEFAULT_PATH};
@@ -64,6 +66,8 @@ pub struct SpawnSpec {
     pub tail_bytes: usize,
     /// Rung (never waited on) when a stream ended this many lines since its last live snapshot.
     pub output_alarm: Option<OutputAlarm>,
+    /// Also write every byte of each stream (up to a cap) to files (`capture`).
+    pub capture: Option<CaptureTarget>,
 }
 
 /// A reader's way to ask for an early live flush: `notify_one` once a tail holds `lines`
@@ -124,6 +128,7 @@ impl SpawnSpec {
             tail_lines: 100,
             tail_bytes: 64 * 1024,
             output_alarm: None,
+            capture: None,
         }
     }
 }
@@ -231,8 +236,14 @@ pub fn spawn(spec: &SpawnSpec) -> Result<RunningProcess, SpawnError> {
             source: io::Error::other("spawned child has no pid"),
         });
     };
-    let stdout = child.stdout.take().map(|s| start_reader(s, spec));
-    let stderr = child.stderr.take().map(|s| start_reader(s, spec));
+    let stdout = child
+        .stdout
+        .take()
+        .map(|s| start_reader(s, spec, Stream::Stdout));
+    let stderr = child
+        .stderr
+        .take()
+        .map(|s| start_reader(s, spec, Stream::Stderr));
     Ok(RunningProcess {
         pid,
         child,
@@ -279,15 +290,24 @@ fn classify(program: &str, spec: &SpawnSpec, e: io::Error) -> SpawnError {
     }
 }
 
-fn start_reader<R>(stream: R, spec: &SpawnSpec) -> Reader
+fn start_reader<R>(stream: R, spec: &SpawnSpec, which: Stream) -> Reader
 where
     R: AsyncRead + Unpin + Send + 'static,
 {
     let tail = Arc::new(Mutex::new(Tail::new(spec.tail_lines, spec.tail_bytes)));
+    // a capture that cannot start is a capture that is not there; the task runs anyway
+    let capture = spec.capture.as_ref().and_then(|target| {
+        CaptureFile::create(target, which)
+            .map_err(|e| {
+                tracing::warn!(path = %target.path(which).display(), error = %e, "cannot capture the task's output")
+            })
+            .ok()
+    });
     let handle = tokio::spawn(read_into(
         stream,
         Arc::clone(&tail),
         spec.output_alarm.clone(),
+        capture,
     ));
     Reader { handle, tail }
 }
@@ -296,6 +316,7 @@ async fn read_into<R: AsyncRead + Unpin>(
     mut stream: R,
     tail: Arc<Mutex<Tail>>,
     alarm: Option<OutputAlarm>,
+    mut capture: Option<CaptureFile>,
 ) {
     let mut buf = vec![0u8; READ_CHUNK];
     loop {
@@ -310,6 +331,9 @@ async fn read_into<R: AsyncRead + Unpin>(
                 // notify_one stores one permit: ringing again before the flush costs nothing
                 if let Some(alarm) = alarm.as_ref().filter(|a| unseen >= a.lines.max(1)) {
                     alarm.notify.notify_one();
+                }
+                if let Some(capture) = capture.as_mut() {
+                    capture.write(&buf[..n]);
                 }
             }
             Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
