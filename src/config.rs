@@ -418,6 +418,34 @@ mod tests {
     }
 
     #[test]
+    fn live_output_and_capture_settings_are_checked() {
+        let cfg = NodeConfig::from_toml(
+            "live_output_interval = \"250ms\"\noutput_capture_bytes = \"10MiB\"\noutput_capture_keep = \"2days\"",
+        )
+        .expect("parses");
+        assert_eq!(cfg.live_output_interval, Duration::from_millis(250));
+        assert_eq!(cfg.output_capture_bytes, 10 << 20);
+        assert_eq!(cfg.output_capture_keep, Duration::from_secs(2 * 86400));
+        cfg.validate().expect("valid");
+        for (toml, key) in [
+            ("live_output_interval = \"50ms\"", "live_output_interval"),
+            (
+                "output_capture_bytes = 1000\noutput_capture_keep = \"10s\"",
+                "output_capture_keep",
+            ),
+        ] {
+            let err = NodeConfig::from_toml(toml)
+                .expect("parses")
+                .validate()
+                .expect_err(toml)
+                .to_string();
+            assert!(err.contains(key), "{err}");
+        }
+        let off = NodeConfig::from_toml("live_output_interval = \"0s\"").expect("parses");
+        off.validate().expect("0s turns live output off");
+    }
+
+    #[test]
     fn http_and_memory_floor_parse() {
         let cfg = NodeConfig::from_toml(
             "http = \"127.0.0.1:9000\"\nmin_free_memory = \"1GiB\"\nlog_format = \"logfmt\"",
