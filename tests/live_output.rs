@@ -548,7 +548,7 @@ async fn full_output_is_captured_up_to_the_cap_and_served_by_the_node_that_ran_i
         );
     }
     // the files: under the node's state dir, readable by its user only
-    let files: Vec<_> = walk(state.path())
+    let files: Vec<_> = common::walk(state.path())
         .into_iter()
         .filter(|p| {
             p.extension()
@@ -560,17 +560,4 @@ async fn full_output_is_captured_up_to_the_cap_and_served_by_the_node_that_ran_i
         let mode = std::fs::metadata(&file).expect("meta").permissions().mode() & 0o777;
         assert_eq!(mode, 0o600, "{}", file.display());
     }
-}
-
-fn walk(dir: &std::path::Path) -> Vec<std::path::PathBuf> {
-    let mut found = Vec::new();
-    for entry in std::fs::read_dir(dir).into_iter().flatten().flatten() {
-        let path = entry.path();
-        if path.is_dir() {
-            found.extend(walk(&path));
-        } else {
-            found.push(path);
-        }
-    }
-    found
 }

@@ -239,3 +239,19 @@ pub async fn listen(
         .expect("LISTEN");
     (listener, rx)
 }
+
+/// Every file under `dir`, recursively (none when it cannot be read).
+pub fn walk(dir: &std::path::Path) -> Vec<std::path::PathBuf> {
+    let mut found = Vec::new();
+    if let Ok(entries) = std::fs::read_dir(dir) {
+        for entry in entries.flatten() {
+            let path = entry.path();
+            if path.is_dir() {
+                found.extend(walk(&path));
+            } else {
+                found.push(path);
+            }
+        }
+    }
+    found
+}
