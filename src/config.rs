@@ -81,6 +81,19 @@ pub struct NodeConfig {
     pub tail_lines: usize,
     /// Bytes kept at most per output tail.
     pub tail_bytes: usize,
+    /// Live output: a running process's tails are written to its task row this often (and
+    /// sooner, at most every 100 ms, once a stream printed `tail_lines` new lines), only when they
+    /// changed; `0s` turns it off (the tails then appear when the run ends).
+    #[serde(with = "humantime_serde")]
+    pub live_output_interval: Duration,
+    /// Full output capture: every byte of a task's stdout and of its stderr, up to this many per
+    /// stream and attempt, in files under the state directory (`output/`), served by this node's
+    /// HTTP API; 0 (the default): off.
+    #[serde(with = "crate::resources::bytes_serde")]
+    pub output_capture_bytes: u64,
+    /// Capture files older than this are deleted (at start-up and every hour).
+    #[serde(with = "humantime_serde")]
+    pub output_capture_keep: Duration,
     /// Base directory for relative task `cwd` values (default: the node's working directory).
     pub cwd_root: Option<PathBuf>,
     /// Size of the shared database pool.
@@ -152,6 +165,9 @@ impl Default for NodeConfig {
             state_dir: None,
             tail_lines: 20,
             tail_bytes: 8 * 1024,
+            live_output_interval: Duration::from_secs(1),
+            output_capture_bytes: 0,
+            output_capture_keep: Duration::from_secs(7 * 86400),
             cwd_root: None,
             pool_size: 8,
             auto_migrate: true,
@@ -249,6 +265,17 @@ impl NodeConfig {
                 "coordinator_interval",
                 "must be shorter than heartbeat_timeout",
             ));
+        }
+        if !self.live_output_interval.is_zero()
+            && self.live_output_interval < Duration::from_millis(100)
+        {
+            return Err(invalid(
+                "live_output_interval",
+                "must be 0s (off) or at least 100ms",
+            ));
+        }
+        if self.output_capture_bytes > 0 && self.output_capture_keep < Duration::from_secs(60) {
+            return Err(invalid("output_capture_keep", "must be at least 1m"));
         }
         if self.tail_bytes == 0 && self.tail_lines > 0 {
             return Err(invalid("tail_bytes", "must be > 0 when tail_lines > 0"));
@@ -435,6 +462,34 @@ mod tests {
         assert_eq!(cfg.max_tasks, 16);
         assert_eq!(cfg.heartbeat_interval, Duration::from_millis(500));
         cfg.validate().expect("valid");
+    }
+
+    #[test]
+    fn live_output_and_capture_settings_are_checked() {
+        let cfg = NodeConfig::from_toml(
+            "live_output_interval = \"250ms\"\noutput_capture_bytes = \"10MiB\"\noutput_capture_keep = \"2days\"",
+        )
+        .expect("parses");
+        assert_eq!(cfg.live_output_interval, Duration::from_millis(250));
+        assert_eq!(cfg.output_capture_bytes, 10 << 20);
+        assert_eq!(cfg.output_capture_keep, Duration::from_secs(2 * 86400));
+        cfg.validate().expect("valid");
+        for (toml, key) in [
+            ("live_output_interval = \"50ms\"", "live_output_interval"),
+            (
+                "output_capture_bytes = 1000\noutput_capture_keep = \"10s\"",
+                "output_capture_keep",
+            ),
+        ] {
+            let err = NodeConfig::from_toml(toml)
+                .expect("parses")
+                .validate()
+                .expect_err(toml)
+                .to_string();
+            assert!(err.contains(key), "{err}");
+        }
+        let off = NodeConfig::from_toml("live_output_interval = \"0s\"").expect("parses");
+        off.validate().expect("0s turns live output off");
     }
 
     #[test]

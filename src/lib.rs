@@ -13,6 +13,7 @@ pub mod error;
 pub mod handler;
 pub mod http;
 pub mod humanize;
+pub mod live_output;
 pub mod metrics;
 pub mod node;
 pub mod pgcluster;

@@ -24,7 +24,11 @@ fn main() -> ExitCode {
     match cli::run(args) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
-            eprintln!("pgtaskd: error: {}", describe(&e));
+            // a follow that ended with a task's exit code has said what there was to say
+            let text = describe(&e);
+            if !text.is_empty() {
+                eprintln!("pgtaskd: error: {text}");
+            }
             ExitCode::from(cli::output::exit_code(&e))
         }
     }

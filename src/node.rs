@@ -6,6 +6,8 @@
 //! running processes, the current address of each actor). Must never run tasks itself.
 
 use std::collections::HashMap;
+use std::os::unix::fs::DirBuilderExt;
+use std::path::PathBuf;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
@@ -28,10 +30,39 @@ use crate::db::queries::{self, WorkerControl};
 use crate::db::{self, migrate, Pool};
 use crate::error::Error;
 use crate::handler::Handlers;
+use crate::live_output::LiveOutputs;
 use crate::process::identity::{RunAs, RunAsPolicy};
 use crate::process::policy::TaskPolicy;
 use crate::process::{kill_leftovers, Guardian};
 use crate::reload::ConfigSource;
+
+/// The capture directory of this node, created (mode 0700) and swept of expired files; None when
+/// capture is off or the directory cannot be made (logged: tasks run without capture).
+fn capture_dir(config: &NodeConfig, installation: Uuid, worker_id: i64) -> Option<PathBuf> {
+    if config.output_capture_bytes == 0 {
+        return None;
+    }
+    let dir = config
+        .state_dir()
+        .join(installation.to_string())
+        .join(worker_id.to_string())
+        .join("output");
+    let made = std::fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(&dir);
+    match made {
+        Ok(()) => {
+            let removed = crate::process::capture::sweep(&dir, config.output_capture_keep);
+            info!(dir = %dir.display(), removed, "capturing task output");
+            Some(dir)
+        }
+        Err(e) => {
+            warn!(dir = %dir.display(), error = %e, "cannot make the output capture directory; not capturing");
+            None
+        }
+    }
+}
 
 /// Environment variable carrying `<installation id>/<worker id>` into every task process, so a
 /// restarted node finds what its previous run left behind, and nothing of another installation.
@@ -104,6 +135,11 @@ pub struct NodeContext {
     pub spool: Option<Spool>,
     /// Whom tasks run as (`run_as`, and the users `run_as_allowed` lets a group name).
     pub run_as: RunAsPolicy,
+    /// The running processes' tails, flushed while they run (`live_output`).
+    pub live_output: LiveOutputs,
+    /// Where full output is captured (`output_capture_bytes`; None: off, or the directory is
+    /// unusable).
+    pub output_dir: Option<PathBuf>,
     running: Mutex<HashMap<i64, RunEntry>>,
     peers: Mutex<Peers>,
     standing: Mutex<Standing>,
@@ -356,6 +392,8 @@ pub async fn prepare(config: NodeConfig, mut options: NodeOptions) -> Result<Pre
         config: config.clone(),
         policy: Arc::new(policy),
     };
+    let live_output = LiveOutputs::new(config.live_output_interval, config.tail_lines);
+    let output_dir = capture_dir(&config, installation, worker_id);
     let context = Arc::new(NodeContext {
         config,
         database_url,
@@ -367,6 +405,8 @@ pub async fn prepare(config: NodeConfig, mut options: NodeOptions) -> Result<Pre
         options,
         spool,
         run_as,
+        live_output,
+        output_dir,
         running: Mutex::new(HashMap::new()),
         peers: Mutex::new(Peers::default()),
         standing: Mutex::new(Standing {

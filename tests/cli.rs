@@ -5,24 +5,12 @@ mod common;
 use std::process::{Command, Output};
 use std::time::Duration;
 
+use common::cli::{code, pgtaskd};
 use common::migrated_db;
 use common::node::{wait_node_ready, wait_state, NodeProcess};
 use serde_json::Value;
 
 const LONG: Duration = Duration::from_secs(20);
-
-fn pgtaskd(url: &str, args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_pgtaskd"))
-        .args(args)
-        .env("DATABASE_URL", url)
-        .env_remove("RUST_LOG")
-        .output()
-        .expect("run pgtaskd")
-}
-
-fn code(out: &Output) -> i32 {
-    out.status.code().expect("exited normally")
-}
 
 fn stdout(out: &Output) -> String {
     String::from_utf8_lossy(&out.stdout).into_owned()

@@ -395,7 +395,7 @@ async fn outcomes_spooled_while_the_database_is_down_are_written_after_a_restart
 
     // The run ends while the database is down: its outcome goes to the spool.
     let spool_has_file = || {
-        walk(state.path())
+        common::walk(state.path())
             .iter()
             .any(|p| p.extension().is_some_and(|e| e == "msgpack"))
     };
@@ -422,25 +422,10 @@ async fn outcomes_spooled_while_the_database_is_down_are_written_after_a_restart
     assert!(!spool_has_file(), "the replayed spool file is gone");
 }
 
-fn walk(dir: &std::path::Path) -> Vec<std::path::PathBuf> {
-    let mut found = Vec::new();
-    if let Ok(entries) = std::fs::read_dir(dir) {
-        for entry in entries.flatten() {
-            let path = entry.path();
-            if path.is_dir() {
-                found.extend(walk(&path));
-            } else {
-                found.push(path);
-            }
-        }
-    }
-    found
-}
-
 #[test]
 fn every_cluster_config_parses_and_validates() {
     let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("cluster-configs");
-    let files: Vec<_> = walk(&root)
+    let files: Vec<_> = common::walk(&root)
         .into_iter()
         .filter(|p| p.extension().is_some_and(|e| e == "toml"))
         .collect();

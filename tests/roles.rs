@@ -429,15 +429,31 @@ async fn a_node_runs_on_a_password_checked_node_login_and_never_shows_the_passwo
     let stdout = drain(node.stdout.take().expect("stdout"));
     wait_node_ready(&admin, 61).await;
 
-    // a node on pgtaskd_node runs tasks end to end: claim, outcome, the coordinator's round
+    // a node on pgtaskd_node runs tasks end to end: claim, live output, outcome, the
+    // coordinator's round
     let ok: i64 = admin
         .query_one(
-            "INSERT INTO long_task.task (state_id, command) VALUES ('AW', '{true}') RETURNING id",
+            "INSERT INTO long_task.task (state_id, command) VALUES ('AW', '{sh,-c,echo live; sleep 2}') RETURNING id",
             &[],
         )
         .await
         .expect("task")
         .get(0);
+    let live = common::node::wait_until(LONG, || async {
+        let row = admin
+            .query_one(
+                "SELECT state_id::text, coalesce(stdout_tail, '') FROM long_task.task WHERE id = $1",
+                &[&ok],
+            )
+            .await
+            .expect("row");
+        row.get::<_, String>(0) == "AE" && row.get::<_, String>(1) == "live"
+    })
+    .await;
+    assert!(
+        live.is_ok(),
+        "the running task's output never reached its row"
+    );
     wait_state(&admin, ok, "CS", LONG).await;
     // elected under pgtaskd_node (the election may come after the first task)
     let elected = common::node::wait_until(LONG, || async {

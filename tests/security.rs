@@ -234,6 +234,15 @@ async fn http_tokens_guard_every_route_but_healthz() {
     let created = with(write, "POST", "/tasks", Some(body));
     assert!((200..300).contains(&created), "{created}");
     assert_eq!(task_count(&client).await, 1);
+    // the live output stream is a read
+    let id: i64 = client
+        .query_one("SELECT id FROM long_task.task", &[])
+        .await
+        .expect("the task")
+        .get(0);
+    let output = format!("/tasks/{id}/output");
+    assert_eq!(request("GET", &format!("{base}{output}"), None).0, 401);
+    assert_eq!(with(read, "GET", &output, None), 200);
     // the page is a shell that asks for a token and holds no data itself
     let (status, shell) = request("GET", &format!("{base}/"), None);
     assert_eq!(status, 200);

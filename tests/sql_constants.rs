@@ -7,8 +7,8 @@ mod common;
 use std::time::Duration;
 
 use pgtaskd::db::codes::{
-    group_channel, GroupEvent, Period, TaskState, Verdict, NS_CLAIM, NS_GROUP, NS_NODE, NS_RING,
-    WORKER_CHANNEL,
+    group_channel, GroupEvent, Period, TaskIds, TaskState, Verdict, DONE_CHANNEL, NS_CLAIM,
+    NS_GROUP, NS_NODE, NS_RING, OUTPUT_CHANNEL, WORKER_CHANNEL,
 };
 use pgtaskd::db::{self, queries, Notice};
 use tokio::sync::mpsc;
@@ -94,17 +94,8 @@ async fn next(rx: &mut mpsc::UnboundedReceiver<Notice>) -> Notice {
 #[tokio::test]
 async fn every_notification_payload_is_one_the_listener_knows() {
     let (db, client) = common::migrated_db().await;
-    let (tx, mut rx) = mpsc::unbounded_channel();
-    let (listener, _ended) = db::connect_listening(&db.url, "test listener", tx)
-        .await
-        .expect("listen");
-    listener
-        .batch_execute(&format!(
-            "LISTEN \"{}\"; LISTEN \"{WORKER_CHANNEL}\";",
-            group_channel(0)
-        ))
-        .await
-        .expect("LISTEN");
+    let group = group_channel(0);
+    let (_listener, mut rx) = common::listen(&db.url, &[&group, WORKER_CHANNEL]).await;
     let event = |n: &Notice| {
         assert_eq!(n.channel, group_channel(0), "{n:?}");
         GroupEvent::from_payload(&n.payload)
@@ -177,6 +168,59 @@ async fn every_notification_payload_is_one_the_listener_knows() {
     assert_eq!(
         (n.channel.as_str(), n.payload.as_str()),
         (WORKER_CHANNEL, "5")
+    );
+}
+
+#[tokio::test]
+async fn the_followers_channels_and_payloads_match_the_schema() {
+    let (db, client) = common::migrated_db().await;
+    let (_listener, mut rx) = common::listen(&db.url, &[DONE_CHANNEL, OUTPUT_CHANNEL]).await;
+    let ids = vec![
+        common::node::queue(&client, &["true"]).await,
+        common::node::queue(&client, &["true"]).await,
+    ];
+    let (run, run_id): (i64, uuid::Uuid) = {
+        let row = client
+            .query_one("SELECT id, run_id FROM long_task.claim(1, 0, 1)", &[])
+            .await
+            .expect("claim");
+        (row.get(0), row.get(1))
+    };
+    client
+        .execute(
+            "SELECT long_task.record_output(ARRAY[$1::bigint], ARRAY[$2::uuid], '{out}', '{NULL}')",
+            &[&run, &run_id],
+        )
+        .await
+        .expect("record output");
+    let n = next(&mut rx).await;
+    assert_eq!(n.channel, OUTPUT_CHANNEL);
+    assert_eq!(
+        TaskIds::from_payload(&n.payload),
+        Some(TaskIds::Listed(vec![run]))
+    );
+    client
+        .execute(
+            "UPDATE long_task.task SET state_id = 'AC' WHERE id = ANY ($1)",
+            &[&ids],
+        )
+        .await
+        .expect("cancel both: the waiting one ends CC at once");
+    let n = next(&mut rx).await;
+    let waiting = ids.iter().copied().find(|&i| i != run).expect("the other");
+    assert_eq!(
+        (n.channel.as_str(), TaskIds::from_payload(&n.payload)),
+        (DONE_CHANNEL, Some(TaskIds::Listed(vec![waiting])))
+    );
+    client
+        .execute("DELETE FROM long_task.task WHERE id = $1", &[&run])
+        .await
+        .expect("delete the running one");
+    let n = next(&mut rx).await;
+    assert_eq!(
+        (n.channel.as_str(), TaskIds::from_payload(&n.payload)),
+        (DONE_CHANNEL, Some(TaskIds::Listed(vec![run]))),
+        "an unfinished task deleted is an end for its followers"
     );
 }
 

@@ -69,14 +69,7 @@ impl Listener {
         let channels = [group_channel(self.node.group_id), WORKER_CHANNEL.to_owned()];
         let fut = async move {
             let (client, ended) = db::connect_listening(&url, &purpose, tx).await?;
-            let listen: String = channels
-                .iter()
-                .map(|c| format!("LISTEN \"{c}\";"))
-                .collect();
-            client
-                .batch_execute(&listen)
-                .await
-                .map_err(DbError::query("subscribing to notifications"))?;
+            db::listen(&client, &channels, "subscribing to notifications").await?;
             Ok::<_, DbError>((client, ended))
         };
         ctx.spawn(fut.into_actor(self).map(|result, act, ctx| {

@@ -5,7 +5,11 @@
 //! handler runs that handler instead (a tokio task: a panic fails the attempt, not the node;
 //! a kill cancels its token, then drops it after the grace).
 //!
-//! Must never write to the database itself (the Outcomes actor owns every outcome write).
+//! While the process runs, its tails are registered with the node's live output
+//! (`live_output`), which writes them to the task row.
+//!
+//! Must never write to the database itself (the Outcomes actor owns every outcome write, the
+//! live-output loop the tails of running processes).
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -19,6 +23,7 @@ use super::outcomes::{OutcomesMsg, Pending};
 use crate::db::queries::{ClaimedTask, RunOutcome, TaskState};
 use crate::handler::{self, CancellationToken, HandlerFn, HandlerOutput};
 use crate::node::{NodeContext, NODE_MARKER};
+use crate::process::capture::CaptureTarget;
 use crate::process::identity::{ChildSetup, TaskLimits};
 use crate::process::{self, policy, ExitOutcome, SpawnSpec};
 
@@ -171,6 +176,14 @@ impl ProcessActor {
             },
             tail_lines: config.tail_lines,
             tail_bytes: config.tail_bytes,
+            output_alarm: self.node.live_output.alarm(),
+            capture: self.node.output_dir.as_ref().map(|dir| CaptureTarget {
+                dir: dir.clone(),
+                task_id: self.task.id,
+                attempt: self.task.attempt,
+                run_id: self.task.run_id,
+                max_bytes: config.output_capture_bytes,
+            }),
         })
     }
 
@@ -305,6 +318,7 @@ impl ProcessActor {
 
     fn finish(&mut self, outcome: Option<RunOutcome>, ctx: &mut Context<Self>) {
         let _enter = self.span.enter();
+        self.node.live_output.unregister(self.task.id);
         if let Some(outcome) = outcome {
             debug!(state = outcome.state.code(), error = ?outcome.error, "run ended");
             let pending = Pending {
@@ -371,6 +385,9 @@ impl Actor for ProcessActor {
         };
         let pgid = running.pid;
         self.pgid = Some(pgid);
+        self.node
+            .live_output
+            .register(self.task.id, self.task.run_id, running.live_tails());
         if let Some(guardian) = &self.node.guardian {
             guardian.register(pgid);
         }

@@ -419,6 +419,24 @@ impl Actor for Supervisor {
         self.start_membership();
         self.start_coordinator();
         self.start_listener();
+        // a plain task, not an actor: it holds no state a restart would need
+        let span = tracing::info_span!(
+            "live_output",
+            worker_id = self.node.worker_id,
+            group_id = self.node.group_id
+        );
+        actix::spawn(tracing::Instrument::instrument(
+            crate::live_output::run(self.node.clone()),
+            span,
+        ));
+        // the retention of captured output (also swept at start-up)
+        if let Some(dir) = self.node.output_dir.clone() {
+            let keep = self.node.config.output_capture_keep;
+            ctx.run_interval(Duration::from_secs(3600), move |_, _| {
+                let dir = dir.clone();
+                tokio::task::spawn_blocking(move || crate::process::capture::sweep(&dir, keep));
+            });
+        }
         // an embedded node leaves the host program's signals alone (it stops through its handle)
         if !self.node.options.embedded {
             self.watch_signals(ctx);

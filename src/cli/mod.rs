@@ -1,5 +1,6 @@
 //! The command line: verbs, their flags, logging set-up and exit codes. One file per verb group:
 //! `node.rs` (node settings), `dev.rs`, `tasks.rs` (submit, ls, show, cancel, requeue, logs),
+//! `follow.rs` (wait, logs -f, submit --wait),
 //! `status.rs`, `config.rs`, `output.rs` (exit codes, tables, JSON) and `logging.rs`.
 //!
 //! Owns turning user input into library calls and printing their results. Must never hold
@@ -7,6 +8,7 @@
 
 mod config;
 mod dev;
+mod follow;
 mod generate;
 mod logging;
 mod node;
@@ -30,7 +32,10 @@ const EXIT_CODES: &str = "Exit codes:
   2  usage (unknown flag, bad value on the command line)
   3  not found (no task with that id)
   4  refused (the task's state does not allow it, or the database refused the values)
-  5  invalid configuration";
+  5  invalid configuration
+  wait, logs -f and submit --wait end with the code of the tasks they followed: 0 all
+  succeeded, else the first failed task's exit code (128+N for signal N), 125 cancelled,
+  126 failed without an exit status, 124 --timeout passed first (see `pgtaskd wait --help`)";
 
 /// A clustered task dispatcher and scheduler for PostgreSQL.
 #[derive(Debug, Parser)]
@@ -93,11 +98,12 @@ pub enum Command {
     /// Queue a finished (or draft) task again, as a new attempt.
     #[command(after_help = "Example:\n  pgtaskd requeue 42")]
     Requeue(tasks::IdArgs),
-    /// Print a task's output tails: stdout to stdout, stderr to stderr.
-    #[command(
-        after_help = "Examples:\n  pgtaskd logs 42\n  pgtaskd logs 42 2>/dev/null | tail -1"
-    )]
-    Logs(tasks::IdArgs),
+    /// Print a task's output tails: stdout to stdout, stderr to stderr; -f follows it to its end.
+    #[command(after_help = follow::LOGS_EXAMPLES)]
+    Logs(tasks::LogsArgs),
+    /// Wait until tasks are final; exit 0 when all succeeded, else the first failure's code.
+    #[command(after_help = follow::WAIT_EXAMPLES)]
+    Wait(follow::WaitArgs),
     /// Cluster overview: nodes, coordinators, queues, running tasks.
     #[command(
         alias = "cluster",
@@ -184,6 +190,7 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Cancel(args) => client(cli.log_format, tasks::cancel(args)),
         Command::Requeue(args) => client(cli.log_format, tasks::requeue(args)),
         Command::Logs(args) => client(cli.log_format, tasks::logs(args)),
+        Command::Wait(args) => client(cli.log_format, follow::wait(args)),
         Command::Status(args) => client(cli.log_format, status::run(args)),
     }
 }

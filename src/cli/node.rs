@@ -62,6 +62,15 @@ pub struct NodeArgs {
     /// Lines of stdout/stderr kept per run.
     #[arg(long, env = "PGTASKD_TAIL_LINES")]
     pub tail_lines: Option<usize>,
+    /// How often a running task's output tails are written to its row (e.g. 1s; 0s: off).
+    #[arg(long, env = "PGTASKD_LIVE_OUTPUT_INTERVAL", value_parser = humantime::parse_duration)]
+    pub live_output_interval: Option<std::time::Duration>,
+    /// Capture every task's full output, up to this size per stream (e.g. 10MiB; 0: off).
+    #[arg(long, env = "PGTASKD_OUTPUT_CAPTURE_BYTES", value_parser = pgtaskd::resources::parse_bytes)]
+    pub output_capture_bytes: Option<u64>,
+    /// Delete captured output older than this (e.g. 7days).
+    #[arg(long, env = "PGTASKD_OUTPUT_CAPTURE_KEEP", value_parser = humantime::parse_duration)]
+    pub output_capture_keep: Option<std::time::Duration>,
     /// Base directory for relative task cwd values.
     #[arg(long, env = "PGTASKD_CWD_ROOT")]
     pub cwd_root: Option<PathBuf>,
@@ -116,6 +125,9 @@ impl NodeArgs {
         set!(kill_grace, self.kill_grace);
         set!(shutdown_grace, self.shutdown_grace);
         set!(tail_lines, self.tail_lines);
+        set!(live_output_interval, self.live_output_interval);
+        set!(output_capture_bytes, self.output_capture_bytes);
+        set!(output_capture_keep, self.output_capture_keep);
         set!(coordinator_interval, self.coordinator_interval);
         if let Some(dir) = self.state_dir.clone() {
             cfg.state_dir = Some(dir);

@@ -10,6 +10,12 @@ pub mod exit {
     pub const NOT_FOUND: u8 = 3;
     pub const REFUSED: u8 = 4;
     pub const CONFIG: u8 = 5;
+    /// `wait`, `logs -f`, `submit --wait`: `--timeout` passed before every task was final.
+    pub const TASK_TIMEOUT: u8 = 124;
+    /// ...a task ended cancelled (CC).
+    pub const TASK_CANCELLED: u8 = 125;
+    /// ...a task failed without an exit status (it never started, or its node was lost).
+    pub const TASK_NO_STATUS: u8 = 126;
 }
 
 /// An error with the exit code it must produce.

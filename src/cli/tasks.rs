@@ -1,4 +1,4 @@
-//! Task verbs: `submit`, `ls`, `show`, `cancel`, `requeue`, `logs`. Parses the flags into the
+//! Task verbs: `submit`, `ls`, `show`, `cancel`, `requeue`, `logs` (following is `follow.rs`'s). Parses the flags into the
 //! library's `NewTask`/`TaskFilter`, calls `pgtaskd::db::tasks`, prints text or JSON and maps the
 //! result to the documented exit codes. Must never build SQL.
 
@@ -10,7 +10,11 @@ use serde_json::{json, Value};
 use pgtaskd::db::codes::{Period, TaskState};
 use pgtaskd::db::tasks::{self, NewTask, TaskError, TaskFilter, Transition};
 
-use super::output::{cell, print_json, print_table, shorten, Failure};
+use pgtaskd::db::codes::{DONE_CHANNEL, OUTPUT_CHANNEL};
+use pgtaskd::db::follow::Follower;
+
+use super::follow;
+use super::output::{self, cell, print_json, print_table, shorten, Failure};
 use super::{connect, ClientArgs};
 
 pub const SUBMIT_EXAMPLES: &str = "Examples:
@@ -20,7 +24,9 @@ pub const SUBMIT_EXAMPLES: &str = "Examples:
   pgtaskd submit --at +30m -- ./later.sh
   pgtaskd submit --every 10s -- ./poll.sh                 (runs now, then every 10 s)
   pgtaskd submit --every 1h --clone -- ./hourly.sh %TASK  (a new task each hour)
-  pgtaskd submit --max-attempts 3 --cwd /srv/app --json -- make report";
+  pgtaskd submit --max-attempts 3 --cwd /srv/app --json -- make report
+  pgtaskd submit --wait --wait-timeout 10m -- ./job.sh    (exit code: the task's, as `wait`)
+  pgtaskd submit --follow -- make test                    (its output as it runs, then its code)";
 
 pub const LS_EXAMPLES: &str = "Examples:
   pgtaskd ls
@@ -62,6 +68,15 @@ pub struct SubmitArgs {
     /// Parameters (JSON) stored with the task.
     #[arg(long, value_parser = parse_json)]
     params: Option<Value>,
+    /// Wait until the task is final and exit like `pgtaskd wait` (prints the id first).
+    #[arg(long, conflicts_with = "follow")]
+    wait: bool,
+    /// Print the task's output as it arrives until it is final, then exit like `pgtaskd wait`.
+    #[arg(long, short = 'f')]
+    follow: bool,
+    /// With --wait or --follow: give up after this long (exit 124).
+    #[arg(long = "wait-timeout", value_parser = humantime::parse_duration)]
+    wait_timeout: Option<Duration>,
     /// The program and its arguments (after `--`); `%TASK` becomes the task id.
     #[arg(last = true, required = true, value_name = "CMD")]
     command: Vec<String>,
@@ -177,19 +192,73 @@ impl SubmitArgs {
 
 pub async fn submit(args: SubmitArgs) -> anyhow::Result<()> {
     let task = args.new_task();
+    if args.wait_timeout.is_some() && !(args.wait || args.follow) {
+        return Err(Failure::usage("--wait-timeout needs --wait or --follow"));
+    }
+    if args.wait || args.follow {
+        return submit_and_follow(&args, &task).await;
+    }
     let client = connect(&args.client).await?;
-    let id = match tasks::submit(&client, &task).await {
-        Ok(id) => id,
-        Err(TaskError::Field(e)) => return Err(Failure::usage(e.to_string())),
-        Err(TaskError::Refused(m)) => return Err(Failure::refused(m)),
-        Err(e) => return Err(e.into()),
-    };
+    let id = tasks::submit(&client, &task)
+        .await
+        .map_err(submit_failure)?;
     if args.client.json {
         print_json(&json!({ "id": id }))
     } else {
         println!("{id}");
         Ok(())
     }
+}
+
+fn submit_failure(e: TaskError) -> anyhow::Error {
+    match e {
+        TaskError::Field(e) => Failure::usage(e.to_string()),
+        TaskError::Refused(m) => Failure::refused(m),
+        e => e.into(),
+    }
+}
+
+/// `submit --wait` / `--follow`: listens first, submits on the same connection, prints the id
+/// (to stderr when following, so stdout is the task's), then follows it.
+async fn submit_and_follow(args: &SubmitArgs, task: &NewTask) -> anyhow::Result<()> {
+    let channels = [DONE_CHANNEL, OUTPUT_CHANNEL];
+    let mut follower =
+        Follower::connect(&args.client.database_url, "cli submit", &channels).await?;
+    let id = tasks::submit(follower.client(), task)
+        .await
+        .map_err(submit_failure)?;
+    if args.follow {
+        eprintln!("pgtaskd: task {id}");
+        let follow = follow::follow_output(&mut follower, id);
+        return match args.wait_timeout {
+            Some(limit) => tokio::time::timeout(limit, follow)
+                .await
+                .unwrap_or_else(|_| {
+                    Err(Failure {
+                        code: output::exit::TASK_TIMEOUT,
+                        message: format!("timed out following task {id}"),
+                    }
+                    .into())
+                }),
+            None => follow.await,
+        };
+    }
+    if !args.client.json {
+        println!("{id}");
+    }
+    follow::wait_on(&mut follower, &[id], args.wait_timeout, args.client.json).await
+}
+
+/// `logs` flags.
+#[derive(Debug, Clone, Args)]
+pub struct LogsArgs {
+    #[command(flatten)]
+    client: ClientArgs,
+    /// Follow: print new output as it arrives until the task is final, then exit with its code.
+    #[arg(long, short = 'f')]
+    follow: bool,
+    /// The task id.
+    id: i64,
 }
 
 /// `ls` flags.
@@ -287,8 +356,15 @@ pub async fn show(args: IdArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
-pub async fn logs(args: IdArgs) -> anyhow::Result<()> {
-    let row = fetch(&args).await?;
+pub async fn logs(args: LogsArgs) -> anyhow::Result<()> {
+    if args.follow {
+        return follow::follow_logs(&args.client, args.id).await;
+    }
+    let row = fetch(&IdArgs {
+        client: args.client.clone(),
+        id: args.id,
+    })
+    .await?;
     if args.client.json {
         return print_json(&json!({
             "id": args.id,

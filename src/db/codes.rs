@@ -128,6 +128,43 @@ pub fn group_channel(group_id: i32) -> String {
 /// The channel on which worker rows announce changes (payload: the worker id).
 pub const WORKER_CHANNEL: &str = "long_task_worker";
 
+/// The channel on which a statement that ended tasks (CS, CF, CC), or deleted unfinished ones,
+/// names them (payload: `TaskIds`), whoever wrote it; for followers (`pgtaskd wait`), not nodes.
+pub const DONE_CHANNEL: &str = "long_task_done";
+
+/// The channel on which a node's live-output flush names the tasks whose tails it wrote
+/// (payload: `TaskIds`); for followers (`pgtaskd logs -f`, the HTTP output stream).
+pub const OUTPUT_CHANNEL: &str = "long_task_output";
+
+/// The payload of `DONE_CHANNEL` and `OUTPUT_CHANNEL`: task ids separated by spaces, or `*` (too
+/// many to list: every follower reads again).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum TaskIds {
+    Listed(Vec<i64>),
+    Many,
+}
+
+impl TaskIds {
+    pub fn from_payload(payload: &str) -> Option<TaskIds> {
+        if payload == "*" {
+            return Some(TaskIds::Many);
+        }
+        payload
+            .split(' ')
+            .map(|id| id.parse().ok())
+            .collect::<Option<Vec<i64>>>()
+            .map(TaskIds::Listed)
+    }
+
+    /// Whether a follower of `id` must read again (an unreadable payload counts as yes).
+    pub fn concerns(payload: &str, id: i64) -> bool {
+        match TaskIds::from_payload(payload) {
+            Some(TaskIds::Listed(ids)) => ids.contains(&id),
+            Some(TaskIds::Many) | None => true,
+        }
+    }
+}
+
 /// What a notification on a group's channel says (its payload).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum GroupEvent {
@@ -247,5 +284,19 @@ mod tests {
             assert_eq!(Verdict::from_code(v.code()), Some(v));
         }
         assert_eq!(Verdict::from_code("maybe"), None);
+    }
+
+    #[test]
+    fn task_id_payloads() {
+        assert_eq!(
+            TaskIds::from_payload("3 14 15"),
+            Some(TaskIds::Listed(vec![3, 14, 15]))
+        );
+        assert_eq!(TaskIds::from_payload("*"), Some(TaskIds::Many));
+        assert_eq!(TaskIds::from_payload("3  4"), None);
+        assert!(TaskIds::concerns("3 14", 14));
+        assert!(!TaskIds::concerns("3 14", 1));
+        assert!(TaskIds::concerns("*", 1));
+        assert!(TaskIds::concerns("garbage", 1), "unreadable: read again");
     }
 }

@@ -11,6 +11,7 @@ pub mod charts;
 pub mod cluster;
 pub mod codes;
 pub mod detail;
+pub mod follow;
 pub mod migrate;
 pub mod overview;
 pub mod queries;
@@ -185,6 +186,23 @@ pub async fn connect_listening(
     });
     Ok((client, ended_rx))
 }
+
+/// `LISTEN`s on `channels` (one round trip) on a connection from `connect_listening`.
+pub async fn listen(
+    client: &Client,
+    channels: &[impl AsRef<str>],
+    context: &'static str,
+) -> Result<(), DbError> {
+    let sql: String = channels
+        .iter()
+        .map(|c| format!("LISTEN \"{}\";", c.as_ref()))
+        .collect();
+    client
+        .batch_execute(&sql)
+        .await
+        .map_err(DbError::query(context))
+}
+
 /// Replaces the database name in a `postgres://` URL or a `key=value` connection string (for
 /// tools that create a database next to an admin URL: tests, benches).
 pub fn with_dbname(url: &str, dbname: &str) -> String {

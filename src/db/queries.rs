@@ -73,6 +73,38 @@ impl RunOutcome {
     }
 }
 
+/// A running attempt's tails as they are now, to be written under its run_id (`None`: that stream
+/// did not change).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LiveOutput {
+    pub task_id: i64,
+    pub run_id: Uuid,
+    pub stdout_tail: Option<String>,
+    pub stderr_tail: Option<String>,
+}
+
+/// Writes running attempts' tails (`long_task.record_output`): only where the task is still
+/// AE/AC under that run_id, skipping rows another transaction holds. Returns the ids written.
+pub async fn record_output(pool: &Pool, runs: &[LiveOutput]) -> Result<Vec<i64>, DbError> {
+    let ids: Vec<i64> = runs.iter().map(|r| r.task_id).collect();
+    let run_ids: Vec<Uuid> = runs.iter().map(|r| r.run_id).collect();
+    let stdout: Vec<Option<&str>> = runs.iter().map(|r| r.stdout_tail.as_deref()).collect();
+    let stderr: Vec<Option<&str>> = runs.iter().map(|r| r.stderr_tail.as_deref()).collect();
+    let rows = query(
+        pool,
+        "writing live output",
+        "SELECT id FROM long_task.record_output($1, $2, $3, $4)",
+        &[
+            (&ids, Type::INT8_ARRAY),
+            (&run_ids, Type::UUID_ARRAY),
+            (&stdout, Type::TEXT_ARRAY),
+            (&stderr, Type::TEXT_ARRAY),
+        ],
+    )
+    .await?;
+    Ok(rows.iter().map(|r| r.get(0)).collect())
+}
+
 /// Live settings of this node's `worker` row.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct WorkerControl {

@@ -1,18 +1,20 @@
-//! The node's HTTP server (actix-web, off unless `http` is configured): the task API, the cluster
-//! overview, health and readiness probes, Prometheus metrics, the web console (`/`) with its
-//! JSON routes, and the plain status page (`/status`).
+//! The node's HTTP server (actix-web, off unless `http` is configured): the task API (and a
+//! task's live output as server-sent events, `stream.rs`), the cluster overview, health and
+//! readiness probes, Prometheus metrics, the web console (`/`) with its JSON routes, and the
+//! plain status page (`/status`).
 //!
 //! Runs inside the node's actix `System` (started by `node::run`) with one worker thread and no
 //! signal handling of its own (the Supervisor owns shutdown). Database work of a request runs on
 //! the node's main runtime, where the pool lives (connections made from an actix-web worker's
 //! runtime would die with it). Must never hold a request open on anything unbounded, and never
-//! write anything when a request is malformed.
+//! write anything when a request is malformed (an output stream is bounded in number and time).
 
 mod api;
 pub mod auth;
 mod console;
 mod console_api;
 mod page;
+mod stream;
 pub mod tls;
 
 use std::future::Future;
@@ -33,6 +35,8 @@ pub struct HttpState {
     pub runtime: tokio::runtime::Handle,
     /// The bearer tokens requests are checked against (none: every route is open).
     pub tokens: auth::Tokens,
+    /// The permits of open output streams (`stream::MAX_STREAMS`).
+    pub streams: Arc<tokio::sync::Semaphore>,
 }
 
 /// A request's error: a status and a JSON body `{"error": message}`.
@@ -121,6 +125,7 @@ pub fn start(node: Arc<NodeContext>, addr: SocketAddr) -> Result<(), HttpError> 
         node,
         runtime: tokio::runtime::Handle::current(),
         tokens,
+        streams: stream::stream_permits(),
     });
     let server = HttpServer::new(move || {
         App::new()
@@ -137,6 +142,8 @@ pub fn start(node: Arc<NodeContext>, addr: SocketAddr) -> Result<(), HttpError> 
             // before the API's routes: `/tasks/search` is not a task id
             .configure(console_api::routes)
             .configure(api::routes)
+            .route("/tasks/{id}/output", web::get().to(stream::output))
+            .route("/tasks/{id}/output/full", web::get().to(stream::full))
             .route("/status", web::get().to(page::status_page))
             .route("/", web::get().to(console::console_page))
             .default_service(web::to(|| async {

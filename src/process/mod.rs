@@ -7,6 +7,7 @@
 //! Must never: talk to the database, know about task states, or run a
 //! command through a shell.
 
+pub mod capture;
 mod clone_spawn;
 mod guardian;
 pub mod identity;
@@ -21,4 +22,6 @@ mod testutil;
 pub use guardian::{guardian_main, run_guardian, Guardian, GuardianError, GUARDIAN_ARG};
 pub use kill::{group_alive, signal_group, terminate_group, KillError, Termination};
 pub use leftovers::{kill_leftovers, processes_with_env};
-pub use spawn::{spawn, ExitOutcome, RunningProcess, SpawnError, SpawnSpec};
+pub use spawn::{
+    spawn, ExitOutcome, LiveTails, OutputAlarm, RunningProcess, SpawnError, SpawnSpec, TailSnapshot,
+};

@@ -2,7 +2,9 @@
 //!
 //! Owns: building the command (no shell, stdin null, stdout/stderr piped,
 //! its own process group, exactly the environment in the spec), the bounded
-//! stdout/stderr tails, and `wait()`: exit status, then SIGKILL of the whole
+//! stdout/stderr tails (readable while the process runs: `live_tails`, and the
+//! spec's `output_alarm` rung by a reader that saw that many new lines; every byte, up to a cap,
+//! into the spec's `capture` files), and `wait()`: exit status, then SIGKILL of the whole
 //! group (leftover grandchildren die with the task), then the tails, waiting
 //! at most ~500 ms for the pipes to close.
 //! Must never: run through a shell, buffer unbounded output, block on a pipe
@@ -35,6 +37,7 @@ use tokio::io::{AsyncRead, AsyncReadExt};
 use tokio::process::{Child, Command};
 use tokio::task::JoinHandle;
 
+use super::capture::{CaptureFile, CaptureTarget, Stream};
 use super::clone_spawn::{self, ClonedChild, Step};
 use super::identity::ChildSetup;
 use super::kill::signal_group;
@@ -62,6 +65,49 @@ pub struct SpawnSpec {
     pub tail_lines: usize,
     /// ...and at most this many bytes per tail (cut at a char boundary).
     pub tail_bytes: usize,
+    /// Rung (never waited on) when a stream ended this many lines since its last live snapshot.
+    pub output_alarm: Option<OutputAlarm>,
+    /// Also write every byte of each stream (up to a cap) to files (`capture`).
+    pub capture: Option<CaptureTarget>,
+}
+
+/// A reader's way to ask for an early live flush: `notify_one` once a tail holds `lines`
+/// unseen lines (the reader never blocks on it).
+#[derive(Debug, Clone)]
+pub struct OutputAlarm {
+    pub notify: Arc<tokio::sync::Notify>,
+    pub lines: usize,
+}
+
+impl PartialEq for OutputAlarm {
+    fn eq(&self, other: &Self) -> bool {
+        Arc::ptr_eq(&self.notify, &other.notify) && self.lines == other.lines
+    }
+}
+
+impl Eq for OutputAlarm {}
+
+/// The tails of a running process, for live output: a snapshot of what changed since a version.
+#[derive(Debug, Clone, Default)]
+pub struct LiveTails {
+    stdout: Option<Arc<Mutex<Tail>>>,
+    stderr: Option<Arc<Mutex<Tail>>>,
+}
+
+/// One stream's tail, when it changed: its version and its text.
+pub type TailSnapshot = Option<(u64, String)>;
+
+impl LiveTails {
+    /// The stdout and stderr tails whose version is not `seen` (`None`: unchanged). The lock is
+    /// held for one render (bounded by `tail_bytes`), never across an await.
+    pub fn changed_since(&self, seen: (u64, u64)) -> (TailSnapshot, TailSnapshot) {
+        let take = |tail: &Option<Arc<Mutex<Tail>>>, seen: u64| {
+            let tail = tail.as_ref()?;
+            let mut tail = tail.lock().unwrap_or_else(PoisonError::into_inner);
+            (tail.version() != seen).then(|| tail.snapshot())
+        };
+        (take(&self.stdout, seen.0), take(&self.stderr, seen.1))
+    }
 }
 
 impl SpawnSpec {
@@ -82,6 +128,8 @@ impl SpawnSpec {
             setup: ChildSetup::default(),
             tail_lines: 100,
             tail_bytes: 64 * 1024,
+            output_alarm: None,
+            capture: None,
         }
     }
 }
@@ -198,16 +246,8 @@ pub fn spawn(spec: &SpawnSpec) -> Result<RunningProcess, SpawnError> {
         return Ok(RunningProcess {
             pid: spawned.child.pid,
             child: TaskChild::Cloned(spawned.child),
-            stdout: Some(start_reader(
-                spawned.stdout,
-                spec.tail_lines,
-                spec.tail_bytes,
-            )),
-            stderr: Some(start_reader(
-                spawned.stderr,
-                spec.tail_lines,
-                spec.tail_bytes,
-            )),
+            stdout: Some(start_reader(spawned.stdout, spec, Stream::Stdout)),
+            stderr: Some(start_reader(spawned.stderr, spec, Stream::Stderr)),
             finished: false,
         });
     }
@@ -235,11 +275,11 @@ pub fn spawn(spec: &SpawnSpec) -> Result<RunningProcess, SpawnError> {
     let stdout = child
         .stdout
         .take()
-        .map(|s| start_reader(s, spec.tail_lines, spec.tail_bytes));
+        .map(|s| start_reader(s, spec, Stream::Stdout));
     let stderr = child
         .stderr
         .take()
-        .map(|s| start_reader(s, spec.tail_lines, spec.tail_bytes));
+        .map(|s| start_reader(s, spec, Stream::Stderr));
     Ok(RunningProcess {
         pid,
         child: TaskChild::Std(child),
@@ -286,24 +326,52 @@ fn classify(program: &str, spec: &SpawnSpec, e: io::Error) -> SpawnError {
     }
 }
 
-fn start_reader<R>(stream: R, lines: usize, bytes: usize) -> Reader
+fn start_reader<R>(stream: R, spec: &SpawnSpec, which: Stream) -> Reader
 where
     R: AsyncRead + Unpin + Send + 'static,
 {
-    let tail = Arc::new(Mutex::new(Tail::new(lines, bytes)));
-    let handle = tokio::spawn(read_into(stream, Arc::clone(&tail)));
+    let tail = Arc::new(Mutex::new(Tail::new(spec.tail_lines, spec.tail_bytes)));
+    // a capture that cannot start is a capture that is not there; the task runs anyway
+    let capture = spec.capture.as_ref().and_then(|target| {
+        CaptureFile::create(target, which)
+            .map_err(|e| {
+                tracing::warn!(path = %target.path(which).display(), error = %e, "cannot capture the task's output")
+            })
+            .ok()
+    });
+    let handle = tokio::spawn(read_into(
+        stream,
+        Arc::clone(&tail),
+        spec.output_alarm.clone(),
+        capture,
+    ));
     Reader { handle, tail }
 }
 
-async fn read_into<R: AsyncRead + Unpin>(mut stream: R, tail: Arc<Mutex<Tail>>) {
+async fn read_into<R: AsyncRead + Unpin>(
+    mut stream: R,
+    tail: Arc<Mutex<Tail>>,
+    alarm: Option<OutputAlarm>,
+    mut capture: Option<CaptureFile>,
+) {
     let mut buf = vec![0u8; READ_CHUNK];
     loop {
         match stream.read(&mut buf).await {
             Ok(0) => break,
-            Ok(n) => tail
-                .lock()
-                .unwrap_or_else(PoisonError::into_inner)
-                .push(&buf[..n]),
+            Ok(n) => {
+                let unseen = {
+                    let mut tail = tail.lock().unwrap_or_else(PoisonError::into_inner);
+                    tail.push(&buf[..n]);
+                    tail.unseen_lines()
+                };
+                // notify_one stores one permit: ringing again before the flush costs nothing
+                if let Some(alarm) = alarm.as_ref().filter(|a| unseen >= a.lines.max(1)) {
+                    alarm.notify.notify_one();
+                }
+                if let Some(capture) = capture.as_mut() {
+                    capture.write(&buf[..n]);
+                }
+            }
             Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
             Err(e) => {
                 tracing::debug!(error = %e, "task output read failed");
@@ -335,6 +403,14 @@ async fn collect(reader: Option<Reader>, deadline: tokio::time::Instant) -> Stri
 }
 
 impl RunningProcess {
+    /// The tails as they grow, for live output while the process runs.
+    pub fn live_tails(&self) -> LiveTails {
+        LiveTails {
+            stdout: self.stdout.as_ref().map(|r| Arc::clone(&r.tail)),
+            stderr: self.stderr.as_ref().map(|r| Arc::clone(&r.tail)),
+        }
+    }
+
     /// Waits for the process to exit, SIGKILLs its whole group, and returns
     /// the exit status with the output tails (readers get at most ~500 ms
     /// after the exit).

@@ -257,3 +257,30 @@ async fn a_child_runs_as_another_user_without_fork() {
         out.stdout_tail
     );
 }
+
+#[tokio::test]
+async fn live_tails_show_output_while_the_process_runs_and_ring_the_alarm() {
+    let notify = Arc::new(tokio::sync::Notify::new());
+    let mut spec = SpawnSpec::new(["sh", "-c", "echo one; echo two; sleep 30"]);
+    spec.output_alarm = Some(OutputAlarm {
+        notify: Arc::clone(&notify),
+        lines: 2,
+    });
+    let running = spawn(&spec).expect("spawn");
+    let live = running.live_tails();
+    tokio::time::timeout(Duration::from_secs(5), notify.notified())
+        .await
+        .expect("two lines ring the alarm");
+    let (stdout, stderr) = live.changed_since((0, 0));
+    let (version, text) = stdout.expect("stdout changed");
+    assert_eq!(text, "one\ntwo", "the tail while the process still runs");
+    assert_eq!(stderr, None, "stderr never changed");
+    assert_eq!(
+        live.changed_since((version, 0)),
+        (None, None),
+        "nothing new since that version"
+    );
+    let pid = running.pid;
+    drop(running); // kills the group
+    assert!(wait_group_dead(pid, Duration::from_secs(3)).await);
+}

@@ -1,8 +1,10 @@
 //! Bounded output tail: keeps the last N lines and at most M bytes of a byte
 //! stream, whatever the stream's size or shape.
 //!
-//! Owns: the ring of recent lines and the rendering to a `String` (lossy
-//! UTF-8, cut at a char boundary).
+//! Owns: the ring of recent lines, the rendering to a `String` (lossy
+//! UTF-8, cut at a char boundary), and the counters live output needs: a
+//! version that changes with every chunk, and the lines pushed since the last
+//! live snapshot.
 //! Must never: grow with the stream (memory stays O(max_bytes + max_lines),
 //! also for one endless line without a newline), do I/O, or panic on input.
 
@@ -19,6 +21,10 @@ pub(crate) struct Tail {
     bytes: usize,
     /// The current line, not yet ended by `\n`.
     partial: Vec<u8>,
+    /// Bumped by every non-empty chunk: a live snapshot is taken only when it moved.
+    version: u64,
+    /// Lines ended since the last live snapshot (`snapshot`).
+    unseen_lines: usize,
 }
 
 impl Tail {
@@ -29,7 +35,25 @@ impl Tail {
             lines: VecDeque::new(),
             bytes: 0,
             partial: Vec::new(),
+            version: 0,
+            unseen_lines: 0,
         }
+    }
+
+    /// Changes with every chunk pushed (whatever the bounds keep of it).
+    pub(crate) fn version(&self) -> u64 {
+        self.version
+    }
+
+    /// Lines ended since the last `snapshot`.
+    pub(crate) fn unseen_lines(&self) -> usize {
+        self.unseen_lines
+    }
+
+    /// The rendered tail and its version, for a live flush; restarts the count of unseen lines.
+    pub(crate) fn snapshot(&mut self) -> (u64, String) {
+        self.unseen_lines = 0;
+        (self.version, self.render())
     }
 
     fn disabled(&self) -> bool {
@@ -38,13 +62,15 @@ impl Tail {
 
     /// Appends a chunk of the stream.
     pub(crate) fn push(&mut self, data: &[u8]) {
-        if self.disabled() {
+        if self.disabled() || data.is_empty() {
             return;
         }
+        self.version += 1;
         let mut rest = data;
         while let Some(nl) = rest.iter().position(|&b| b == b'\n') {
             self.partial.extend_from_slice(&rest[..nl]);
             self.finish_line();
+            self.unseen_lines += 1;
             rest = &rest[nl + 1..];
         }
         self.partial.extend_from_slice(rest);
@@ -166,6 +192,20 @@ mod tests {
         assert_eq!(tail_of(&[b"a\xffb"], 1, 100), "a\u{fffd}b");
         assert_eq!(tail_of(&[b"abc\n"], 0, 100), "");
         assert_eq!(tail_of(&[b"abc\n"], 3, 0), "");
+    }
+
+    #[test]
+    fn versions_and_unseen_lines_follow_the_chunks() {
+        let mut t = Tail::new(5, 1000);
+        assert_eq!(t.version(), 0);
+        t.push(b"");
+        assert_eq!(t.version(), 0, "an empty chunk changes nothing");
+        t.push(b"a\nb\nc");
+        assert_eq!((t.version(), t.unseen_lines()), (1, 2));
+        assert_eq!(t.snapshot(), (1, "a\nb\nc".to_owned()));
+        assert_eq!(t.unseen_lines(), 0);
+        t.push(b"\n");
+        assert_eq!((t.version(), t.unseen_lines()), (2, 1));
     }
 
     #[test]

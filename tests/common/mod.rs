@@ -208,6 +208,7 @@ pub async fn task_count(client: &tokio_postgres::Client) -> i64 {
 }
 
 pub mod browser;
+pub mod cli;
 pub mod http;
 pub mod node;
 pub mod roles;
@@ -221,4 +222,38 @@ pub async fn migrated_db() -> (TestDb, tokio_postgres::Client) {
         .await
         .unwrap_or_else(|e| panic!("migrating {}: {e}", db.name));
     (db, client)
+}
+
+/// A connection that LISTENs on `channels`, and the notifications it receives.
+pub async fn listen(
+    url: &str,
+    channels: &[&str],
+) -> (
+    tokio_postgres::Client,
+    tokio::sync::mpsc::UnboundedReceiver<pgtaskd::db::Notice>,
+) {
+    let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+    let (listener, _ended) = pgtaskd::db::connect_listening(url, "test listener", tx)
+        .await
+        .expect("listen");
+    pgtaskd::db::listen(&listener, channels, "test LISTEN")
+        .await
+        .expect("LISTEN");
+    (listener, rx)
+}
+
+/// Every file under `dir`, recursively (none when it cannot be read).
+pub fn walk(dir: &std::path::Path) -> Vec<std::path::PathBuf> {
+    let mut found = Vec::new();
+    if let Ok(entries) = std::fs::read_dir(dir) {
+        for entry in entries.flatten() {
+            let path = entry.path();
+            if path.is_dir() {
+                found.extend(walk(&path));
+            } else {
+                found.push(path);
+            }
+        }
+    }
+    found
 }

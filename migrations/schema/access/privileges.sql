@@ -44,7 +44,7 @@ BEGIN
                              'purge_finished', 'promote_due', 'turn_ready', 'rotate_ready',
                              'terminate_node_sessions', 'publish_bulk', 'consume_topic', 'consume',
                              'ack', 'ack_many', 'nack', 'task_after_write', 'record_change',
-                             'sample_queue')
+                             'sample_queue', 'record_output')
     LOOP
         EXECUTE format('ALTER FUNCTION %s SECURITY DEFINER SET search_path = pg_catalog, pg_temp', f);
     END LOOP;
@@ -183,7 +183,7 @@ BEGIN
                               long_task.coordinate, long_task.scheduler_tick, long_task.scheduler_tick_as,
                               long_task.expire_leases, long_task.fire_schedules, long_task.purge_finished,
                               long_task.promote_due, long_task.turn_ready, long_task.rotate_ready,
-                              long_task.sample_queue
+                              long_task.sample_queue, long_task.record_output
        TO pgtaskd_node;
     $grants$;
 END

@@ -7,6 +7,9 @@
 --   sched        a schedule was set, changed or removed, or a retry delay was set
 --   lease <ms>   consumer leases were set; the earliest deadline of the statement, in
 --                milliseconds since the epoch (database clock), rounded up to 100 ms
+-- and, for followers outside the nodes (pgtaskd wait, logs -f, the HTTP output stream), one
+-- notification on long_task_done per statement that ended tasks (CS, CF, CC) or deleted
+-- unfinished ones, whoever wrote it: their ids, space-separated, or '*' beyond 700 ids.
 -- A node's own writes (long_task.node_write: claims, consumes, outcomes) send no ctl and no
 -- schedule 'sched'. The joins of old_rows and new_rows are planned per statement (EXECUTE) and
 -- skipped when they cannot find anything.
@@ -17,6 +20,7 @@ DECLARE
     node_write boolean := coalesce(current_setting('long_task.node_write', true), '') = 'on';
     done bigint[];
     failed bigint[];
+    ended bigint[];
     slot smallint;
 BEGIN
     IF TG_OP = 'INSERT' THEN
@@ -58,9 +62,17 @@ BEGIN
               FROM new_rows n JOIN old_rows o ON o.id = n.id
              WHERE n.state_id <> o.state_id AND n.state_id IN ('CS', 'CF', 'CC')
             $q$ INTO done, failed;
+            ended := coalesce(done, '{}') || coalesce(failed, '{}');
         END IF;
     ELSE
-        SELECT array_agg(o.id) INTO failed FROM old_rows o WHERE o.state_id <> 'CS';
+        SELECT array_agg(o.id) FILTER (WHERE o.state_id <> 'CS'),
+               array_agg(o.id) FILTER (WHERE o.state_id NOT IN ('CS', 'CF', 'CC'))
+          INTO failed, ended
+          FROM old_rows o;
+    END IF;
+    IF cardinality(ended) > 0 THEN
+        PERFORM pg_notify('long_task_done',
+                          CASE WHEN cardinality(ended) <= 700 THEN array_to_string(ended, ' ') ELSE '*' END);
     END IF;
     IF failed IS NOT NULL THEN
         UPDATE long_task.task t

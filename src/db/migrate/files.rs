@@ -97,6 +97,7 @@ pub const SCHEMA_FILES: &[SchemaFile] = schema_files![
     "outcomes/retry_delay.sql",
     "outcomes/complete_runs.sql",
     "outcomes/finish_runs.sql",
+    "outcomes/record_output.sql",
     "claim/claim.sql",
     "claim/running_state.sql",
     // the one write path of every client: submit, cancel, re-queue (recording who asked)
