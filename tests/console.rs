@@ -96,7 +96,14 @@ async fn the_console_in_a_headless_browser() {
     let failed = queue(&client, &["sh", "-c", "echo disk full >&2; exit 3"]).await;
     wait_state(&client, ok, "CS", LONG).await;
     wait_state(&client, failed, "CF", LONG).await;
-    let streaming = queue(&client, &["sh", "-c", "echo hello from the task; sleep 60"]).await;
+    // prints a line, waits for the test's go, prints another: both must reach the page live
+    let go_dir = tempfile::tempdir().expect("dir");
+    let go = go_dir.path().join("go");
+    let script = format!(
+        "echo hello from the task; while [ ! -e {} ]; do sleep 0.1; done; echo second line; sleep 60",
+        go.display()
+    );
+    let streaming = queue(&client, &["sh", "-c", &script]).await;
     let victim = queue(&client, &["sleep", "61"]).await;
     wait_state(&client, streaming, "AE", LONG).await;
     wait_state(&client, victim, "AE", LONG).await;
@@ -190,50 +197,29 @@ async fn the_console_in_a_headless_browser() {
         "{stderr}"
     );
 
-    // a running task's output, as its row holds it (the node flushes the tail while it runs;
-    // until it does, the row's tail is written here, as the node would)
+    // a running task's output, flushed to its row by the node while it runs (live output)
     open_task(&mut b, &base, streaming);
     b.wait_for("the task page", "document.getElementById('stdout')", LONG);
-    let live = wait_until(Duration::from_secs(5), || async {
-        stdout_tail(&client, streaming).await.is_some()
+    wait_until(LONG, || async {
+        stdout_tail(&client, streaming)
+            .await
+            .is_some_and(|t| t.contains("hello from the task"))
     })
     .await
-    .is_ok();
-    if !live {
-        eprintln!("the node does not flush output while a task runs: writing the tail by SQL");
-        let n = client
-            .execute(
-                "UPDATE long_task.task SET stdout_tail = 'hello from the task\n'
-                  WHERE id = $1 AND state_id = 'AE'",
-                &[&streaming],
-            )
-            .await
-            .expect("an AE row's tail can be written");
-        assert_eq!(n, 1);
-    }
-    let tail = stdout_tail(&client, streaming).await.expect("a tail");
-    assert!(tail.contains("hello from the task"), "{tail:?}");
+    .expect("the node wrote the running task's tail");
     b.wait_for(
         "the output on the page, without a reload",
         "document.getElementById('stdout').innerText.indexOf('hello from the task') >= 0 && \
          document.querySelector('.output .live')",
         LONG,
     );
-    if !live {
-        // and a later line shows up by itself (the page re-reads the row every second)
-        client
-            .execute(
-                "UPDATE long_task.task SET stdout_tail = stdout_tail || 'second line\n' WHERE id = $1",
-                &[&streaming],
-            )
-            .await
-            .expect("append");
-        b.wait_for(
-            "the next line",
-            "document.getElementById('stdout').innerText.indexOf('second line') >= 0",
-            LONG,
-        );
-    }
+    // and a later line shows up by itself (the node flushes it, the page re-reads the row)
+    std::fs::write(&go, "").expect("go");
+    b.wait_for(
+        "the next line",
+        "document.getElementById('stdout').innerText.indexOf('second line') >= 0",
+        LONG,
+    );
     b.screenshot("task-running.png");
 
     // cancel from the console: the row ends CC (its node killed it), an event says who
