@@ -212,3 +212,100 @@ async fn a_restarted_node_counts_the_lost_rerun_like_the_coordinator_does() {
     assert_eq!(history(&client, id).await.len(), 1);
     assert_eq!(state(&client, id).await, "CF");
 }
+
+/// Ends node `worker`'s listener session; the listener reconnects and resyncs.
+async fn cut_listener(client: &Client, worker: i64) {
+    let cut: i64 = client
+        .query_one(
+            "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity
+              WHERE application_name = $1",
+            &[&format!("pgtaskd w{worker} listener")],
+        )
+        .await
+        .expect("terminate")
+        .get(0);
+    assert_eq!(cut, 1, "node {worker}'s listener session");
+}
+
+#[tokio::test]
+async fn a_live_node_hands_back_rows_that_claim_a_run_it_does_not_have() {
+    // what a failover that lost a node's latest commits leaves: the new primary says the node
+    // runs a task whose run the node ended long ago
+    let (db, client) = migrated_db().await;
+    let _node = NodeProcess::start(&db.url, 1, &[]);
+    wait_node_ready(&client, 1).await;
+    // a run the node really has, started a minute ago as far as the row says: it stays
+    let real = queue(&client, &["sleep", "30"]).await;
+    wait_state(&client, real, "AE", LONG).await;
+    client
+        .execute(
+            "UPDATE long_task.task SET started = now() - interval '1 minute' WHERE id = $1",
+            &[&real],
+        )
+        .await
+        .expect("age it");
+    let real_run: Uuid = client
+        .query_one("SELECT run_id FROM long_task.task WHERE id = $1", &[&real])
+        .await
+        .expect("run")
+        .get(0);
+    // a row that claims node 1 runs it (pinned elsewhere first, so node 1 cannot claim it)
+    let ghost: i64 = client
+        .query_one(
+            "INSERT INTO long_task.task (state_id, command, worker_id, max_lost_reruns)
+             VALUES ('AW', '{true}', 999, 1) RETURNING id",
+            &[],
+        )
+        .await
+        .expect("insert")
+        .get(0);
+    let ghost_run = Uuid::new_v4();
+    client
+        .execute(
+            "UPDATE long_task.task SET state_id = 'AE', worker_id = 1, run_id = $2, attempt = 1,
+                    started = now() - interval '1 minute' WHERE id = $1",
+            &[&ghost, &ghost_run],
+        )
+        .await
+        .expect("a row claiming node 1");
+
+    cut_listener(&client, 1).await;
+    // handed back (a new attempt under a new run id), run again by node 1, CS
+    wait_state(&client, ghost, "CS", LONG).await;
+    let (kinds, details): (Vec<String>, Vec<Option<String>>) = events(&client, ghost)
+        .await
+        .into_iter()
+        .map(|(kind, _, detail)| (kind, detail))
+        .unzip();
+    assert!(kinds.contains(&"requeued".to_owned()), "{kinds:?}");
+    assert!(
+        details
+            .iter()
+            .flatten()
+            .any(|d| d.contains("not running on its node")),
+        "{details:?}"
+    );
+    let attempts = history(&client, ghost).await;
+    assert!(
+        attempts.iter().any(|(run, _, _)| *run == ghost_run),
+        "the abandoned attempt is recorded: {attempts:?}"
+    );
+    // the real run was left alone
+    let row = client
+        .query_one(
+            "SELECT state_id::text, run_id FROM long_task.task WHERE id = $1",
+            &[&real],
+        )
+        .await
+        .expect("row");
+    assert_eq!(row.get::<_, String>(0), "AE");
+    assert_eq!(row.get::<_, Uuid>(1), real_run);
+    assert_eq!(state(&client, real).await, "AE");
+    client
+        .execute(
+            "UPDATE long_task.task SET state_id = 'AC' WHERE id = $1",
+            &[&real],
+        )
+        .await
+        .expect("cancel");
+}

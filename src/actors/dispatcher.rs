@@ -31,6 +31,9 @@ pub enum DispatcherMsg {
     Wake,
     /// Running tasks may have been cancelled, deleted or reassigned.
     Reconcile,
+    /// The listener (re)connected: besides reconciling, look for rows that say this node runs
+    /// a task it does not (a failover that lost its latest commits) and hand them back.
+    Resync,
     /// The process limit changed.
     SetLimit(u32),
     /// Stop (true) or resume (false) claiming new tasks.
@@ -227,6 +230,52 @@ impl Dispatcher {
         }));
     }
 
+    /// Hands back the runs the database attributes to this node that it does not have: each row
+    /// goes back to the queue under the one hand-back rule (a new run id, a lost re-run counted),
+    /// guarded by its run id. Runs that started less than a heartbeat timeout ago are left alone:
+    /// a claim may still be on its way to this actor.
+    fn hand_back_unknown_runs(&mut self, ctx: &mut Context<Self>) {
+        let node = self.node.clone();
+        let known: Vec<i64> = node.running().keys().copied().collect();
+        let settled = node.config.heartbeat_timeout.as_secs_f64();
+        let fut =
+            async move { queries::unknown_runs(&node.pool, node.worker_id, &known, settled).await };
+        ctx.spawn(fut.into_actor(self).map(|result, act, ctx| {
+            let unknown: Vec<(i64, uuid::Uuid)> = match result {
+                Ok(rows) => {
+                    let running = act.node.running();
+                    rows.into_iter()
+                        .filter(|(id, run)| running.get(id).is_none_or(|e| e.run_id != *run))
+                        .collect()
+                }
+                Err(e) => {
+                    warn!(error = %e, "cannot look for runs this node does not have");
+                    return;
+                }
+            };
+            if unknown.is_empty() {
+                return;
+            }
+            warn!(
+                runs = unknown.len(),
+                "the database says this node runs tasks it does not (lost commits?): handing them back"
+            );
+            let node = act.node.clone();
+            ctx.spawn(
+                async move {
+                    let conn = node.pool.get().await?;
+                    queries::hand_back(&*conn, node.worker_id, "not running on its node", Some(&unknown))
+                        .await
+                }
+                .into_actor(act)
+                .map(|result, _, _| match result {
+                    Ok(handed) => info!(handed_back = handed.total(), "unknown runs handed back"),
+                    Err(e) => warn!(error = %e, "cannot hand back unknown runs; the next resync retries"),
+                }),
+            );
+        }));
+    }
+
     /// Has the Outcomes actor hand these runs back (run_id-guarded, retried until it works).
     fn release(&self, runs: Vec<(i64, uuid::Uuid)>) {
         if runs.is_empty() {
@@ -265,6 +314,11 @@ impl Handler<DispatcherMsg> for Dispatcher {
             DispatcherMsg::Reconcile => {
                 self.want_reconcile = true;
                 self.reconcile(ctx);
+            }
+            DispatcherMsg::Resync => {
+                self.want_reconcile = true;
+                self.reconcile(ctx);
+                self.hand_back_unknown_runs(ctx);
             }
             DispatcherMsg::SetLimit(limit) => {
                 if limit != self.limit {

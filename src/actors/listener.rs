@@ -115,7 +115,7 @@ impl Listener {
     fn resync(&self) {
         if let Some(d) = self.node.dispatcher() {
             d.do_send(DispatcherMsg::Wake);
-            d.do_send(DispatcherMsg::Reconcile);
+            d.do_send(DispatcherMsg::Resync);
         }
         if let Some(o) = self.node.outcomes() {
             o.do_send(OutcomesMsg::Retry);

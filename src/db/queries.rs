@@ -513,6 +513,33 @@ pub async fn mark_stopped(client: &Client, worker_id: i64) -> Result<(), DbError
     Ok(())
 }
 
+/// Runs the database says this node has (`AE`/`AC` with its worker id) whose task is not among
+/// `known` and that started more than `settled_secs` ago (a claim still on its way to the
+/// Dispatcher is not one of them): after a failover that lost this node's latest commits, rows
+/// can claim runs the node ended long ago, and nothing else would ever end them.
+pub async fn unknown_runs(
+    pool: &Pool,
+    worker_id: i64,
+    known: &[i64],
+    settled_secs: f64,
+) -> Result<Vec<(i64, Uuid)>, DbError> {
+    let rows = query(
+        pool,
+        "looking for runs this node does not have",
+        "SELECT id, run_id FROM long_task.task
+          WHERE worker_id = $1 AND state_id IN ('AE', 'AC') AND run_id IS NOT NULL
+            AND id <> ALL ($2)
+            AND coalesce(started, last_state_change) < now() - make_interval(secs => $3)",
+        &[
+            (&worker_id, Type::INT8),
+            (&known, Type::INT8_ARRAY),
+            (&settled_secs, Type::FLOAT8),
+        ],
+    )
+    .await?;
+    Ok(rows.iter().map(|r| (r.get(0), r.get(1))).collect())
+}
+
 /// What a hand-back (`long_task.hand_back`) did with a node's abandoned runs.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct HandedBack {
