@@ -107,7 +107,7 @@ async fn handler_throughput(url: &str, n: usize) {
     let config = NodeConfig {
         database_url: Some(url.to_owned()),
         max_tasks: 256,
-        pool_size: 8,
+        pool_size: Some(8),
         ..NodeConfig::default()
     };
     let mut node = Node::new(config);

@@ -96,8 +96,8 @@ pub struct NodeConfig {
     pub output_capture_keep: Duration,
     /// Base directory for relative task `cwd` values (default: the node's working directory).
     pub cwd_root: Option<PathBuf>,
-    /// Size of the shared database pool.
-    pub pool_size: u32,
+    /// Size of the shared database pool; unset: from `max_tasks` (`pool_size()`).
+    pub pool_size: Option<u32>,
     /// Apply pending migrations at start-up (several nodes may start at once: it is locked).
     pub auto_migrate: bool,
     /// Log output format: `pretty`, `logfmt` or `json`.
@@ -169,7 +169,7 @@ impl Default for NodeConfig {
             output_capture_bytes: 0,
             output_capture_keep: Duration::from_secs(7 * 86400),
             cwd_root: None,
-            pool_size: 8,
+            pool_size: None,
             auto_migrate: true,
             log_format: LogFormat::Pretty,
             log_level: None,
@@ -280,7 +280,7 @@ impl NodeConfig {
         if self.tail_bytes == 0 && self.tail_lines > 0 {
             return Err(invalid("tail_bytes", "must be > 0 when tail_lines > 0"));
         }
-        if self.pool_size < 2 {
+        if self.pool_size.is_some_and(|n| n < 2) {
             return Err(invalid("pool_size", "must be at least 2"));
         }
         if let Some(level) = &self.log_level {
@@ -367,6 +367,17 @@ impl NodeConfig {
         toml::to_string(&shown).map_err(|e| e.to_string())
     }
 
+    /// The pool size: `pool_size` when set, else 8 plus one connection per 4 process slots
+    /// past 16, at most 32 (outcomes are batched, so the pool grows far slower than the slots:
+    /// 8 for up to 16 tasks, 20 for 64, 32 from 112).
+    pub fn pool_size(&self) -> u32 {
+        self.pool_size.unwrap_or_else(|| {
+            let extra = self.max_tasks.saturating_sub(16) / 4;
+            8u32.saturating_add(u32::try_from(extra).unwrap_or(u32::MAX))
+                .min(32)
+        })
+    }
+
     /// The HTTP API's tokens (`http_tokens` and `http_token_file`).
     pub fn http_tokens(&self) -> Result<Tokens, TokenError> {
         Tokens::load(
@@ -430,6 +441,21 @@ pub fn host_name() -> String {
 
 #[cfg(test)]
 mod tests {
+
+    #[test]
+    fn the_pool_grows_with_the_process_slots_unless_set() {
+        let with = |max_tasks, pool_size| NodeConfig {
+            max_tasks,
+            pool_size,
+            ..NodeConfig::default()
+        };
+        assert_eq!(with(4, None).pool_size(), 8);
+        assert_eq!(with(16, None).pool_size(), 8);
+        assert_eq!(with(64, None).pool_size(), 20);
+        assert_eq!(with(1000, None).pool_size(), 32);
+        assert_eq!(with(1000, Some(5)).pool_size(), 5);
+        assert!(with(4, Some(1)).validate().is_err());
+    }
     use super::*;
 
     #[test]

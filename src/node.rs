@@ -362,7 +362,7 @@ pub async fn prepare(config: NodeConfig, mut options: NodeOptions) -> Result<Pre
     let pool = db::create_pool(
         &database_url,
         &format!("w{worker_id} pool"),
-        config.pool_size,
+        config.pool_size(),
     )?;
     let group_id = config.group_id;
     let run_as = match &config.run_as {

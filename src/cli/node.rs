@@ -132,7 +132,9 @@ impl NodeArgs {
         if let Some(dir) = self.state_dir.clone() {
             cfg.state_dir = Some(dir);
         }
-        set!(pool_size, self.pool_size);
+        if let Some(n) = self.pool_size {
+            cfg.pool_size = Some(n);
+        }
         if let Some(root) = self.cwd_root.clone() {
             cfg.cwd_root = Some(root);
         }
