@@ -373,8 +373,7 @@ impl NodeConfig {
     pub fn pool_size(&self) -> u32 {
         self.pool_size.unwrap_or_else(|| {
             let extra = self.max_tasks.saturating_sub(16) / 4;
-            8u32.saturating_add(u32::try_from(extra).unwrap_or(u32::MAX))
-                .min(32)
+            8u32.saturating_add(extra).min(32)
         })
     }
 
