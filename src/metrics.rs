@@ -27,6 +27,7 @@ struct Metrics {
     run_duration: HistogramVec,
     queue_depth: GaugeVec,
     oldest_waiting: GaugeVec,
+    group_paused: GaugeVec,
     coordinator_term: GaugeVec,
     running: IntGauge,
     heartbeat_age: Gauge,
@@ -117,6 +118,13 @@ impl Metrics {
                 Opts::new(
                     "pgtaskd_oldest_waiting_seconds",
                     "Age of the oldest waiting (AW) task per group, read at scrape time."
+                ),
+                &["group"]
+            )?),
+            group_paused: reg!(GaugeVec::new(
+                Opts::new(
+                    "pgtaskd_group_paused",
+                    "1 while the group is paused (group_settings.paused: no task of it starts), read at scrape time."
                 ),
                 &["group"]
             )?),
@@ -291,6 +299,7 @@ pub struct GroupGauges {
     pub waiting: i64,
     pub oldest_waiting_secs: Option<f64>,
     pub coordinator_term: Option<i64>,
+    pub paused: bool,
 }
 
 /// Replaces the cluster-wide gauges (groups that vanished disappear from the output).
@@ -298,6 +307,7 @@ pub fn set_cluster_gauges(groups: &[GroupGauges]) {
     if let Some(m) = metrics() {
         m.queue_depth.reset();
         m.oldest_waiting.reset();
+        m.group_paused.reset();
         m.coordinator_term.reset();
         for g in groups {
             let label = [g.group_id.to_string()];
@@ -307,6 +317,9 @@ pub fn set_cluster_gauges(groups: &[GroupGauges]) {
             m.oldest_waiting
                 .with_label_values(&label)
                 .set(g.oldest_waiting_secs.unwrap_or(0.0));
+            m.group_paused
+                .with_label_values(&label)
+                .set(if g.paused { 1.0 } else { 0.0 });
             if let Some(term) = g.coordinator_term {
                 m.coordinator_term
                     .with_label_values(&label)
@@ -375,6 +388,7 @@ mod tests {
             group_id: 7,
             waiting: 3,
             oldest_waiting_secs: Some(4.0),
+            paused: false,
             coordinator_term: Some(2),
         }]);
         let text = render().expect("renders");

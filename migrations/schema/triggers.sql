@@ -33,3 +33,6 @@ CREATE OR REPLACE TRIGGER task_after_delete AFTER DELETE ON long_task.task
 -- A node's row changed (stop code, process limit): tell that node (notify/worker_notify.sql).
 CREATE OR REPLACE TRIGGER worker_notify AFTER UPDATE ON long_task.worker
     FOR EACH ROW EXECUTE FUNCTION long_task.worker_notify();
+
+CREATE OR REPLACE TRIGGER group_settings_notify AFTER UPDATE ON long_task.group_settings
+    FOR EACH ROW EXECUTE FUNCTION long_task.group_settings_notify();

@@ -109,7 +109,11 @@ fn print_text(o: &ClusterOverview, all: bool, horizon_warning: std::time::Durati
         .iter()
         .map(|g| {
             vec![
-                g.group_id.to_string(),
+                if g.paused {
+                    format!("{} (paused)", g.group_id)
+                } else {
+                    g.group_id.to_string()
+                },
                 g.waiting.to_string(),
                 g.running.to_string(),
                 g.drafts.to_string(),

@@ -66,6 +66,9 @@ pub struct GroupInfo {
     pub oldest_waiting: Option<f64>,
     /// Live nodes serving the group.
     pub nodes: i64,
+    /// No task of the group starts (`group_settings.paused`).
+    #[serde(default)]
+    pub paused: bool,
 }
 
 /// A task in the running or recent lists.
@@ -231,13 +234,17 @@ WITH nodes AS (
      GROUP BY t.group_id
 ), live_per_group AS (
     SELECT n.group_id, count(*) AS nodes FROM nodes n WHERE n.alive GROUP BY n.group_id
+), paused AS (
+    SELECT s.group_id FROM long_task.group_settings s WHERE s.paused
 ), groups AS (
-    SELECT coalesce(p.group_id, l.group_id) AS group_id,
+    SELECT coalesce(p.group_id, l.group_id, z.group_id) AS group_id,
            coalesce(p.waiting, 0) AS waiting, coalesce(p.running, 0) AS running,
            coalesce(p.drafts, 0) AS drafts, coalesce(p.scheduled, 0) AS scheduled,
            extract(epoch FROM now() - p.oldest)::float8 AS oldest_waiting,
-           coalesce(l.nodes, 0) AS nodes
+           coalesce(l.nodes, 0) AS nodes,
+           z.group_id IS NOT NULL AS paused
       FROM per_group p FULL JOIN live_per_group l ON l.group_id = p.group_id
+      FULL JOIN paused z ON z.group_id = coalesce(p.group_id, l.group_id)
 ), running AS (
     SELECT t.id, t.state_id, t.group_id, t.worker_id, t.command, t.attempt, t.started, t.finished,
            extract(epoch FROM now() - t.started)::float8 AS seconds, t.exit_code, t.error,

@@ -259,6 +259,7 @@ async fn metrics_text(state: web::Data<HttpState>) -> Result<HttpResponse, ApiEr
                     group_id: g.group_id,
                     waiting: g.waiting,
                     oldest_waiting_secs: g.oldest_waiting,
+                    paused: g.paused,
                     coordinator_term: o
                         .coordinators
                         .iter()

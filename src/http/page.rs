@@ -201,10 +201,11 @@ pub fn render(
         .iter()
         .map(|g| {
             format!(
-                "<tr class=\"queue\" data-group-id=\"{}\"><td>{}</td><td>{}</td><td>{}</td><td>{}</td>\
+                "<tr class=\"queue\" data-group-id=\"{}\"><td>{}{}</td><td>{}</td><td>{}</td><td>{}</td>\
                  <td>{}</td><td>{}</td><td>{}</td></tr>",
                 g.group_id,
                 g.group_id,
+                if g.paused { " (paused)" } else { "" },
                 g.waiting,
                 g.running,
                 g.drafts,

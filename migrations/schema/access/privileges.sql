@@ -168,7 +168,9 @@ BEGIN
     -- pgtaskd_operator: the control plane
     GRANT UPDATE (stop, max_task_count) ON long_task.worker TO pgtaskd_operator;
     GRANT INSERT, UPDATE, DELETE ON long_task.group_settings TO pgtaskd_operator;
-    GRANT EXECUTE ON FUNCTION long_task.worker_notify TO pgtaskd_operator;
+    GRANT EXECUTE ON FUNCTION long_task.worker_notify, long_task.group_settings_notify,
+                              long_task.pause_group, long_task.resume_group
+       TO pgtaskd_operator;
 
     -- pgtaskd_node: its own worker row, and the node's functions
     GRANT INSERT, UPDATE ON long_task.worker TO pgtaskd_node;

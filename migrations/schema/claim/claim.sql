@@ -4,7 +4,8 @@
 -- Each claimed task gets a new run_id (the fencing token of this attempt) and attempt + 1.
 -- The candidates come off the ready ring (long_task.take_ready), in claim order (priority, then
 -- first in first out); each is claimed only if its task row still waits as its entry says (the
--- row decides), so a stale entry is dropped and the next one taken.
+-- row decides), so a stale entry is dropped and the next one taken. A paused group
+-- (group_settings.paused) gets nothing.
 -- Each row also says how to start the process: the task's env, the group's run_as user, and
 -- each resource limit of the task, else of its group (NULL: none from the database; the node's
 -- own config bounds all three).
@@ -23,6 +24,10 @@ DECLARE
     g long_task.group_settings%ROWTYPE;
 BEGIN
     SELECT * INTO g FROM long_task.group_settings s WHERE s.group_id = p_group_id;
+    -- a paused group starts nothing (long_task.pause_group); its ring entries stay for later
+    IF coalesce(g.paused, false) THEN
+        RETURN;
+    END IF;
     -- a node's write: the statement trigger skips what only a person's write can cause
     PERFORM set_config('long_task.node_write', 'on', true);
     WHILE want > 0 LOOP

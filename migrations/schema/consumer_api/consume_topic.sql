@@ -6,7 +6,9 @@
 -- ready ring like a node's claim (long_task.take_ready, the task row decides); a consume that
 -- finds nothing writes nothing to long_task.task and fires no statement trigger.
 -- A login role limited by long_task.group_access consumes from its groups only: a group it may
--- not use is refused (42501), and NULL means each of its groups in turn.
+-- not use is refused (42501), and NULL means each of its groups in turn. A paused group
+-- (group_settings.paused) gives nothing; while any group is paused, NULL means each group with
+-- ready entries that is not paused, in turn.
 CREATE OR REPLACE FUNCTION long_task.consume_topic(p_pattern text, n integer, p_group_id integer DEFAULT NULL)
 RETURNS TABLE (id bigint, run_id uuid, topic text, params jsonb, attempt integer, max_attempts integer,
                lease_until timestamptz, group_id integer)
@@ -30,6 +32,23 @@ BEGIN
             RETURN;
         END IF;
         PERFORM long_task.check_group_access(p_group_id, session_user);
+    END IF;
+    IF p_group_id IS NOT NULL THEN
+        IF EXISTS (SELECT 1 FROM long_task.group_settings s WHERE s.group_id = p_group_id AND s.paused) THEN
+            RETURN;
+        END IF;
+    ELSIF EXISTS (SELECT 1 FROM long_task.group_settings s WHERE s.paused) THEN
+        -- the ring would hand out a paused group's entries: take group by group instead
+        FOR g IN SELECT DISTINCT r.group_id FROM long_task.ready r
+                  WHERE NOT EXISTS (SELECT 1 FROM long_task.group_settings s
+                                     WHERE s.group_id = r.group_id AND s.paused)
+                  ORDER BY 1 LOOP
+            EXIT WHEN want <= 0;
+            RETURN QUERY SELECT * FROM long_task.consume_topic(p_pattern, want, g);
+            GET DIAGNOSTICS got = ROW_COUNT;
+            want := want - got;
+        END LOOP;
+        RETURN;
     END IF;
     -- a claim like a node's: the statement trigger skips what only a person's write can cause
     PERFORM set_config('long_task.node_write', 'on', true);

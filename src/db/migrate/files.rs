@@ -57,6 +57,7 @@ pub const MIGRATIONS: &[Migration] = migrations![
     10 "who_did_it" "0010_who_did_it.sql",
     11 "roles_and_isolation" "0011_roles_and_isolation.sql",
     13 "console" "0013_console.sql",
+    14 "pause" "0014_pause.sql",
 ];
 
 /// Every schema file, in the order applied (after the numbered migrations).
@@ -93,6 +94,7 @@ pub const SCHEMA_FILES: &[SchemaFile] = schema_files![
     "state_machine/task_deps_before_insert.sql",
     "notify/task_after_write.sql",
     "notify/worker_notify.sql",
+    "notify/group_settings_notify.sql",
     // a task's life on a node: claim, outcome
     "outcomes/retry_delay.sql",
     "outcomes/complete_runs.sql",
@@ -133,6 +135,9 @@ pub const SCHEMA_FILES: &[SchemaFile] = schema_files![
     "views/queue_stats.sql",
     // the web console: queue-depth samples for its charts
     "console/sample_queue.sql",
+    // the control plane: pausing a group
+    "control/pause_group.sql",
+    "control/resume_group.sql",
     // which function runs on which write
     "triggers.sql",
     // roles, grants, row-level security, SECURITY DEFINER: after every function exists

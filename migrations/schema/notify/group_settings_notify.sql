@@ -1,0 +1,11 @@
+-- The AFTER ROW trigger of group_settings: a group that is no longer paused wakes its nodes at
+-- once ('wake' on the group's channel, as a new waiting task would).
+CREATE OR REPLACE FUNCTION long_task.group_settings_notify() RETURNS trigger
+LANGUAGE plpgsql AS $$
+BEGIN
+    IF NOT NEW.paused AND (TG_OP = 'UPDATE' AND OLD.paused) THEN
+        PERFORM pg_notify(long_task.channel(NEW.group_id), 'wake');
+    END IF;
+    RETURN NULL;
+END
+$$;
