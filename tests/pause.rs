@@ -98,6 +98,7 @@ async fn a_paused_group_starts_nothing_and_a_resume_starts_at_once() {
         .expect("first start")
         .get(0);
     let after = first - resumed_at;
+    eprintln!("first start {after} after the resume");
     assert!(
         after >= chrono::Duration::zero() && after < chrono::Duration::milliseconds(50),
         "the first start came {after} after the resume"
