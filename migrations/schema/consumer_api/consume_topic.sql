@@ -21,27 +21,18 @@ DECLARE
     allowed integer[] := long_task.accessible_groups(session_user);
     g integer;
 BEGIN
-    IF allowed IS NOT NULL THEN
-        IF p_group_id IS NULL THEN
-            FOREACH g IN ARRAY allowed LOOP
-                EXIT WHEN want <= 0;
-                RETURN QUERY SELECT * FROM long_task.consume_topic(p_pattern, want, g);
-                GET DIAGNOSTICS got = ROW_COUNT;
-                want := want - got;
-            END LOOP;
-            RETURN;
-        END IF;
-        PERFORM long_task.check_group_access(p_group_id, session_user);
-    END IF;
     IF p_group_id IS NOT NULL THEN
+        IF allowed IS NOT NULL THEN
+            PERFORM long_task.check_group_access(p_group_id, session_user);
+        END IF;
         IF EXISTS (SELECT 1 FROM long_task.group_settings s WHERE s.group_id = p_group_id AND s.paused) THEN
             RETURN;
         END IF;
-    ELSIF EXISTS (SELECT 1 FROM long_task.group_settings s WHERE s.paused) THEN
-        -- the ring would hand out a paused group's entries: take group by group instead
-        FOR g IN SELECT DISTINCT r.group_id FROM long_task.ready r
-                  WHERE NOT EXISTS (SELECT 1 FROM long_task.group_settings s
-                                     WHERE s.group_id = r.group_id AND s.paused)
+    ELSIF allowed IS NOT NULL OR EXISTS (SELECT 1 FROM long_task.group_settings s WHERE s.paused) THEN
+        -- the ring would hand out entries of groups the role may not use or that are paused:
+        -- take group by group instead (each call checks its group as above)
+        FOR g IN SELECT x.g FROM unnest(coalesce(allowed, ARRAY(SELECT DISTINCT r.group_id FROM long_task.ready r))) x(g)
+                  WHERE NOT EXISTS (SELECT 1 FROM long_task.group_settings s WHERE s.group_id = x.g AND s.paused)
                   ORDER BY 1 LOOP
             EXIT WHEN want <= 0;
             RETURN QUERY SELECT * FROM long_task.consume_topic(p_pattern, want, g);

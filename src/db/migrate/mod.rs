@@ -283,13 +283,7 @@ async fn apply_privileges(client: &impl GenericClient) -> Result<(), MigrateErro
         .iter()
         .find(|f| f.path == PRIVILEGES_FILE)
         .ok_or(MigrateError::SchemaFileMissing(PRIVILEGES_FILE))?;
-    client
-        .batch_execute(file.sql)
-        .await
-        .map_err(|source| MigrateError::SchemaFileFailed {
-            path: file.path,
-            source,
-        })?;
+    apply_schema_file(client, file).await?;
     tracing::info!("granted the pgtaskd roles their privileges");
     Ok(())
 }
@@ -342,15 +336,22 @@ async fn apply_migration(
     Ok(())
 }
 
+async fn apply_schema_file(
+    client: &impl GenericClient,
+    file: &'static SchemaFile,
+) -> Result<(), MigrateError> {
+    client
+        .batch_execute(file.sql)
+        .await
+        .map_err(|source| MigrateError::SchemaFileFailed {
+            path: file.path,
+            source,
+        })
+}
+
 async fn apply_schema_files(client: &impl GenericClient) -> Result<(), MigrateError> {
     for file in SCHEMA_FILES {
-        client
-            .batch_execute(file.sql)
-            .await
-            .map_err(|source| MigrateError::SchemaFileFailed {
-                path: file.path,
-                source,
-            })?;
+        apply_schema_file(client, file).await?;
     }
     client
         .execute(
