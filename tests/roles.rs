@@ -5,11 +5,10 @@
 
 mod common;
 
-use std::io::Read;
-use std::process::{Command, Stdio};
+use std::process::Command;
 use std::time::Duration;
 
-use common::node::{wait_node_ready, wait_state, FAST};
+use common::node::{wait_node_ready, wait_state, LoggedNode, FAST};
 use common::roles::{drop_roles, login_role, refused, require_password};
 use common::{connect, migrated_db, task_count};
 use tokio_postgres::Client;
@@ -407,26 +406,13 @@ async fn a_node_runs_on_a_password_checked_node_login_and_never_shows_the_passwo
         eprintln!("pg_hba.conf is not writable here: the password is carried, not checked");
     }
 
-    let mut node = Command::new(env!("CARGO_BIN_EXE_pgtaskd"))
-        .arg("node")
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_pgtaskd"));
+    cmd.arg("node")
         .args(["--worker-id", "61", "--no-migrate"])
         .args(FAST)
         .env("DATABASE_URL", &url)
-        .env("RUST_LOG", "debug")
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("node");
-    fn drain(mut from: impl Read + Send + 'static) -> std::thread::JoinHandle<String> {
-        std::thread::spawn(move || {
-            let mut text = String::new();
-            let _ = from.read_to_string(&mut text);
-            text
-        })
-    }
-    let stderr = drain(node.stderr.take().expect("stderr"));
-    let stdout = drain(node.stdout.take().expect("stdout"));
+        .env("RUST_LOG", "debug");
+    let node = LoggedNode::spawn(cmd);
     wait_node_ready(&admin, 61).await;
 
     // a node on pgtaskd_node runs tasks end to end: claim, live output, outcome, the
@@ -506,13 +492,7 @@ async fn a_node_runs_on_a_password_checked_node_login_and_never_shows_the_passwo
         .get(0);
     assert_eq!(leaked, 0, "a row holds the password");
 
-    nix::sys::signal::kill(
-        nix::unistd::Pid::from_raw(node.id() as i32),
-        nix::sys::signal::Signal::SIGTERM,
-    )
-    .expect("stop");
-    let _ = node.wait();
-    let log = stderr.join().expect("stderr") + &stdout.join().expect("stdout");
+    let log = node.stop();
     assert!(log.contains("61"), "the node logged something: {log}");
     assert!(!log.contains(secret), "the password is in the node's log");
 

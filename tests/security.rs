@@ -4,12 +4,11 @@
 
 mod common;
 
-use std::io::Read;
-use std::process::{Command, Stdio};
+use std::process::Command;
 use std::time::Duration;
 
 use common::http::{free_port, node_with_http, request, token_file};
-use common::node::{queue, wait_node_ready, wait_state, NodeProcess, FAST};
+use common::node::{queue, wait_node_ready, wait_state, LoggedNode, NodeProcess, FAST};
 use common::roles::with_credentials;
 use common::{migrated_db, task_count};
 
@@ -98,29 +97,16 @@ async fn tasks_get_a_clean_environment_and_no_secret_reaches_them_or_the_log() {
     let url = with_credentials(&db.url, None, Some(secret));
     let dir = tempfile::tempdir().expect("dir");
     let config = config_file(dir.path(), "env_passthrough = [\"PASSED_ON\"]\n");
-    let mut node = Command::new(env!("CARGO_BIN_EXE_pgtaskd"))
-        .arg("node")
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_pgtaskd"));
+    cmd.arg("node")
         .args(["--worker-id", "42", "--config", &config])
         .args(FAST)
         .env("DATABASE_URL", &url)
         .env("PGPASSWORD", secret)
         .env("NODE_SENTINEL", "sentinel-value-91")
         .env("PASSED_ON", "passed-value-17")
-        .env("RUST_LOG", "debug")
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("node");
-    fn drain(mut from: impl Read + Send + 'static) -> std::thread::JoinHandle<String> {
-        std::thread::spawn(move || {
-            let mut text = String::new();
-            let _ = from.read_to_string(&mut text);
-            text
-        })
-    }
-    let stderr = drain(node.stderr.take().expect("stderr"));
-    let stdout = drain(node.stdout.take().expect("stdout"));
+        .env("RUST_LOG", "debug");
+    let node = LoggedNode::spawn(cmd);
     wait_node_ready(&client, 42).await;
 
     let id = queue(&client, &["env"]).await;
@@ -174,13 +160,7 @@ async fn tasks_get_a_clean_environment_and_no_secret_reaches_them_or_the_log() {
         .get(0);
     assert_eq!(leaked, 0, "an event row holds the password");
 
-    nix::sys::signal::kill(
-        nix::unistd::Pid::from_raw(node.id() as i32),
-        nix::sys::signal::Signal::SIGTERM,
-    )
-    .expect("stop");
-    let _ = node.wait();
-    let log = stderr.join().expect("stderr") + &stdout.join().expect("stdout");
+    let log = node.stop();
     assert!(log.contains("42"), "the node logged something: {log}");
     assert!(!log.contains(secret), "the password is in the node's log");
 }

@@ -13,6 +13,60 @@ pub struct NodeProcess {
     pub worker_id: i64,
 }
 
+/// A node started from `cmd` with stdin closed and everything it writes to stdout and stderr
+/// kept, for tests that search a node's whole output (a log that must never hold a secret).
+/// Killed (SIGKILL) on drop like `NodeProcess`.
+pub struct LoggedNode {
+    child: Child,
+    output: Vec<std::thread::JoinHandle<String>>,
+}
+
+impl LoggedNode {
+    pub fn spawn(mut cmd: Command) -> LoggedNode {
+        use std::io::Read;
+        let mut child = cmd
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("spawn pgtaskd node");
+        let drain = |mut from: Box<dyn Read + Send>| {
+            std::thread::spawn(move || {
+                let mut text = String::new();
+                let _ = from.read_to_string(&mut text);
+                text
+            })
+        };
+        let stderr = drain(Box::new(child.stderr.take().expect("stderr")));
+        let stdout = drain(Box::new(child.stdout.take().expect("stdout")));
+        LoggedNode {
+            child,
+            output: vec![stderr, stdout],
+        }
+    }
+
+    /// Stops the node (SIGTERM), waits for it, and returns everything it wrote.
+    pub fn stop(mut self) -> String {
+        nix::sys::signal::kill(
+            nix::unistd::Pid::from_raw(self.child.id() as i32),
+            nix::sys::signal::Signal::SIGTERM,
+        )
+        .expect("stop the node");
+        let _ = self.child.wait();
+        std::mem::take(&mut self.output)
+            .into_iter()
+            .map(|h| h.join().expect("output reader"))
+            .collect()
+    }
+}
+
+impl Drop for LoggedNode {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
 /// Fast settings for tests (seconds matter in a test suite).
 pub const FAST: &[&str] = &[
     "--heartbeat-interval",
