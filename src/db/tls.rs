@@ -251,7 +251,11 @@ impl TlsSettings {
     }
 }
 
-fn load_certs(path: &Path, what: &'static str) -> Result<Vec<CertificateDer<'static>>, TlsError> {
+/// The PEM certificates of `path` (at least one), errors naming `what` (the setting) and the file.
+pub(crate) fn load_certs(
+    path: &Path,
+    what: &'static str,
+) -> Result<Vec<CertificateDer<'static>>, TlsError> {
     let file_error = |message: String| TlsError::File {
         what,
         path: path.to_owned(),

@@ -6,7 +6,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use rustls::pki_types::pem::PemObject;
-use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+use rustls::pki_types::PrivateKeyDer;
 
 /// A certificate or key that cannot serve HTTPS.
 #[derive(Debug, thiserror::Error)]
@@ -25,17 +25,19 @@ pub fn server_config(cert: &Path, key: &Path) -> Result<rustls::ServerConfig, Ht
         path: path.to_owned(),
         message,
     };
-    let chain = CertificateDer::pem_file_iter(cert)
-        .map_err(|e| failed("http_tls_cert", cert, e.to_string()))?
-        .collect::<Result<Vec<_>, _>>()
-        .map_err(|e| failed("http_tls_cert", cert, e.to_string()))?;
-    if chain.is_empty() {
-        return Err(failed(
-            "http_tls_cert",
-            cert,
-            "holds no PEM certificate".into(),
-        ));
-    }
+    // the same loader as the node's TLS to PostgreSQL (at least one PEM certificate)
+    let chain = crate::db::tls::load_certs(cert, "http_tls_cert").map_err(|e| match e {
+        crate::db::tls::TlsError::File {
+            what,
+            path,
+            message,
+        } => HttpTlsError {
+            what,
+            path,
+            message,
+        },
+        other => failed("http_tls_cert", cert, other.to_string()),
+    })?;
     {
         use std::os::unix::fs::PermissionsExt;
         let meta =
