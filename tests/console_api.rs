@@ -7,7 +7,7 @@ mod common;
 
 use std::time::Duration;
 
-use common::http::{node_with_http, request, request_json, token_file};
+use common::http::{node_with_http, request, request_json, request_with_token, token_file};
 use common::migrated_db;
 use common::node::wait_node_ready;
 
@@ -33,21 +33,7 @@ async fn the_console_routes_refuse_bad_input_and_need_the_write_scope() {
         .get(0);
 
     let call = |method: &str, path: &str, token: &str, body: Option<&str>| {
-        let agent = ureq::AgentBuilder::new()
-            .timeout(Duration::from_secs(15))
-            .build();
-        let req = agent
-            .request(method, &format!("{base}{path}"))
-            .set("Authorization", &format!("Bearer {token}"));
-        let res = match body {
-            Some(b) => req.set("Content-Type", "application/json").send_string(b),
-            None => req.call(),
-        };
-        match res {
-            Ok(r) => (r.status(), r.into_string().unwrap_or_default()),
-            Err(ureq::Error::Status(c, r)) => (c, r.into_string().unwrap_or_default()),
-            Err(e) => panic!("{method} {path}: {e}"),
-        }
+        request_with_token(method, &format!("{base}{path}"), token, body)
     };
 
     // the page itself is open (it holds no data); its data is not

@@ -7,7 +7,7 @@ mod common;
 use std::process::Command;
 use std::time::Duration;
 
-use common::http::{free_port, node_with_http, request, token_file};
+use common::http::{free_port, node_with_http, request, request_with_token, token_file};
 use common::node::{queue, wait_node_ready, wait_state, LoggedNode, NodeProcess, FAST};
 use common::roles::with_credentials;
 use common::{migrated_db, task_count};
@@ -189,21 +189,7 @@ async fn http_tokens_guard_every_route_but_healthz() {
     );
 
     let with = |token: &str, method: &str, path: &str, body: Option<&str>| {
-        let agent = ureq::AgentBuilder::new()
-            .timeout(Duration::from_secs(15))
-            .build();
-        let req = agent
-            .request(method, &format!("{base}{path}"))
-            .set("Authorization", &format!("Bearer {token}"));
-        let result = match body {
-            Some(b) => req.set("Content-Type", "application/json").send_string(b),
-            None => req.call(),
-        };
-        match result {
-            Ok(r) => r.status(),
-            Err(ureq::Error::Status(code, _)) => code,
-            Err(e) => panic!("{method} {path}: {e}"),
-        }
+        request_with_token(method, &format!("{base}{path}"), token, body).0
     };
     assert_eq!(with("wrong-token-0123456789", "GET", "/tasks", None), 401);
     assert_eq!(with(read, "GET", "/tasks", None), 200);

@@ -47,6 +47,31 @@ pub fn request(method: &str, url: &str, body: Option<&str>) -> (u16, String) {
     }
 }
 
+/// One request with `Authorization: Bearer <token>`; returns the status and the body. Panics
+/// when nothing answers (a test of the token rules needs an answer).
+pub fn request_with_token(
+    method: &str,
+    url: &str,
+    token: &str,
+    body: Option<&str>,
+) -> (u16, String) {
+    let agent = ureq::AgentBuilder::new()
+        .timeout(Duration::from_secs(15))
+        .build();
+    let req = agent
+        .request(method, url)
+        .set("Authorization", &format!("Bearer {token}"));
+    let result = match body {
+        Some(b) => req.set("Content-Type", "application/json").send_string(b),
+        None => req.call(),
+    };
+    match result {
+        Ok(r) => (r.status(), r.into_string().unwrap_or_default()),
+        Err(ureq::Error::Status(code, r)) => (code, r.into_string().unwrap_or_default()),
+        Err(e) => panic!("{method} {url}: {e}"),
+    }
+}
+
 /// A request whose answer must be JSON.
 pub fn request_json(method: &str, url: &str, body: Option<&str>) -> (u16, serde_json::Value) {
     let (status, text) = request(method, url, body);
