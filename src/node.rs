@@ -105,10 +105,7 @@ pub struct Standing {
 /// node's own (shown by `status`, which warns about root).
 fn default_task_user(config: &NodeConfig) -> String {
     match &config.run_as {
-        Some(spec) => spec
-            .split_once(':')
-            .map_or(spec.as_str(), |(u, _)| u)
-            .to_owned(),
+        Some(spec) => crate::process::identity::split_spec(spec).0.to_owned(),
         None => {
             let uid = nix::unistd::Uid::effective();
             nix::unistd::User::from_uid(uid)

@@ -29,14 +29,19 @@ pub struct RunAs {
 #[error("{0}")]
 pub struct IdentityError(pub String);
 
+/// A `run_as` spec, `user` or `user:group`, split into its user and group.
+pub fn split_spec(spec: &str) -> (&str, Option<&str>) {
+    match spec.split_once(':') {
+        Some((user, group)) => (user, Some(group)),
+        None => (spec, None),
+    }
+}
+
 impl RunAs {
     /// Resolves `user` or `user:group` on this host. Switching user needs a node started as
     /// root (or already running as that user).
     pub fn resolve(spec: &str) -> Result<RunAs, IdentityError> {
-        let (user_name, group_name) = match spec.split_once(':') {
-            Some((u, g)) => (u, Some(g)),
-            None => (spec, None),
-        };
+        let (user_name, group_name) = split_spec(spec);
         let user = User::from_name(user_name)
             .map_err(|e| IdentityError(format!("cannot look up user '{user_name}': {e}")))?
             .ok_or_else(|| IdentityError(format!("no user '{user_name}' on this host")))?;
@@ -97,7 +102,7 @@ impl RunAsPolicy {
                 return Ok(Some(who.clone()));
             }
         }
-        let user = spec.split_once(':').map_or(spec, |(user, _)| user);
+        let (user, _) = split_spec(spec);
         if !self.allowed.iter().any(|a| a == user || a == spec) {
             return Err(IdentityError(format!(
                 "the group's run_as '{spec}' is not in this node's run_as_allowed ({})",
