@@ -99,8 +99,12 @@ async fn a_paused_group_starts_nothing_and_a_resume_starts_at_once() {
         .get(0);
     let after = first - resumed_at;
     eprintln!("first start {after} after the resume");
+    // Nothing but the resume's notification makes the node claim again (no timer polls the
+    // queue), so a start at all proves the wake. The bound only keeps the check of "at once"
+    // honest on a loaded machine: alone, this test measures 1.7-2.6 ms; six copies at once on two
+    // cores, up to 210 ms. The figure is reported (docs/interfaces.md), not asserted at 50 ms.
     assert!(
-        after >= chrono::Duration::zero() && after < chrono::Duration::milliseconds(50),
+        after >= chrono::Duration::zero() && after < chrono::Duration::seconds(1),
         "the first start came {after} after the resume"
     );
     let consumed = client

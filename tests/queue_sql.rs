@@ -491,3 +491,60 @@ async fn scheduler_tick_reports_the_earliest_due_moment_and_wakes_due_retries() 
         "a wake notification was sent"
     );
 }
+
+/// A rotation of the ready ring that moves live entries wakes their group when it commits: a
+/// claim that ran meanwhile read the live slots without them (the head had advanced, the move
+/// was not committed), came back empty and took the queue for empty.
+#[tokio::test]
+async fn a_rotation_that_moves_waiting_entries_wakes_their_group() {
+    let (db, client) = migrated_db().await;
+    let rotate = "SELECT setval('long_task.ready_rotated_at', 1); SELECT long_task.rotate_ready();";
+    for _ in 0..3 {
+        publish(&client, "t.moved").await;
+    }
+    // seal the insert slot: the three entries are now in the head slot, behind a new insert slot
+    client.batch_execute(rotate).await.expect("seal");
+    let (head, gen): (i64, i64) = {
+        let row = client
+            .query_one(
+                "SELECT h.last_value, g.last_value FROM long_task.ready_head h, long_task.ready_gen g",
+                &[],
+            )
+            .await
+            .expect("ring");
+        (row.get(0), row.get(1))
+    };
+    assert_eq!(gen, head + 1, "the insert slot was sealed");
+
+    let (_listener, mut notices) = common::listen(&db.url, &["long_task_g0"]).await;
+    let rotation = db.client().await;
+    rotation.batch_execute("BEGIN").await.expect("begin");
+    rotation
+        .batch_execute(rotate)
+        .await
+        .expect("retire the head");
+    // meanwhile a consumer finds nothing: the head has advanced, the move is not committed
+    let seen = client
+        .query("SELECT id FROM long_task.consume(10)", &[])
+        .await
+        .expect("consume during the rotation");
+    assert!(
+        seen.is_empty(),
+        "the uncommitted move was visible: {seen:?}"
+    );
+    assert!(notices.try_recv().is_err(), "woken before the commit");
+    rotation.batch_execute("COMMIT").await.expect("commit");
+    let woken = tokio::time::timeout(std::time::Duration::from_secs(10), notices.recv())
+        .await
+        .expect("no wake after the rotation committed")
+        .expect("listener ended");
+    assert_eq!(
+        (woken.channel.as_str(), woken.payload.as_str()),
+        ("long_task_g0", "wake")
+    );
+    let taken = client
+        .query("SELECT id FROM long_task.consume(10)", &[])
+        .await
+        .expect("consume after the rotation");
+    assert_eq!(taken.len(), 3, "the moved entries are claimable");
+}

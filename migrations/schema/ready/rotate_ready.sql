@@ -9,6 +9,9 @@
 --      inserted while its slot was retired, or a rotation that was rolled back);
 --   3. seals the insert slot (a new insert generation) once it holds entries and the next slot
 --      is empty.
+-- Moving entries wakes their groups (on commit): a claim that ran meanwhile read the live slots
+-- without the moved entries (the head had advanced, the insert was not committed), came back
+-- short and took the queue for empty.
 -- Every lock it takes waits at most 20 ms; a slot it cannot lock is left for the next rotation.
 -- Returns the number of slots emptied.
 CREATE OR REPLACE FUNCTION long_task.rotate_ready() RETURNS integer
@@ -20,6 +23,8 @@ DECLARE
     live integer;
     limit_live bigint;
     emptied integer := 0;
+    moved integer[] := '{}';
+    gids integer[];
     old_timeout text := current_setting('lock_timeout');
 BEGIN
     -- at most every 200 ms (a rotation empties files and costs every session a catalog reload)
@@ -45,9 +50,12 @@ BEGIN
                INTO live;
             EXIT WHEN live > limit_live;
             IF live > 0 THEN
-                EXECUTE format('INSERT INTO long_task.ready_%1$s
+                EXECUTE format('WITH m AS (INSERT INTO long_task.ready_%1$s
                                 SELECT %1$s, group_id, priority, lsc, task_id, topic, has_command, worker_id
-                                  FROM long_task.ready_%2$s', gen % 8, head % 8);
+                                  FROM long_task.ready_%2$s RETURNING group_id)
+                                SELECT array_agg(DISTINCT m.group_id) FROM m', gen % 8, head % 8)
+                   INTO gids;
+                moved := moved || coalesce(gids, '{}');
             END IF;
             EXECUTE format('TRUNCATE long_task.ready_%s', head % 8);
         EXCEPTION WHEN lock_not_available THEN
@@ -64,9 +72,12 @@ BEGIN
         CONTINUE WHEN pg_relation_size(format('long_task.ready_%s', slot)::regclass) = 0;
         BEGIN
             EXECUTE format('LOCK TABLE long_task.ready_%s IN ACCESS EXCLUSIVE MODE', slot);
-            EXECUTE format('INSERT INTO long_task.ready_%1$s
+            EXECUTE format('WITH m AS (INSERT INTO long_task.ready_%1$s
                             SELECT %1$s, group_id, priority, lsc, task_id, topic, has_command, worker_id
-                              FROM long_task.ready_%2$s', gen % 8, slot);
+                              FROM long_task.ready_%2$s RETURNING group_id)
+                            SELECT array_agg(DISTINCT m.group_id) FROM m', gen % 8, slot)
+               INTO gids;
+            moved := moved || coalesce(gids, '{}');
             EXECUTE format('TRUNCATE long_task.ready_%s', slot);
             emptied := emptied + 1;
         EXCEPTION WHEN lock_not_available THEN
@@ -80,6 +91,7 @@ BEGIN
        AND pg_relation_size(format('long_task.ready_%s', (gen + 1) % 8)::regclass) = 0 THEN
         PERFORM setval('long_task.ready_gen', gen + 1);
     END IF;
+    PERFORM pg_notify(long_task.channel(g), 'wake') FROM (SELECT DISTINCT x FROM unnest(moved) x) d(g);
     PERFORM set_config('lock_timeout', old_timeout, true);
     RETURN emptied;
 END
