@@ -419,7 +419,10 @@ async fn outcomes_spooled_while_the_database_is_down_are_written_after_a_restart
         1,
         "the spooled outcome was written, not re-run"
     );
-    assert!(!spool_has_file(), "the replayed spool file is gone");
+    // the node removes the file once the write committed: just after CS became visible
+    wait_until(Duration::from_secs(10), || async { !spool_has_file() })
+        .await
+        .expect("the replayed spool file is gone");
 }
 
 #[test]
