@@ -41,6 +41,9 @@ struct Metrics {
     horizon_xid_age: Gauge,
     table_dead_tuples: GaugeVec,
     table_bytes: GaugeVec,
+    limit_max: GaugeVec,
+    limit_running: GaugeVec,
+    rate_tokens: GaugeVec,
     last_heartbeat: Mutex<Option<Instant>>,
 }
 
@@ -118,6 +121,27 @@ impl Metrics {
                 Opts::new(
                     "pgtaskd_oldest_waiting_seconds",
                     "Age of the oldest waiting (AW) task per group, read at scrape time."
+                ),
+                &["group"]
+            )?),
+            limit_max: reg!(GaugeVec::new(
+                Opts::new(
+                    "pgtaskd_limit",
+                    "A concurrency limit (kind group: max_running; kind key: a configured key's limit) or a rate limit (kind rate: starts per interval), read at scrape time."
+                ),
+                &["group", "kind", "key"]
+            )?),
+            limit_running: reg!(GaugeVec::new(
+                Opts::new(
+                    "pgtaskd_limit_running",
+                    "Tasks running under a concurrency limit (long_task.limits), read at scrape time."
+                ),
+                &["group", "kind", "key"]
+            )?),
+            rate_tokens: reg!(GaugeVec::new(
+                Opts::new(
+                    "pgtaskd_rate_tokens",
+                    "Starts left in a rate-limited group's token bucket now, read at scrape time."
                 ),
                 &["group"]
             )?),
@@ -324,6 +348,35 @@ pub fn set_cluster_gauges(groups: &[GroupGauges]) {
                 m.coordinator_term
                     .with_label_values(&label)
                     .set(term as f64);
+            }
+        }
+    }
+}
+
+/// Replaces the limit gauges from `long_task.limits` (the rows `db::overview` reads: group and
+/// rate limits, and keys with a limit of their own, so the label set stays bounded).
+pub fn set_limit_gauges(limits: &[crate::db::overview::LimitInfo]) {
+    if let Some(m) = metrics() {
+        m.limit_max.reset();
+        m.limit_running.reset();
+        m.rate_tokens.reset();
+        for l in limits {
+            let group = l.group_id.to_string();
+            let labels = [
+                group.as_str(),
+                l.kind.as_str(),
+                l.key.as_deref().unwrap_or(""),
+            ];
+            m.limit_max
+                .with_label_values(&labels)
+                .set(f64::from(l.max_running));
+            if let Some(running) = l.running {
+                m.limit_running
+                    .with_label_values(&labels)
+                    .set(running as f64);
+            }
+            if let Some(tokens) = l.tokens_left {
+                m.rate_tokens.with_label_values(&[&group]).set(tokens);
             }
         }
     }

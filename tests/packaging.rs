@@ -131,6 +131,14 @@ async fn every_metric_the_dashboard_queries_exists_in_a_nodes_metrics() {
 
     // A node that has run a task (so labelled series and histograms have samples).
     let (db, client) = migrated_db().await;
+    // (limits that never bind, so that their gauges have samples)
+    client
+        .batch_execute(
+            "INSERT INTO long_task.group_settings (group_id, max_running, rate_limit) VALUES (0, 100, 1000);
+             INSERT INTO long_task.key_limit VALUES (0, 'k', 10);",
+        )
+        .await
+        .expect("limits");
     let (_node, base) = node_with_http(&db.url, 41, &[]).await;
     let id = queue(&client, &["true"]).await;
     wait_state(&client, id, "CS", Duration::from_secs(20)).await;

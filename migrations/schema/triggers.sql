@@ -36,3 +36,7 @@ CREATE OR REPLACE TRIGGER worker_notify AFTER UPDATE ON long_task.worker
 
 CREATE OR REPLACE TRIGGER group_settings_notify AFTER UPDATE ON long_task.group_settings
     FOR EACH ROW EXECUTE FUNCTION long_task.group_settings_notify();
+
+-- A per-key limit was set, changed or removed: wake the group (notify/key_limit_notify.sql).
+CREATE OR REPLACE TRIGGER key_limit_notify AFTER INSERT OR UPDATE OR DELETE ON long_task.key_limit
+    FOR EACH ROW EXECUTE FUNCTION long_task.key_limit_notify();

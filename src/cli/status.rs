@@ -135,6 +135,30 @@ fn print_text(o: &ClusterOverview, all: bool, horizon_warning: std::time::Durati
         ],
         &rows,
     );
+    if !o.limits.is_empty() {
+        println!("\nLIMITS");
+        let rows: Vec<Vec<String>> = o
+            .limits
+            .iter()
+            .map(|l| {
+                vec![
+                    l.group_id.to_string(),
+                    l.kind.clone(),
+                    opt(l.key.clone()),
+                    l.max_running.to_string(),
+                    opt(l.running),
+                    l.waiting.to_string(),
+                    l.tokens_left.map_or("-".into(), |t| format!("{t:.1}")),
+                ]
+            })
+            .collect();
+        print_table(
+            &[
+                "GROUP", "KIND", "KEY", "LIMIT", "RUNNING", "WAITING", "TOKENS",
+            ],
+            &rows,
+        );
+    }
     for (title, tasks) in [("RUNNING", &o.running), ("RECENT", &o.recent)] {
         println!("\n{title}");
         let rows: Vec<Vec<String>> = tasks

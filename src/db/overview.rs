@@ -169,6 +169,27 @@ pub struct ClusterOverview {
     pub horizon: Option<HorizonHolder>,
     /// The tables of the hot path (the ready ring's slots summed as `ready`).
     pub tables: Vec<TableInfo>,
+    /// Every group and rate limit, and the per-key limits configured for one key
+    /// (`long_task.limits`; keys under a default or a pattern are left out: unbounded).
+    #[serde(default)]
+    pub limits: Vec<LimitInfo>,
+}
+
+/// A concurrency or rate limit with its usage (a row of `long_task.limits`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct LimitInfo {
+    pub group_id: i32,
+    /// `group` (max_running), `key` (a key's limit) or `rate` (starts per interval).
+    pub kind: String,
+    pub key: Option<String>,
+    /// The limit: tasks at once, or starts per interval for `rate`.
+    pub max_running: i32,
+    /// Running now (None for `rate`).
+    pub running: Option<i64>,
+    /// Entries waiting on the ready ring.
+    pub waiting: i64,
+    /// Tokens in the bucket now (`rate` only).
+    pub tokens_left: Option<f64>,
 }
 
 impl ClusterOverview {
@@ -309,7 +330,11 @@ SELECT jsonb_build_object(
         FROM (SELECT group_id, term, worker_id, elected_at::text FROM long_task.coordinator) c), '[]'::jsonb),
     'groups', coalesce((SELECT jsonb_agg(to_jsonb(g) ORDER BY g.group_id) FROM groups g), '[]'::jsonb),
     'running', coalesce((SELECT jsonb_agg(to_jsonb(r) ORDER BY r.started, r.id) FROM running r), '[]'::jsonb),
-    'recent', coalesce((SELECT jsonb_agg(to_jsonb(r) ORDER BY r.finished DESC) FROM recent r), '[]'::jsonb)
+    'recent', coalesce((SELECT jsonb_agg(to_jsonb(r) ORDER BY r.finished DESC) FROM recent r), '[]'::jsonb),
+    'limits', coalesce((SELECT jsonb_agg(to_jsonb(l) ORDER BY l.group_id, l.kind, l.key) FROM long_task.limits l
+                         WHERE l.kind <> 'key' OR EXISTS (
+                               SELECT 1 FROM long_task.key_limit k
+                                WHERE k.group_id = l.group_id AND k.key_pattern = l.key)), '[]'::jsonb)
 )";
 
 /// Reads the overview: at most `running_limit` running and `recent_limit` finished tasks.

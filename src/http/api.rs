@@ -269,6 +269,7 @@ async fn metrics_text(state: web::Data<HttpState>) -> Result<HttpResponse, ApiEr
                 .collect();
             metrics::set_cluster_gauges(&gauges);
             metrics::set_database_gauges(o.horizon.as_ref(), &o.tables);
+            metrics::set_limit_gauges(&o.limits);
         }
         Err(e) => tracing::warn!(error = %e, "metrics: cluster gauges unavailable"),
     }

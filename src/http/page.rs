@@ -230,6 +230,36 @@ pub fn render(
         &groups,
     );
 
+    if !o.limits.is_empty() {
+        out.push_str("<h2>Limits</h2>");
+        let limits: Vec<String> = o
+            .limits
+            .iter()
+            .map(|l| {
+                format!(
+                    "<tr class=\"limit\" data-group-id=\"{}\"><td>{}</td><td>{}</td><td>{}</td>\
+                     <td>{}</td><td>{}</td><td>{}</td><td>{}</td></tr>",
+                    l.group_id,
+                    l.group_id,
+                    esc(&l.kind),
+                    esc(l.key.as_deref().unwrap_or("-")),
+                    l.max_running,
+                    l.running.map_or("-".into(), |r| r.to_string()),
+                    l.waiting,
+                    l.tokens_left.map_or("-".into(), |t| format!("{t:.1}"))
+                )
+            })
+            .collect();
+        table(
+            &mut out,
+            "limits",
+            &[
+                "group", "kind", "key", "limit", "running", "waiting", "tokens",
+            ],
+            &limits,
+        );
+    }
+
     let task_header = [
         "id", "state", "group", "worker", "attempt", "time", "exit", "by", "command",
     ];
@@ -283,6 +313,15 @@ mod tests {
             nodes: vec![],
             coordinators: vec![],
             groups: vec![],
+            limits: vec![crate::db::overview::LimitInfo {
+                group_id: 0,
+                kind: "key".into(),
+                key: Some("<i>k</i>".into()),
+                max_running: 1,
+                running: Some(1),
+                waiting: 0,
+                tokens_left: None,
+            }],
             running: vec![TaskBrief {
                 id: 1,
                 state_id: "AE".into(),
@@ -313,6 +352,10 @@ mod tests {
         let html = render(&o, 1, std::time::Duration::from_secs(60));
         assert!(!html.contains("<script>"), "{html}");
         assert!(html.contains("&lt;script&gt;"));
+        assert!(
+            html.contains("&lt;i&gt;k&lt;/i&gt;"),
+            "a key is escaped: {html}"
+        );
         assert!(html.contains("data-task-id=\"1\""));
         assert!(
             html.contains("&lt;b&gt;alice&lt;/b&gt;"),

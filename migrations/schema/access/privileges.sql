@@ -74,6 +74,7 @@ $$;
 ALTER VIEW long_task.running SET (security_invoker = true);
 ALTER VIEW long_task.expired SET (security_invoker = true);
 ALTER VIEW long_task.queue_stats SET (security_invoker = true);
+ALTER VIEW long_task.limits SET (security_invoker = true);
 
 -- The roles, then what each may do.
 DO $$
@@ -130,9 +131,10 @@ BEGIN
                     long_task.coordinator, long_task.group_settings, long_task.group_access,
                     long_task.task_state, long_task.period, long_task.installation,
                     long_task.schema_migrations, long_task.schema_files, long_task.queue_sample,
-                    long_task.running, long_task.expired, long_task.queue_stats
+                    long_task.running, long_task.expired, long_task.queue_stats,
+                    long_task.key_limit, long_task.rate_bucket, long_task.limits
        TO pgtaskd_reader;
-    GRANT EXECUTE ON FUNCTION long_task.accessible_groups, long_task.channel,
+    GRANT EXECUTE ON FUNCTION long_task.accessible_groups, long_task.channel, long_task.key_limit_of,
                               long_task.legal_next_states, long_task.default_max_attempts,
                               long_task.lease_seconds
        TO pgtaskd_reader;
@@ -142,12 +144,12 @@ BEGIN
                   shed_period_id, shed_period_count, shed_clone, max_attempts, timeout, run_after,
                   topic, depends_on, dedup_key, retry_base, retry_max, retry_jitter,
                   max_lost_reruns, env, limit_memory, limit_cpu_seconds, limit_open_files,
-                  limit_processes)
+                  limit_processes, concurrency_key)
        ON long_task.task TO pgtaskd_submitter;
     GRANT UPDATE (params, state_id, priority, group_id, worker_id, command, cwd, next_start,
                   shed_period_id, shed_period_count, shed_clone, max_attempts, timeout, run_after,
                   topic, retry_base, retry_max, retry_jitter, max_lost_reruns, env, limit_memory,
-                  limit_cpu_seconds, limit_open_files, limit_processes)
+                  limit_cpu_seconds, limit_open_files, limit_processes, concurrency_key)
        ON long_task.task TO pgtaskd_submitter;
     GRANT EXECUTE ON FUNCTION long_task.submit, long_task.cancel, long_task.requeue,
                               long_task.publish, long_task.publish_bulk,
@@ -167,8 +169,9 @@ BEGIN
 
     -- pgtaskd_operator: the control plane
     GRANT UPDATE (stop, max_task_count) ON long_task.worker TO pgtaskd_operator;
-    GRANT INSERT, UPDATE, DELETE ON long_task.group_settings TO pgtaskd_operator;
+    GRANT INSERT, UPDATE, DELETE ON long_task.group_settings, long_task.key_limit TO pgtaskd_operator;
     GRANT EXECUTE ON FUNCTION long_task.worker_notify, long_task.group_settings_notify,
+                              long_task.key_limit_notify,
                               long_task.pause_group, long_task.resume_group
        TO pgtaskd_operator;
 

@@ -4,7 +4,8 @@
 -- Each claimed task gets a new run_id (the fencing token of this attempt) and attempt + 1.
 -- The candidates come off the ready ring (long_task.take_ready), in claim order (priority, then
 -- first in first out); each is claimed only if its task row still waits as its entry says (the
--- row decides), so a stale entry is dropped and the next one taken. A paused group
+-- row decides), so a stale entry is dropped and the next one taken; a group's concurrency and
+-- rate limits bound what is taken (long_task.take_limited). A paused group
 -- (group_settings.paused) gets nothing.
 -- Each row also says how to start the process: the task's env, the group's run_as user, and
 -- each resource limit of the task, else of its group (NULL: none from the database; the node's
@@ -20,6 +21,7 @@ DECLARE
     want integer := n;
     ids bigint[];
     lscs timestamptz[];
+    keys text[];
     got integer;
     g long_task.group_settings%ROWTYPE;
 BEGIN
@@ -31,21 +33,22 @@ BEGIN
     -- a node's write: the statement trigger skips what only a person's write can cause
     PERFORM set_config('long_task.node_write', 'on', true);
     WHILE want > 0 LOOP
-        SELECT array_agg(r.task_id), array_agg(r.lsc) INTO ids, lscs
-          FROM long_task.take_ready(want, p_group_id, p_worker_id, p_topics, p_commands, NULL) r;
+        SELECT array_agg(r.task_id), array_agg(r.lsc), array_agg(r.concurrency_key) INTO ids, lscs, keys
+          FROM long_task.take_limited(want, p_group_id, p_worker_id, p_topics, p_commands, NULL) r;
         EXIT WHEN ids IS NULL;
         RETURN QUERY
         WITH cand AS MATERIALIZED (
             -- each candidate's row by primary key, locked, its state tested outside the lookup
             -- (inside, the planner would read the partial indexes of waiting rows instead)
             SELECT x.id
-              FROM unnest(ids, lscs) AS e(id, lsc)
+              FROM unnest(ids, lscs, keys) AS e(id, lsc, key)
              CROSS JOIN LATERAL (
                     SELECT t.id, t.state_id, t.last_state_change, t.group_id, t.worker_id, t.command,
-                           t.topic, t.run_after, t.depends_on
+                           t.topic, t.run_after, t.depends_on, t.concurrency_key
                       FROM long_task.task t WHERE t.id = e.id
                        FOR UPDATE LIMIT 1) x
              WHERE x.state_id = 'AW' AND x.last_state_change = e.lsc
+               AND x.concurrency_key IS NOT DISTINCT FROM e.key
                AND x.group_id = p_group_id
                AND (x.worker_id IS NULL OR x.worker_id = p_worker_id)
                AND ((p_commands AND (x.command IS NOT NULL OR x.topic IS NULL)) OR x.topic = ANY (p_topics))
@@ -55,7 +58,7 @@ BEGIN
         ), upd AS (
             UPDATE long_task.task t
                SET state_id = 'AE', worker_id = p_worker_id, run_id = gen_random_uuid(),
-                   attempt = t.attempt + 1, started = now(), finished = NULL, run_after = NULL,
+                   attempt = t.attempt + 1, started = clock_timestamp(), finished = NULL, run_after = NULL,
                    lease_until = NULL, error = NULL, exit_code = NULL, exit_signal = NULL,
                    stdout_tail = NULL, stderr_tail = NULL, result = NULL
              WHERE t.id = ANY (ARRAY(SELECT c.id FROM cand c))

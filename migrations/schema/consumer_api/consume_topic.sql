@@ -7,8 +7,9 @@
 -- finds nothing writes nothing to long_task.task and fires no statement trigger.
 -- A login role limited by long_task.group_access consumes from its groups only: a group it may
 -- not use is refused (42501), and NULL means each of its groups in turn. A paused group
--- (group_settings.paused) gives nothing; while any group is paused, NULL means each group with
--- ready entries that is not paused, in turn.
+-- (group_settings.paused) gives nothing; while any group is paused or limited, NULL means each
+-- group with ready entries that is not paused, in turn. A group's concurrency and rate limits
+-- bound what is taken (long_task.take_limited).
 CREATE OR REPLACE FUNCTION long_task.consume_topic(p_pattern text, n integer, p_group_id integer DEFAULT NULL)
 RETURNS TABLE (id bigint, run_id uuid, topic text, params jsonb, attempt integer, max_attempts integer,
                lease_until timestamptz, group_id integer)
@@ -17,6 +18,7 @@ DECLARE
     want integer := n;
     ids bigint[];
     lscs timestamptz[];
+    keys text[];
     got integer;
     allowed integer[] := long_task.accessible_groups(session_user);
     g integer;
@@ -28,9 +30,10 @@ BEGIN
         IF EXISTS (SELECT 1 FROM long_task.group_settings s WHERE s.group_id = p_group_id AND s.paused) THEN
             RETURN;
         END IF;
-    ELSIF allowed IS NOT NULL OR EXISTS (SELECT 1 FROM long_task.group_settings s WHERE s.paused) THEN
-        -- the ring would hand out entries of groups the role may not use or that are paused:
-        -- take group by group instead (each call checks its group as above)
+    ELSIF allowed IS NOT NULL OR EXISTS (SELECT 1 FROM long_task.group_settings s WHERE s.paused)
+          OR long_task.limits_configured() THEN
+        -- the ring would hand out entries of groups the role may not use, that are paused or
+        -- whose limits bind: take group by group instead (each call checks its group as above)
         FOR g IN SELECT x.g FROM unnest(coalesce(allowed, ARRAY(SELECT DISTINCT r.group_id FROM long_task.ready r))) x(g)
                   WHERE NOT EXISTS (SELECT 1 FROM long_task.group_settings s WHERE s.group_id = x.g AND s.paused)
                   ORDER BY 1 LOOP
@@ -44,21 +47,22 @@ BEGIN
     -- a claim like a node's: the statement trigger skips what only a person's write can cause
     PERFORM set_config('long_task.node_write', 'on', true);
     WHILE want > 0 LOOP
-        SELECT array_agg(r.task_id), array_agg(r.lsc) INTO ids, lscs
-          FROM long_task.take_ready(want, p_group_id, NULL, NULL, NULL, p_pattern) r;
+        SELECT array_agg(r.task_id), array_agg(r.lsc), array_agg(r.concurrency_key) INTO ids, lscs, keys
+          FROM long_task.take_limited(want, p_group_id, NULL, NULL, NULL, p_pattern) r;
         EXIT WHEN ids IS NULL;
         RETURN QUERY
         WITH cand AS MATERIALIZED (
             -- each candidate's row by primary key, locked, its state tested outside the lookup
             -- (inside, the planner would read the partial indexes of waiting rows instead)
             SELECT x.id
-              FROM unnest(ids, lscs) AS e(id, lsc)
+              FROM unnest(ids, lscs, keys) AS e(id, lsc, key)
              CROSS JOIN LATERAL (
                     SELECT t.id, t.state_id, t.last_state_change, t.group_id, t.worker_id, t.command,
-                           t.topic, t.run_after, t.depends_on
+                           t.topic, t.run_after, t.depends_on, t.concurrency_key
                       FROM long_task.task t WHERE t.id = e.id
                        FOR UPDATE LIMIT 1) x
              WHERE x.state_id = 'AW' AND x.last_state_change = e.lsc
+               AND x.concurrency_key IS NOT DISTINCT FROM e.key
                AND x.command IS NULL AND x.topic IS NOT NULL AND x.worker_id IS NULL
                AND (p_pattern IS NULL OR x.topic LIKE p_pattern)
                AND (p_group_id IS NULL OR x.group_id = p_group_id)
@@ -68,7 +72,7 @@ BEGIN
         ), upd AS (
             UPDATE long_task.task t
                SET state_id = 'AE', worker_id = -pg_backend_pid(), run_id = gen_random_uuid(),
-                   attempt = t.attempt + 1, started = now(), finished = NULL, run_after = NULL,
+                   attempt = t.attempt + 1, started = clock_timestamp(), finished = NULL, run_after = NULL,
                    -- the task's timeout, else the group's lease, else 60 s (long_task.lease_seconds)
                    lease_until = now() + make_interval(secs => coalesce(
                        t.timeout,

@@ -2,7 +2,7 @@
 -- cascade fires this trigger again for the dependents), then the ready ring (an entry for every
 -- task that became claimable: waiting, no run_after to come, every dependency CS), then one
 -- notification per group and kind on the group's channel (long_task.channel):
---   wake         tasks became runnable (AW)
+--   wake         tasks became runnable (AW), or runs of a group with limits ended
 --   ctl          a running task was cancelled, deleted, reassigned or finished by someone else
 --   sched        a schedule was set, changed or removed, or a retry delay was set
 --   lease <ms>   consumer leases were set; the earliest deadline of the statement, in
@@ -25,9 +25,10 @@ DECLARE
 BEGIN
     IF TG_OP = 'INSERT' THEN
         slot := long_task.ready_insert_slot();
-        INSERT INTO long_task.ready (slot, group_id, priority, lsc, task_id, topic, has_command, worker_id)
+        INSERT INTO long_task.ready (slot, group_id, priority, lsc, task_id, topic, has_command, worker_id,
+                                    concurrency_key)
         SELECT slot, n.group_id, n.priority, n.last_state_change, n.id, n.topic,
-               n.command IS NOT NULL, n.worker_id
+               n.command IS NOT NULL, n.worker_id, n.concurrency_key
           FROM new_rows n
          WHERE n.state_id = 'AW' AND (n.run_after IS NULL OR n.run_after <= now())
            AND (n.depends_on IS NULL OR NOT EXISTS (
@@ -84,15 +85,17 @@ BEGIN
         slot := long_task.ready_insert_slot();
         FOR r IN
             SELECT t.id, t.group_id, t.priority, t.last_state_change, t.topic, t.command IS NOT NULL AS has_command,
-                   t.worker_id, t.state_id = 'AW' AND (t.run_after IS NULL OR t.run_after <= now())
+                   t.worker_id, t.concurrency_key, t.state_id = 'AW' AND (t.run_after IS NULL OR t.run_after <= now())
                    AND NOT EXISTS (SELECT 1 FROM long_task.task d
                                     WHERE d.id = ANY (t.depends_on) AND d.state_id <> 'CS') AS claimable
               FROM long_task.task t
              WHERE t.depends_on IS NOT NULL AND t.depends_on && done AND t.state_id IN ('DR', 'AW')
         LOOP
             IF r.claimable THEN
-                INSERT INTO long_task.ready (slot, group_id, priority, lsc, task_id, topic, has_command, worker_id)
-                VALUES (slot, r.group_id, r.priority, r.last_state_change, r.id, r.topic, r.has_command, r.worker_id);
+                INSERT INTO long_task.ready (slot, group_id, priority, lsc, task_id, topic, has_command, worker_id,
+                                    concurrency_key)
+                VALUES (slot, r.group_id, r.priority, r.last_state_change, r.id, r.topic, r.has_command, r.worker_id,
+                        r.concurrency_key);
             END IF;
             PERFORM pg_notify(long_task.channel(r.group_id), 'wake');
         END LOOP;
@@ -112,19 +115,34 @@ BEGIN
         IF EXISTS (SELECT 1 FROM new_rows n
                     WHERE n.state_id = 'AW' AND (n.run_after IS NULL OR n.run_after <= now())) THEN
             EXECUTE $q$
-            INSERT INTO long_task.ready (slot, group_id, priority, lsc, task_id, topic, has_command, worker_id)
+            INSERT INTO long_task.ready (slot, group_id, priority, lsc, task_id, topic, has_command, worker_id,
+                                    concurrency_key)
             SELECT $1, n.group_id, n.priority, n.last_state_change, n.id, n.topic,
-                   n.command IS NOT NULL, n.worker_id
+                   n.command IS NOT NULL, n.worker_id, n.concurrency_key
               FROM new_rows n JOIN old_rows o ON o.id = n.id
              WHERE n.state_id = 'AW' AND (n.run_after IS NULL OR n.run_after <= now())
                AND NOT (o.state_id = 'AW' AND o.run_after IS NULL
                         AND o.last_state_change = n.last_state_change AND o.group_id = n.group_id
                         AND o.priority = n.priority AND o.worker_id IS NOT DISTINCT FROM n.worker_id
                         AND o.topic IS NOT DISTINCT FROM n.topic
+                        AND o.concurrency_key IS NOT DISTINCT FROM n.concurrency_key
                         AND (o.command IS NULL) = (n.command IS NULL))
                AND (n.depends_on IS NULL OR NOT EXISTS (
                        SELECT 1 FROM long_task.task d WHERE d.id = ANY (n.depends_on) AND d.state_id <> 'CS'))
             $q$ USING long_task.ready_insert_slot();
+        END IF;
+        -- Runs of a limited group ended or moved elsewhere: its nodes may start more.
+        IF long_task.limits_configured() AND EXISTS (SELECT 1 FROM old_rows o WHERE o.state_id IN ('AE', 'AC')) THEN
+            FOR r IN EXECUTE $q$
+                SELECT DISTINCT o.group_id FROM old_rows o JOIN new_rows n ON n.id = o.id
+                 WHERE o.state_id IN ('AE', 'AC')
+                   AND (n.state_id NOT IN ('AE', 'AC') OR n.group_id <> o.group_id)
+                $q$
+            LOOP
+                IF long_task.group_limited(r.group_id) THEN
+                    PERFORM pg_notify(long_task.channel(r.group_id), 'wake');
+                END IF;
+            END LOOP;
         END IF;
         -- A node's write (claim, consume, outcome) can only wake (a retry queued) or set a retry
         -- timer: when none of its rows is waiting, there is nothing more to notify, no join to plan.
@@ -165,7 +183,10 @@ BEGIN
               FROM old_rows o
              CROSS JOIN LATERAL (VALUES
                    ('ctl', o.state_id IN ('AE', 'AC')),
-                   ('sched', o.next_start IS NOT NULL)
+                   ('sched', o.next_start IS NOT NULL),
+                   -- a running task of a limited group deleted: its nodes may start more
+                   ('wake', o.state_id IN ('AE', 'AC') AND long_task.limits_configured()
+                            AND long_task.group_limited(o.group_id))
                  ) k(kind, hit)
              WHERE k.hit
         LOOP

@@ -51,7 +51,7 @@ BEGIN
             EXIT WHEN live > limit_live;
             IF live > 0 THEN
                 EXECUTE format('WITH m AS (INSERT INTO long_task.ready_%1$s
-                                SELECT %1$s, group_id, priority, lsc, task_id, topic, has_command, worker_id
+                                SELECT %1$s, group_id, priority, lsc, task_id, topic, has_command, worker_id, concurrency_key
                                   FROM long_task.ready_%2$s RETURNING group_id)
                                 SELECT array_agg(DISTINCT m.group_id) FROM m', gen % 8, head % 8)
                    INTO gids;
@@ -73,7 +73,7 @@ BEGIN
         BEGIN
             EXECUTE format('LOCK TABLE long_task.ready_%s IN ACCESS EXCLUSIVE MODE', slot);
             EXECUTE format('WITH m AS (INSERT INTO long_task.ready_%1$s
-                            SELECT %1$s, group_id, priority, lsc, task_id, topic, has_command, worker_id
+                            SELECT %1$s, group_id, priority, lsc, task_id, topic, has_command, worker_id, concurrency_key
                               FROM long_task.ready_%2$s RETURNING group_id)
                             SELECT array_agg(DISTINCT m.group_id) FROM m', gen % 8, slot)
                INTO gids;

@@ -1,7 +1,7 @@
 -- Fires due schedules, expires leases, applies retention, makes retries and delayed tasks that
 -- came due since the previous tick claimable (long_task.promote_due; p_since: the db_now it
 -- returned, NULL for a full pass) and wakes the group's nodes and consumers (NOTIFY 'wake') for
--- them. Returns what it did, the database time, and the seconds until the next due moment it
+-- them, and for the next token of a rate-limited group (long_task.rate_wake). Returns what it did, the database time, and the seconds until the next due moment it
 -- knows of (NULL: none; lease deadlines also come as notifications). (The ready ring is turned
 -- apart from the tick: long_task.turn_ready.)
 CREATE OR REPLACE FUNCTION long_task.scheduler_tick(p_group_id integer, p_since timestamptz DEFAULT NULL)
@@ -25,7 +25,9 @@ BEGIN
     SELECT extract(epoch FROM min(t.run_after) - now()) INTO next_retry
       FROM long_task.task t
      WHERE t.group_id = p_group_id AND t.state_id = 'AW' AND t.run_after IS NOT NULL AND t.run_after > now();
-    next_retry := least(f.next_due_in, e.next_due_in, p.next_due_in, next_retry);
+    -- a rate-limited group whose bucket ran dry: woken when the next token is due
+    next_retry := least(f.next_due_in, e.next_due_in, p.next_due_in, next_retry,
+                        long_task.rate_wake(p_group_id));
     -- something already due (a full batch, a row locked by another session): again soon, not in a
     -- tight loop
     RETURN QUERY SELECT f.fired, e.expired, p.deleted, n_woken, now(),

@@ -58,6 +58,7 @@ pub const MIGRATIONS: &[Migration] = migrations![
     11 "roles_and_isolation" "0011_roles_and_isolation.sql",
     13 "console" "0013_console.sql",
     14 "pause" "0014_pause.sql",
+    17 "limits" "0017_limits.sql",
 ];
 
 /// Every schema file, in the order applied (after the numbered migrations).
@@ -95,6 +96,14 @@ pub const SCHEMA_FILES: &[SchemaFile] = schema_files![
     "notify/task_after_write.sql",
     "notify/worker_notify.sql",
     "notify/group_settings_notify.sql",
+    "notify/key_limit_notify.sql",
+    // concurrency and rate limits: what a limited claim may take
+    "limits/ns_limit.sql",
+    "limits/limits_configured.sql",
+    "limits/group_limited.sql",
+    "limits/key_limit_of.sql",
+    "limits/take_limited.sql",
+    "limits/rate_wake.sql",
     // a task's life on a node: claim, outcome
     "outcomes/retry_delay.sql",
     "outcomes/complete_runs.sql",
@@ -133,6 +142,7 @@ pub const SCHEMA_FILES: &[SchemaFile] = schema_files![
     "views/running.sql",
     "views/expired.sql",
     "views/queue_stats.sql",
+    "views/limits.sql",
     // the web console: queue-depth samples for its charts
     "console/sample_queue.sql",
     // the control plane: pausing a group

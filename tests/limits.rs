@@ -1,0 +1,317 @@
+//! Concurrency and rate limits (migration 17, `migrations/schema/limits/`): a group's
+//! `max_running`, per-key limits (`group_settings.key_limit`, `long_task.key_limit`) and its
+//! rate limit hold across nodes and SQL consumers claiming at once, computed from the attempt
+//! history (`task_run` start and end times, database clock); the `long_task.limits` view reads
+//! each limit back with its usage.
+
+mod common;
+
+use std::collections::HashMap;
+use std::time::Duration;
+
+use chrono::{DateTime, Utc};
+use common::migrated_db;
+use common::node::{wait_node_ready, NodeProcess};
+use tokio_postgres::Client;
+
+/// The most runs that overlapped, overall and per key, from task_run (an end at the same
+/// instant as a start counts first).
+async fn max_overlap(client: &Client) -> (usize, HashMap<String, usize>) {
+    let rows = client
+        .query(
+            "SELECT r.started, r.finished, t.concurrency_key FROM long_task.task_run r
+               JOIN long_task.task t ON t.id = r.task_id",
+            &[],
+        )
+        .await
+        .expect("history");
+    let mut events: Vec<(DateTime<Utc>, i32, Option<String>)> = Vec::new();
+    for row in rows {
+        let key: Option<String> = row.get(2);
+        events.push((row.get(0), 1, key.clone()));
+        events.push((row.get(1), -1, key));
+    }
+    events.sort_by(|a, b| a.0.cmp(&b.0).then(a.1.cmp(&b.1)));
+    let (mut now, mut most) = (0i64, 0usize);
+    let mut per_key: HashMap<String, (i64, usize)> = HashMap::new();
+    for (_, delta, key) in events {
+        now += delta as i64;
+        most = most.max(now as usize);
+        if let Some(key) = key {
+            let entry = per_key.entry(key).or_default();
+            entry.0 += delta as i64;
+            entry.1 = entry.1.max(entry.0 as usize);
+        }
+    }
+    (
+        most,
+        per_key.into_iter().map(|(k, (_, m))| (k, m)).collect(),
+    )
+}
+
+async fn wait_all_done(client: &Client, total: i64, limit: Duration) {
+    let done = common::node::wait_until(limit, || async {
+        let n: i64 = client
+            .query_one(
+                "SELECT count(*) FROM long_task.task WHERE state_id = 'CS'",
+                &[],
+            )
+            .await
+            .expect("count")
+            .get(0);
+        n == total
+    })
+    .await;
+    let states = client
+        .query(
+            "SELECT state_id, count(*) FROM long_task.task GROUP BY 1 ORDER BY 1",
+            &[],
+        )
+        .await
+        .expect("states");
+    let states: Vec<(String, i64)> = states.iter().map(|r| (r.get(0), r.get(1))).collect();
+    assert!(done.is_ok(), "not every task ended CS: {states:?}");
+}
+
+#[tokio::test]
+async fn group_and_key_limits_hold_across_four_nodes() {
+    let (db, client) = migrated_db().await;
+    client
+        .batch_execute(
+            "INSERT INTO long_task.group_settings (group_id, max_running, key_limit) VALUES (0, 5, 2);",
+        )
+        .await
+        .expect("limits");
+    let nodes: Vec<NodeProcess> = (1..=4)
+        .map(|id| NodeProcess::start(&db.url, id, &["--max-tasks", "4"]))
+        .collect();
+    for id in 1..=4 {
+        wait_node_ready(&client, id).await;
+    }
+    // 1,000 short tasks over three keys, queued while the nodes claim
+    for batch in 0..10 {
+        client
+            .execute(
+                "INSERT INTO long_task.task (group_id, state_id, command, concurrency_key)
+                 SELECT 0, 'AW', ARRAY['true'], 'customer-' || ((i + $1) % 3)
+                   FROM generate_series(1, 100) i",
+                &[&batch],
+            )
+            .await
+            .expect("queue");
+    }
+    wait_all_done(&client, 1000, Duration::from_secs(120)).await;
+    let (most, per_key) = max_overlap(&client).await;
+    eprintln!("most running at once: {most}, per key: {per_key:?}");
+    assert!(most <= 5, "{most} ran at once (limit 5)");
+    assert_eq!(per_key.len(), 3);
+    for (key, n) in &per_key {
+        assert!(*n <= 2, "{n} of key {key} ran at once (limit 2)");
+    }
+    // the limits did bind (a test where they never could would prove nothing)
+    assert!(
+        most >= 4,
+        "never more than {most} at once: the limit was not reached"
+    );
+    let workers: i64 = client
+        .query_one(
+            "SELECT count(DISTINCT worker_id) FROM long_task.task_run",
+            &[],
+        )
+        .await
+        .expect("workers")
+        .get(0);
+    assert!(workers >= 2, "only {workers} node(s) ran tasks");
+    drop(nodes);
+}
+
+#[tokio::test]
+async fn a_rate_limit_spaces_the_starts() {
+    let (db, client) = migrated_db().await;
+    client
+        .batch_execute(
+            "INSERT INTO long_task.group_settings (group_id, rate_limit, rate_interval) VALUES (0, 20, '1 second');",
+        )
+        .await
+        .expect("limits");
+    let _node = NodeProcess::start(&db.url, 1, &["--max-tasks", "8"]);
+    wait_node_ready(&client, 1).await;
+    let queued: DateTime<Utc> = client
+        .query_one(
+            "WITH q AS (INSERT INTO long_task.task (group_id, state_id, command)
+                        SELECT 0, 'AW', ARRAY['true'] FROM generate_series(1, 200) RETURNING 1)
+             SELECT now() FROM q LIMIT 1",
+            &[],
+        )
+        .await
+        .expect("queue")
+        .get(0);
+    wait_all_done(&client, 200, Duration::from_secs(60)).await;
+    let starts: Vec<DateTime<Utc>> = client
+        .query(
+            "SELECT started FROM long_task.task_run ORDER BY started",
+            &[],
+        )
+        .await
+        .expect("starts")
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
+    assert_eq!(starts.len(), 200);
+    // any one-second window: at most the rate plus the burst (a full bucket: 20 tokens)
+    let mut busiest = 0;
+    for (i, start) in starts.iter().enumerate() {
+        let within = starts[i..]
+            .iter()
+            .take_while(|s| **s - *start < chrono::Duration::seconds(1))
+            .count();
+        busiest = busiest.max(within);
+    }
+    // the run: from its first start (the bucket's burst) to its last
+    let took = (*starts.last().expect("starts") - starts[0]).num_milliseconds();
+    let marks: Vec<i64> = starts
+        .iter()
+        .step_by(20)
+        .map(|s| (*s - queued).num_milliseconds())
+        .collect();
+    eprintln!("every 20th start, ms after queueing: {marks:?}");
+    eprintln!("busiest second: {busiest} starts; 200 starts took {took} ms");
+    assert!(
+        busiest <= 40,
+        "{busiest} starts in one second (20/s + burst 20)"
+    );
+    // 20 at once, then 180 at 20/s: 9 s, never less; no more than 10 % over
+    assert!(
+        took >= 8_900,
+        "200 starts in {took} ms: faster than the limit"
+    );
+    assert!(
+        took <= 9_900,
+        "200 starts took {took} ms: more than 10 % over the limit's 9 s"
+    );
+}
+
+/// SQL consumers and the view: the group limit, an exact-key override and a pattern override,
+/// and a key at its limit does not hold back the keys behind it.
+#[tokio::test]
+async fn consumers_get_only_what_the_limits_allow_and_the_view_shows_it() {
+    let (_db, client) = migrated_db().await;
+    client
+        .batch_execute(
+            "INSERT INTO long_task.group_settings (group_id, max_running, key_limit) VALUES (0, 6, 3);
+             INSERT INTO long_task.key_limit VALUES (0, 'host-a', 1), (0, 'host-%', 2);
+             INSERT INTO long_task.task (group_id, state_id, topic, concurrency_key)
+             SELECT 0, 'AW', 't', k FROM unnest(ARRAY['host-a', 'host-a', 'host-a', 'host-b', 'host-b',
+                                                       'host-b', 'other', 'other', 'other', 'other']) k;",
+        )
+        .await
+        .expect("setup");
+    let taken = |rows: Vec<tokio_postgres::Row>| {
+        rows.iter().map(|r| r.get::<_, i64>(0)).collect::<Vec<_>>()
+    };
+    let first = taken(
+        client
+            .query("SELECT id FROM long_task.consume(10)", &[])
+            .await
+            .expect("consume"),
+    );
+    let keys: Vec<String> = client
+        .query(
+            "SELECT concurrency_key FROM long_task.task WHERE id = ANY ($1) ORDER BY 1",
+            &[&first],
+        )
+        .await
+        .expect("keys")
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
+    // host-a: 1 (exact), host-b: 2 (pattern), other: 3 (group default), capped by 6 in all
+    assert_eq!(
+        keys,
+        ["host-a", "host-b", "host-b", "other", "other", "other"]
+    );
+    assert!(taken(
+        client
+            .query("SELECT id FROM long_task.consume(10)", &[])
+            .await
+            .expect("consume")
+    )
+    .is_empty());
+
+    let view: Vec<(String, Option<String>, i32, i64, i64)> = client
+        .query(
+            "SELECT kind, key, max_running, running, waiting FROM long_task.limits ORDER BY kind, key",
+            &[],
+        )
+        .await
+        .expect("view")
+        .iter()
+        .map(|r| (r.get(0), r.get(1), r.get(2), r.get(3), r.get(4)))
+        .collect();
+    assert_eq!(
+        view,
+        [
+            ("group".to_string(), None, 6, 6, 4),
+            ("key".to_string(), Some("host-a".to_string()), 1, 1, 2),
+            ("key".to_string(), Some("host-b".to_string()), 2, 2, 1),
+            ("key".to_string(), Some("other".to_string()), 3, 3, 1),
+        ]
+    );
+
+    // acking one host-a run lets exactly one more host-a start, and raising the limit more
+    let host_a: i64 = client
+        .query_one(
+            "SELECT id FROM long_task.task WHERE concurrency_key = 'host-a' AND state_id = 'AE'",
+            &[],
+        )
+        .await
+        .expect("host-a")
+        .get(0);
+    let run_id: uuid::Uuid = client
+        .query_one(
+            "SELECT run_id FROM long_task.task WHERE id = $1",
+            &[&host_a],
+        )
+        .await
+        .expect("run id")
+        .get(0);
+    client
+        .execute(
+            "SELECT long_task.ack($1, p_run_id => $2)",
+            &[&host_a, &run_id],
+        )
+        .await
+        .expect("ack");
+    let next = taken(
+        client
+            .query("SELECT id FROM long_task.consume(10)", &[])
+            .await
+            .expect("consume"),
+    );
+    assert_eq!(next.len(), 1, "{next:?}");
+    client
+        .batch_execute("UPDATE long_task.group_settings SET max_running = NULL WHERE group_id = 0")
+        .await
+        .expect("raise");
+    let more = taken(
+        client
+            .query("SELECT id FROM long_task.consume(10)", &[])
+            .await
+            .expect("consume"),
+    );
+    // host-a at its 1, host-b at its 2 (one waits), other: 3 running, one waits → none of them
+    assert!(more.is_empty(), "{more:?}");
+    client
+        .batch_execute(
+            "UPDATE long_task.key_limit SET max_running = 5 WHERE key_pattern = 'host-%'",
+        )
+        .await
+        .expect("raise key");
+    let more = taken(
+        client
+            .query("SELECT id FROM long_task.consume(10)", &[])
+            .await
+            .expect("consume"),
+    );
+    assert_eq!(more.len(), 1, "the waiting host-b task: {more:?}");
+}
