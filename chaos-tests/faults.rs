@@ -416,9 +416,10 @@ pub fn spawn_feeder(url: String, exec_log: PathBuf, rate: u32, max_secs: f64) ->
             let Some(c) = &client else { continue };
             let result = c
                 .execute(
-                    "INSERT INTO long_task.task (group_id, state_id, command)
+                    "INSERT INTO long_task.task (group_id, state_id, command, concurrency_key)
                      SELECT 0, 'AW', ARRAY['sh', '-c', $1,
-                                           round((random() * $3)::numeric, 2)::text]::varchar[]
+                                           round((random() * $3)::numeric, 2)::text]::varchar[],
+                            'k' || floor(random() * 3)
                        FROM generate_series(1, $2::int)",
                     &[&script, &per_tick, &max_secs],
                 )

@@ -59,6 +59,13 @@ struct Args {
     /// Keep the working directory (cluster, node logs, execution log) afterwards.
     #[arg(long)]
     keep: bool,
+    /// The group's cluster-wide concurrency limit (group_settings.max_running; 0: none). The
+    /// checker proves it held (overlap of runs from task_run, lost runs counted until handed back).
+    #[arg(long, default_value_t = 16)]
+    max_running: i32,
+    /// The per-key limit over the feeder's three concurrency keys (0: none).
+    #[arg(long, default_value_t = 6)]
+    key_limit: i32,
     /// How long the cluster may take to finish every task after the faults stop.
     #[arg(long, default_value = "120s", value_parser = humantime::parse_duration)]
     settle: Duration,
@@ -120,7 +127,18 @@ async fn run_on(
         client
             .batch_execute("CREATE TABLE chaos_cancel (task_id bigint NOT NULL)")
             .await?;
+        let limit = |n: i32| (n > 0).then_some(n);
+        client
+            .execute(
+                "INSERT INTO long_task.group_settings (group_id, max_running, key_limit) VALUES (0, $1, $2)",
+                &[&limit(args.max_running), &limit(args.key_limit)],
+            )
+            .await?;
     }
+    let limits = check::Limits {
+        max_running: (args.max_running > 0).then_some(args.max_running as usize),
+        key_limit: (args.key_limit > 0).then_some(args.key_limit as usize),
+    };
     let exec_log = dir.join("executions.log");
     std::fs::write(&exec_log, b"")?;
     let mut nodes = Nodes::new(exe, &url, dir, args.nodes, args.heartbeat_timeout)?;
@@ -132,8 +150,8 @@ async fn run_on(
     let mut counts = Counts::default();
     let deadline = Instant::now() + args.duration;
     println!(
-        "chaos: {} nodes, {} tasks/s, a fault every ~{:?} for {:?}",
-        args.nodes, args.rate, args.fault_every, args.duration
+        "chaos: {} nodes, {} tasks/s, a fault every ~{:?} for {:?}, limits {:?}",
+        args.nodes, args.rate, args.fault_every, args.duration, limits
     );
     while Instant::now() < deadline {
         let mean = args.fault_every.as_secs_f64();
@@ -163,12 +181,13 @@ async fn run_on(
     }
     let settled = check::settle(&url, args.settle).await;
     nodes.stop_all(Duration::from_secs(30)).await;
-    let report = check::run(&url, &exec_log, fed, &counts, settled).await?;
+    let report = check::run(&url, &exec_log, fed, &counts, settled, &limits).await?;
     println!(
-        "chaos: seed={seed} tasks={} executions={} reruns={} faults: {} violations={}",
+        "chaos: seed={seed} tasks={} executions={} reruns={} most_running={} faults: {} violations={}",
         report.tasks,
         report.executions,
         report.reruns,
+        report.most_running,
         counts.summary(),
         report.violations.len()
     );

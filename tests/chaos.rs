@@ -1,5 +1,6 @@
 //! The short chaos run of CI: the `chaos` harness (chaos-tests/) for 40 seconds against its own
-//! PostgreSQL and three real nodes, with every kind of fault; it must report no violation.
+//! PostgreSQL and three real nodes, with every kind of fault and concurrency limits that bind;
+//! it must report no violation.
 //! The long soak is a separate command (docs/clustering.md).
 
 use std::process::Command;
@@ -16,6 +17,11 @@ fn a_short_chaos_run_keeps_every_invariant() {
             "10",
             "--fault-every",
             "1500ms",
+            // limits that bind at this rate (about 7 tasks run at once unlimited)
+            "--max-running",
+            "6",
+            "--key-limit",
+            "3",
         ])
         .arg("--dir")
         .arg(&dir)
