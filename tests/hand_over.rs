@@ -12,7 +12,7 @@ use std::time::Duration;
 use common::cli::{code, pgtaskd};
 use common::http::{node_with_http, request, request_with_token, token_file};
 use common::migrated_db;
-use common::node::{owner, state, wait_node_ready, wait_state, wait_until, NodeProcess};
+use common::node::{owner, set_stop, state, wait_node_ready, wait_state, wait_until, NodeProcess};
 use common::roles::{drop_roles, login_role, refused};
 use tokio_postgres::Client;
 use uuid::Uuid;
@@ -143,10 +143,9 @@ async fn wait_owner(client: &Client, id: i64, worker_id: i64) -> Uuid {
     panic!("task {id} does not run on node {worker_id}: {now:?}");
 }
 
-#[tokio::test]
-async fn with_kill_the_nodes_tasks_run_again_on_another_node_under_new_run_ids() {
-    let (db, client) = migrated_db().await;
-    // node 2 exists but claims nothing yet, so the tasks land on node 1
+/// Nodes 1 and 2 of group 0, four slots each, node 1 serving HTTP (its base URL); node 2 starts
+/// with stop code 1 (a restart keeps it), so what is queued first lands on node 1.
+async fn two_nodes(url: &str, client: &Client) -> (NodeProcess, String, NodeProcess) {
     client
         .execute(
             "INSERT INTO long_task.worker (id, group_id, stop) VALUES (2, 0, 1)",
@@ -154,10 +153,17 @@ async fn with_kill_the_nodes_tasks_run_again_on_another_node_under_new_run_ids()
         )
         .await
         .expect("node 2's row");
-    let (_node1, base1) = node_with_http(&db.url, 1, &["--max-tasks", "4"]).await;
-    let _node2 = NodeProcess::start(&db.url, 2, &["--max-tasks", "4"]);
-    wait_node_ready(&client, 1).await;
-    wait_node_ready(&client, 2).await;
+    let (node1, base1) = node_with_http(url, 1, &["--max-tasks", "4"]).await;
+    let node2 = NodeProcess::start(url, 2, &["--max-tasks", "4"]);
+    wait_node_ready(client, 1).await;
+    wait_node_ready(client, 2).await;
+    (node1, base1, node2)
+}
+
+#[tokio::test]
+async fn with_kill_the_nodes_tasks_run_again_on_another_node_under_new_run_ids() {
+    let (db, client) = migrated_db().await;
+    let (_node1, base1, _node2) = two_nodes(&db.url, &client).await;
     // a process tree each: the shell and two sleeps
     let tree = ["sh", "-c", "sleep 5 & sleep 5; wait"];
     let moved = [
@@ -174,10 +180,7 @@ async fn with_kill_the_nodes_tasks_run_again_on_another_node_under_new_run_ids()
     }
     wait_state(&client, pinned, "AE", LONG).await;
     let pinned_run = owner(&client, pinned).await.1.expect("run id");
-    client
-        .execute("UPDATE long_task.worker SET stop = 0 WHERE id = 2", &[])
-        .await
-        .expect("node 2 claims again");
+    set_stop(&client, 2, 0).await;
 
     let did = hand_over(&client, 1, true).await;
     let mut want: Vec<(i64, Uuid, String)> = old
@@ -291,17 +294,7 @@ async fn with_kill_the_nodes_tasks_run_again_on_another_node_under_new_run_ids()
 #[tokio::test]
 async fn without_kill_the_runs_finish_on_the_node_and_new_tasks_go_elsewhere() {
     let (db, client) = migrated_db().await;
-    client
-        .execute(
-            "INSERT INTO long_task.worker (id, group_id, stop) VALUES (2, 0, 1)",
-            &[],
-        )
-        .await
-        .expect("node 2's row");
-    let _node1 = NodeProcess::start(&db.url, 1, &["--max-tasks", "4"]);
-    let _node2 = NodeProcess::start(&db.url, 2, &["--max-tasks", "4"]);
-    wait_node_ready(&client, 1).await;
-    wait_node_ready(&client, 2).await;
+    let (_node1, _, _node2) = two_nodes(&db.url, &client).await;
     let running = [
         queue_strict(&client, &["sleep", "2"], None).await,
         queue_strict(&client, &["sleep", "2"], None).await,
@@ -313,10 +306,7 @@ async fn without_kill_the_runs_finish_on_the_node_and_new_tasks_go_elsewhere() {
         assert_eq!(worker, Some(1));
         runs.push((id, run.expect("run id"), "finishing".to_owned()));
     }
-    client
-        .execute("UPDATE long_task.worker SET stop = 0 WHERE id = 2", &[])
-        .await
-        .expect("node 2 claims again");
+    set_stop(&client, 2, 0).await;
 
     assert_eq!(hand_over(&client, 1, false).await, runs);
     assert_eq!(stop_code(&client, 1).await, 1);

@@ -15,7 +15,6 @@ use std::collections::HashMap;
 use actix_web::http::StatusCode;
 use actix_web::{web, HttpResponse};
 use chrono::{DateTime, Utc};
-use serde::Deserialize;
 use serde_json::json;
 
 use super::{ApiError, HttpState};
@@ -184,18 +183,23 @@ async fn chart_series(
     Ok(HttpResponse::Ok().json(series))
 }
 
-/// A body `{"<key>": <integer>}`.
-fn body_int(body: &[u8], key: &'static str) -> Result<i64, ApiError> {
-    #[derive(Deserialize)]
-    struct Body(HashMap<String, serde_json::Value>);
-    let Body(map) = serde_json::from_slice(body)
+/// The value of `key` in a body `{"<key>": <value>}` (None: no such key, or an empty object);
+/// any other key is refused.
+fn body_value(body: &[u8], key: &'static str) -> Result<Option<serde_json::Value>, ApiError> {
+    let mut map: HashMap<String, serde_json::Value> = serde_json::from_slice(body)
         .map_err(|e| ApiError::bad_request(format!("bad body (a JSON object): {e}")))?;
     if let Some(other) = map.keys().find(|k| k.as_str() != key) {
         return Err(ApiError::bad_request(format!(
             "unknown key `{other}` (known: {key})"
         )));
     }
-    map.get(key)
+    Ok(map.remove(key))
+}
+
+/// A body `{"<key>": <integer>}`.
+fn body_int(body: &[u8], key: &'static str) -> Result<i64, ApiError> {
+    body_value(body, key)?
+        .as_ref()
         .and_then(serde_json::Value::as_i64)
         .ok_or_else(|| ApiError::bad_request(format!("`{key}`: an integer is required")))
 }
@@ -292,14 +296,7 @@ fn hand_over_kill(body: &[u8]) -> Result<bool, ApiError> {
     if body.iter().all(u8::is_ascii_whitespace) {
         return Ok(true);
     }
-    let map: HashMap<String, serde_json::Value> = serde_json::from_slice(body)
-        .map_err(|e| ApiError::bad_request(format!("bad body (a JSON object): {e}")))?;
-    if let Some(other) = map.keys().find(|k| k.as_str() != "kill") {
-        return Err(ApiError::bad_request(format!(
-            "unknown key `{other}` (known: kill)"
-        )));
-    }
-    match map.get("kill") {
+    match body_value(body, "kill")? {
         None => Ok(true),
         Some(v) => v.as_bool().ok_or_else(|| {
             ApiError::bad_request(
