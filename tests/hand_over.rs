@@ -108,8 +108,15 @@ async fn late_outcome(client: &Client, id: i64, run: Uuid) -> i64 {
         .get(0)
 }
 
+/// Whether process `pid` still runs (a zombie has exited: it only waits to be reaped).
 fn alive(pid: i32) -> bool {
-    nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), None).is_ok()
+    match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
+        // the state follows the command's closing parenthesis
+        Ok(stat) => stat
+            .rsplit_once(')')
+            .is_some_and(|(_, rest)| !rest.trim_start().starts_with('Z')),
+        Err(_) => false,
+    }
 }
 
 /// The processes of task `id` once its tree has at least `n` of them (a shell and its sleeps).
@@ -182,6 +189,7 @@ async fn with_kill_the_nodes_tasks_run_again_on_another_node_under_new_run_ids()
     let pinned_run = owner(&client, pinned).await.1.expect("run id");
     set_stop(&client, 2, 0).await;
 
+    let handed_at = std::time::Instant::now();
     let did = hand_over(&client, 1, true).await;
     let mut want: Vec<(i64, Uuid, String)> = old
         .iter()
@@ -200,9 +208,26 @@ async fn with_kill_the_nodes_tasks_run_again_on_another_node_under_new_run_ids()
         })
         .await
         .unwrap_or_else(|_| panic!("task {id}'s processes {pids:?} on node 1 were not all killed"));
+        let killed_after = handed_at.elapsed();
         // and running on node 2 under a new run id
         let new_run = wait_owner(&client, *id, 2).await;
         assert_ne!(new_run, *old_run, "a new run id");
+        // nothing but the hand-over's notifications moves it: the re-run starts within
+        // milliseconds of the commit (database clock; the test fails past 1 s)
+        let restart_ms: f64 = client
+            .query_one(
+                "SELECT extract(epoch FROM t.started - e.at)::float8 * 1000 FROM long_task.task t,
+                        long_task.event e WHERE t.id = $1 AND e.kind = 'node_hand_over'",
+                &[id],
+            )
+            .await
+            .expect("latency")
+            .get(0);
+        eprintln!(
+            "task {id}: tree killed within {killed_after:?} of the call (polled every 20 ms); \
+             re-run started on node 2 {restart_ms:.1} ms after the hand-over (database clock)"
+        );
+        assert!(restart_ms < 1000.0, "{restart_ms} ms");
         // the old run's late outcome is refused by the run-id fence
         assert_eq!(late_outcome(&client, *id, *old_run).await, 0);
         assert_eq!(owner(&client, *id).await, (Some(2), Some(new_run)));
@@ -463,6 +488,20 @@ async fn a_refused_hand_over_changes_nothing_and_says_why() {
     assert_eq!(verdict, "handed_over");
     assert_eq!(late_outcome(&client, id, run).await, 0);
     assert_eq!(owner(&client, id).await.0, Some(2));
+    // the text form, letting node 2's run finish
+    let out = pgtaskd(url, &["hand-over", "2", "--wait-for-finish"]);
+    assert_eq!(code(&out), 0, "{out:?}");
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        text.starts_with("node 2: claims nothing now (stop code set); 1 finishing\nTASK")
+            && text.contains(&format!("\n{id} ")),
+        "{text}"
+    );
+    assert_eq!(
+        state(&client, id).await,
+        "AE",
+        "without kill the run goes on"
+    );
     drop((submitter, operator));
     drop_roles(&client, &[&sub, &op]).await;
 }
