@@ -31,7 +31,7 @@ const EXIT_CODES: &str = "Exit codes:
   0  ok
   1  error (database unreachable, query failed, anything unexpected)
   2  usage (unknown flag, bad value on the command line)
-  3  not found (no task with that id)
+  3  not found (no task, or no node for hand-over, with that id)
   4  refused (the task's state does not allow it, or the database refused the values)
   5  invalid configuration
   wait, logs -f and submit --wait end with the code of the tasks they followed: 0 all
