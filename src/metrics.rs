@@ -1,6 +1,6 @@
 //! The node's metrics: one process-wide Prometheus registry and the few calls the actors make to
-//! feed it (claim, outcome written, process start/end, reconnects, fenced writes, heartbeat), plus
-//! the rendering of the text exposition format for `GET /metrics`.
+//! feed it (claim, outcome written, process start/end, reconnects, fenced writes, runs handed
+//! over, heartbeat), plus the rendering of the text exposition format for `GET /metrics`.
 //!
 //! Built on the `prometheus` crate (default features off: no protobuf, no HTTP server of its own;
 //! our own registry, labelled counters, gauges and histograms, and a text encoder). Values that
@@ -33,6 +33,7 @@ struct Metrics {
     heartbeat_age: Gauge,
     reconnects: IntCounterVec,
     fenced_writes: IntCounter,
+    handed_over_runs: IntCounter,
     scheduler_ticks: IntCounter,
     low_memory: IntGauge,
     free_memory: Gauge,
@@ -178,6 +179,11 @@ impl Metrics {
                 "pgtaskd_fenced_writes_total",
                 "Outcomes discarded because the run no longer owned its task (run_id fencing)."
             )?),
+            handed_over_runs: reg!(IntCounter::new(
+                "pgtaskd_handed_over_runs_total",
+                "Runs this node killed because an operator handed its tasks over to other nodes \
+                 (long_task.hand_over_node): re-queued, not failed."
+            )?),
             scheduler_ticks: reg!(IntCounter::new(
                 "pgtaskd_scheduler_ticks_total",
                 "Scheduler ticks this node ran as its group's coordinator (schedules, leases, retention, retries)."
@@ -275,6 +281,13 @@ pub fn task_finished(group_id: i32, state: &str, seconds: Option<f64>) {
 pub fn fenced_write() {
     if let Some(m) = metrics() {
         m.fenced_writes.inc();
+    }
+}
+
+/// A hand-over of this node's tasks took a run away: it is being killed (and runs elsewhere).
+pub fn run_handed_over() {
+    if let Some(m) = metrics() {
+        m.handed_over_runs.inc();
     }
 }
 

@@ -73,6 +73,9 @@ pub const NODE_MARKER: &str = "PGTASKD_NODE";
 pub struct RunEntry {
     pub run_id: Uuid,
     pub actor: Addr<ProcessActor>,
+    /// A hand-over took this run away (`Verdict::HandedOver`): logged and counted once, however
+    /// many reconciles see it before its process is gone.
+    pub handed_over: bool,
 }
 
 /// The current address of each long-lived actor (replaced when the supervisor recreates one).

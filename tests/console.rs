@@ -352,6 +352,22 @@ async fn the_console_in_a_headless_browser() {
         .await
         .expect("cancel");
     wait_state(&client, streaming, "CC", LONG).await;
+
+    // hand the node's tasks over (it runs none now): it claims nothing, the event says so
+    b.goto(&format!("{base}/#/"));
+    confirm_action(
+        &mut b,
+        &format!("button[data-action=hand-over][data-node-id=\"{NODE}\"]"),
+        None,
+    );
+    wait_until(LONG, || async { node_row("stop").await == 1 })
+        .await
+        .expect("handed over");
+    let handed = events(&client, "node_hand_over").await;
+    assert!(
+        handed.len() == 1 && handed[0].starts_with("kill: 0 re-queued, "),
+        "{handed:?}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -254,12 +254,30 @@ async fn every_verdict_of_running_state_is_one_the_dispatcher_knows() {
         .await
         .expect("cancel");
     let deleted = fenced + 1000;
+    // a run of node 2 taken away by a hand-over of that node
+    client
+        .batch_execute(
+            "INSERT INTO long_task.worker (id, group_id) VALUES (2, 0);
+             INSERT INTO long_task.task (state_id, command) VALUES ('AW', '{true}')",
+        )
+        .await
+        .expect("node 2 and a task");
+    let row = client
+        .query_one("SELECT id, run_id FROM long_task.claim(2, 0, 1)", &[])
+        .await
+        .expect("claim as node 2");
+    let (handed, handed_id): (i64, uuid::Uuid) = (row.get(0), row.get(1));
+    client
+        .execute("SELECT * FROM long_task.hand_over_node(2)", &[])
+        .await
+        .expect("hand over node 2");
     let pool = db::create_pool(&db.url, "test", 2).expect("pool");
     let runs = [
         (run, run_id),
         (cancel, cancel_id),
         (fenced, uuid::Uuid::new_v4()),
         (deleted, fenced_id),
+        (handed, handed_id),
     ];
     let verdicts = queries::running_state(&pool, 1, &runs)
         .await
@@ -269,4 +287,5 @@ async fn every_verdict_of_running_state_is_one_the_dispatcher_knows() {
     assert_eq!(of(cancel), Some(Verdict::Cancel));
     assert_eq!(of(fenced), Some(Verdict::Fenced));
     assert_eq!(of(deleted), Some(Verdict::Deleted));
+    assert_eq!(of(handed), Some(Verdict::HandedOver));
 }

@@ -1,9 +1,10 @@
 //! The Dispatcher: claims waiting tasks of the node's group, as many as there are free slots
 //! (`max_task_count − running`), in one round trip, and starts one Process actor per task. It
 //! reconciles running tasks with the table when told that something changed (cancel, delete,
-//! reassignment). When the node fences itself (cut off past `heartbeat_timeout`) it kills every
-//! running process and claims nothing; once a heartbeat succeeds again it has the Outcomes actor
-//! hand those runs back. Outcomes are written by the Outcomes actor (`actors::outcomes`).
+//! reassignment, a hand-over of the node's tasks). When the node fences itself (cut off past
+//! `heartbeat_timeout`) it kills every running process and claims nothing; once a heartbeat
+//! succeeds again it has the Outcomes actor hand those runs back. Outcomes are written by the
+//! Outcomes actor (`actors::outcomes`).
 //!
 //! Reacts only to messages (notifications, finished processes, limit changes): no polling loop.
 //! Must never block its thread, never claim more than the free slots, and never write an outcome.
@@ -182,7 +183,14 @@ impl Dispatcher {
         let run_id = task.run_id;
         metrics::task_started(self.node.group_id, task.waited_secs);
         let actor = ProcessActor::new(self.node.clone(), task).start();
-        self.node.running().insert(id, RunEntry { run_id, actor });
+        self.node.running().insert(
+            id,
+            RunEntry {
+                run_id,
+                actor,
+                handed_over: false,
+            },
+        );
     }
 
     fn reconcile(&mut self, ctx: &mut Context<Self>) {
@@ -212,9 +220,20 @@ impl Dispatcher {
                             Verdict::Cancel => KillReason::Cancelled,
                             Verdict::Fenced => KillReason::Fenced,
                             Verdict::Deleted => KillReason::Deleted,
+                            // re-queued for another node: the same kill as a fenced run
+                            Verdict::HandedOver => KillReason::Fenced,
                         };
-                        let running = act.node.running();
-                        if let Some(entry) = running.get(&id).filter(|e| e.run_id == run_id) {
+                        let mut running = act.node.running();
+                        if let Some(entry) = running.get_mut(&id).filter(|e| e.run_id == run_id) {
+                            if verdict == Verdict::HandedOver && !entry.handed_over {
+                                entry.handed_over = true;
+                                info!(
+                                    task_id = id,
+                                    %run_id,
+                                    "handed over to another node: killing the run"
+                                );
+                                metrics::run_handed_over();
+                            }
                             entry.actor.do_send(ProcessMsg::Kill(reason));
                         }
                     }

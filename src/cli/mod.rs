@@ -1,12 +1,13 @@
 //! The command line: verbs, their flags, logging set-up and exit codes. One file per verb group:
 //! `node.rs` (node settings), `dev.rs`, `tasks.rs` (submit, ls, show, cancel, requeue, logs),
-//! `follow.rs` (wait, logs -f, submit --wait),
+//! `follow.rs` (wait, logs -f, submit --wait), `control.rs` (hand-over),
 //! `status.rs`, `config.rs`, `output.rs` (exit codes, tables, JSON) and `logging.rs`.
 //!
 //! Owns turning user input into library calls and printing their results. Must never hold
 //! business logic or SQL of its own (the statements live in `pgtaskd::db`).
 
 mod config;
+mod control;
 mod dev;
 mod follow;
 mod generate;
@@ -30,7 +31,7 @@ const EXIT_CODES: &str = "Exit codes:
   0  ok
   1  error (database unreachable, query failed, anything unexpected)
   2  usage (unknown flag, bad value on the command line)
-  3  not found (no task with that id)
+  3  not found (no task, or no node for hand-over, with that id)
   4  refused (the task's state does not allow it, or the database refused the values)
   5  invalid configuration
   wait, logs -f and submit --wait end with the code of the tasks they followed: 0 all
@@ -104,6 +105,12 @@ pub enum Command {
     /// Wait until tasks are final; exit 0 when all succeeded, else the first failure's code.
     #[command(after_help = follow::WAIT_EXAMPLES)]
     Wait(follow::WaitArgs),
+    /// Hand a node's tasks over to the other nodes of its group: it claims nothing from now on,
+    /// and its running tasks are killed and queued again (or, with --wait-for-finish, finish on it).
+    ///
+    /// A top-level verb: `pgtaskd node` takes the reference's positional arguments.
+    #[command(after_help = control::HAND_OVER_EXAMPLES)]
+    HandOver(control::HandOverArgs),
     /// Cluster overview: nodes, coordinators, queues, running tasks.
     #[command(
         alias = "cluster",
@@ -192,6 +199,7 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Logs(args) => client(cli.log_format, tasks::logs(args)),
         Command::Wait(args) => client(cli.log_format, follow::wait(args)),
         Command::Status(args) => client(cli.log_format, status::run(args)),
+        Command::HandOver(args) => client(cli.log_format, control::hand_over(args)),
     }
 }
 

@@ -7,9 +7,14 @@
 //! waiting task gets a new entry on the ready ring, a node row's change notifies that node.
 //!
 //! Cancel and re-queue are not here: they are state changes, through `tasks::cancel` and
-//! `tasks::requeue` (`long_task.cancel`/`requeue`, which record their own events).
+//! `tasks::requeue` (`long_task.cancel`/`requeue`, which record their own events). The one
+//! operator change that is more than an UPDATE, a node's forced hand-over, is a SQL function
+//! (`long_task.hand_over_node`, which records its own events); `hand_over_node` here calls it.
 
+use serde::Serialize;
+use tokio_postgres::error::SqlState;
 use tokio_postgres::GenericClient;
+use uuid::Uuid;
 
 use super::DbError;
 
@@ -101,4 +106,65 @@ pub async fn set_node<C: GenericClient + Sync>(
         },
         None => Change::NotFound,
     })
+}
+
+/// One run a hand-over found on the node, and what became of it (`long_task.hand_over_node`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct HandedOverRun {
+    pub task_id: i64,
+    pub run_id: Option<Uuid>,
+    /// `requeued` (killed, queued again for another node), `finishing` (left to finish: no
+    /// kill), `pinned` (pinned to the node: left running) or `cancelling` (ends CC as usual).
+    pub action: String,
+}
+
+/// The actions of `long_task.hand_over_node`, in the order they are reported.
+pub const HAND_OVER_ACTIONS: [&str; 4] = ["requeued", "finishing", "pinned", "cancelling"];
+
+/// How many runs each action of `HAND_OVER_ACTIONS` counts.
+pub fn count_actions(runs: &[HandedOverRun]) -> Vec<(&'static str, usize)> {
+    HAND_OVER_ACTIONS
+        .iter()
+        .map(|a| (*a, runs.iter().filter(|r| r.action == *a).count()))
+        .collect()
+}
+
+/// What a hand-over did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum HandOver {
+    /// No node with that worker id: nothing changed.
+    NotFound,
+    /// The node claims nothing now (stop code set); these were its runs.
+    Done(Vec<HandedOverRun>),
+}
+
+/// Hands a node's tasks over to the other nodes of its group (`long_task.hand_over_node`): the
+/// node stops claiming, and with `kill` its running tasks are killed and queued again (not as
+/// lost runs, their attempt not charged); without, they finish where they run. A role without
+/// the grant (or the group) gets the database's refusal, and nothing changes.
+pub async fn hand_over_node<C: GenericClient + Sync>(
+    client: &C,
+    worker_id: i64,
+    kill: bool,
+) -> Result<HandOver, DbError> {
+    let rows = match client
+        .query(
+            "SELECT task_id, run_id, action FROM long_task.hand_over_node($1, $2)",
+            &[&worker_id, &kill],
+        )
+        .await
+    {
+        Ok(rows) => rows,
+        Err(e) if e.code() == Some(&SqlState::NO_DATA_FOUND) => return Ok(HandOver::NotFound),
+        Err(e) => return Err(DbError::query("handing a node's tasks over")(e)),
+    };
+    Ok(HandOver::Done(
+        rows.iter()
+            .map(|r| HandedOverRun {
+                task_id: r.get(0),
+                run_id: r.get(1),
+                action: r.get(2),
+            })
+            .collect(),
+    ))
 }

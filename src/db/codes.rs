@@ -231,14 +231,19 @@ pub enum Verdict {
     Fenced,
     /// The row is gone: kill it, write nothing.
     Deleted,
+    /// An operator handed the node's tasks over (`long_task.hand_over_node`) and this run was
+    /// re-queued for another node: kill it, write nothing (as `Fenced`, told apart in logs and
+    /// metrics).
+    HandedOver,
 }
 
 impl Verdict {
-    pub const ALL: [Verdict; 4] = [
+    pub const ALL: [Verdict; 5] = [
         Verdict::Run,
         Verdict::Cancel,
         Verdict::Fenced,
         Verdict::Deleted,
+        Verdict::HandedOver,
     ];
 
     pub fn code(self) -> &'static str {
@@ -247,6 +252,7 @@ impl Verdict {
             Verdict::Cancel => "cancel",
             Verdict::Fenced => "fenced",
             Verdict::Deleted => "deleted",
+            Verdict::HandedOver => "handed_over",
         }
     }
 

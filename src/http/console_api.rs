@@ -1,7 +1,8 @@
 //! The JSON routes the web console reads and acts through (docs/interfaces.md):
 //! `GET /tasks/search` (filters, keyset pages), `GET /tasks/{id}/detail` (row, attempts, events,
 //! dependencies), `GET /charts?minutes=`, and the changes that are not state changes:
-//! `POST /tasks/{id}/priority`, `POST /nodes/{id}/stop`, `POST /nodes/{id}/limit`. Cancel and
+//! `POST /tasks/{id}/priority`, `POST /nodes/{id}/stop`, `POST /nodes/{id}/limit`, and the
+//! forced hand-over of a node's tasks, `POST /nodes/{id}/hand-over` (a SQL function). Cancel and
 //! re-queue (also "run a draft now") are the API's own `POST /tasks/{id}/cancel|requeue`; the
 //! nodes view reads `GET /cluster`.
 //!
@@ -14,11 +15,10 @@ use std::collections::HashMap;
 use actix_web::http::StatusCode;
 use actix_web::{web, HttpResponse};
 use chrono::{DateTime, Utc};
-use serde::Deserialize;
 use serde_json::json;
 
 use super::{ApiError, HttpState};
-use crate::db::admin::{self, Change, NodeSetting};
+use crate::db::admin::{self, Change, HandOver, NodeSetting};
 use crate::db::codes::TaskState;
 use crate::db::search::{TaskQuery, MAX_PAGE};
 use crate::db::{charts, detail, search, DbError, Pool};
@@ -29,6 +29,7 @@ pub fn routes(cfg: &mut web::ServiceConfig) {
         .route("/tasks/{id}/priority", web::post().to(set_priority))
         .route("/nodes/{id}/stop", web::post().to(set_stop))
         .route("/nodes/{id}/limit", web::post().to(set_limit))
+        .route("/nodes/{id}/hand-over", web::post().to(hand_over))
         .route("/charts", web::get().to(chart_series));
 }
 
@@ -182,18 +183,23 @@ async fn chart_series(
     Ok(HttpResponse::Ok().json(series))
 }
 
-/// A body `{"<key>": <integer>}`.
-fn body_int(body: &[u8], key: &'static str) -> Result<i64, ApiError> {
-    #[derive(Deserialize)]
-    struct Body(HashMap<String, serde_json::Value>);
-    let Body(map) = serde_json::from_slice(body)
+/// The value of `key` in a body `{"<key>": <value>}` (None: no such key, or an empty object);
+/// any other key is refused.
+fn body_value(body: &[u8], key: &'static str) -> Result<Option<serde_json::Value>, ApiError> {
+    let mut map: HashMap<String, serde_json::Value> = serde_json::from_slice(body)
         .map_err(|e| ApiError::bad_request(format!("bad body (a JSON object): {e}")))?;
     if let Some(other) = map.keys().find(|k| k.as_str() != key) {
         return Err(ApiError::bad_request(format!(
             "unknown key `{other}` (known: {key})"
         )));
     }
-    map.get(key)
+    Ok(map.remove(key))
+}
+
+/// A body `{"<key>": <integer>}`.
+fn body_int(body: &[u8], key: &'static str) -> Result<i64, ApiError> {
+    body_value(body, key)?
+        .as_ref()
         .and_then(serde_json::Value::as_i64)
         .ok_or_else(|| ApiError::bad_request(format!("`{key}`: an integer is required")))
 }
@@ -285,6 +291,67 @@ async fn set_limit(
     set_node(state, id, NodeSetting::Limit(limit)).await
 }
 
+/// The body of `POST /nodes/{id}/hand-over`: `{"kill": true|false}`, or none (kill).
+fn hand_over_kill(body: &[u8]) -> Result<bool, ApiError> {
+    if body.iter().all(u8::is_ascii_whitespace) {
+        return Ok(true);
+    }
+    match body_value(body, "kill")? {
+        None => Ok(true),
+        Some(v) => v.as_bool().ok_or_else(|| {
+            ApiError::bad_request(
+                "`kill`: true (kill the runs and queue them again) or false (let them finish)",
+            )
+        }),
+    }
+}
+
+/// `POST /nodes/{id}/hand-over` with `{"kill": true}` (the default) or `{"kill": false}`: the
+/// node claims nothing from now on; with kill its running tasks are killed and queued again for
+/// the other nodes, without they finish where they run (`long_task.hand_over_node`). `200
+/// {"id", "kill", "runs": [{"task_id", "run_id", "action"}], "requeued", "finishing", "pinned",
+/// "cancelling"}`; `404` unknown node; `403` when the database refuses the node's role.
+async fn hand_over(
+    state: web::Data<HttpState>,
+    path: web::Path<String>,
+    body: web::Bytes,
+) -> Result<HttpResponse, ApiError> {
+    let id = parse_id(&path, "node")?;
+    let kill = hand_over_kill(&body)?;
+    let done = state
+        .with_db(move |pool| async move {
+            let client = conn(&pool).await?;
+            admin::hand_over_node(&*client, id, kill)
+                .await
+                .map_err(|e| match &e {
+                    DbError::Query { source, .. }
+                        if source.code()
+                            == Some(&tokio_postgres::error::SqlState::INSUFFICIENT_PRIVILEGE) =>
+                    {
+                        ApiError::new(StatusCode::FORBIDDEN, e.to_string())
+                    }
+                    _ => db_error(e),
+                })
+        })
+        .await?;
+    let runs = match done {
+        HandOver::NotFound => {
+            return Err(ApiError::new(
+                StatusCode::NOT_FOUND,
+                format!("no node with id {id}"),
+            ))
+        }
+        HandOver::Done(runs) => runs,
+    };
+    let mut answer = json!({ "id": id, "kill": kill });
+    for (action, n) in admin::count_actions(&runs) {
+        answer[action] = json!(n);
+    }
+    answer["runs"] = json!(runs);
+    tracing::info!(worker_id = id, kill, runs = runs.len(), "node handed over");
+    Ok(HttpResponse::Ok().json(answer))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -326,6 +393,21 @@ mod tests {
         ] {
             let err = task_query(&params(pairs)).unwrap_err();
             assert!(err.message.contains(key), "{pairs:?}: {}", err.message);
+        }
+    }
+
+    #[test]
+    fn a_hand_over_body_says_whether_to_kill() {
+        assert!(hand_over_kill(b"").expect("no body: kill"));
+        assert!(hand_over_kill(b"{}").expect("no key: kill"));
+        assert!(!hand_over_kill(br#"{"kill": false}"#).expect("false"));
+        for (body, want) in [
+            (&br#"{"kill": "no"}"#[..], "`kill`"),
+            (&br#"{"wait": true}"#[..], "unknown key `wait`"),
+            (&b"[1]"[..], "bad body"),
+        ] {
+            let err = hand_over_kill(body).unwrap_err();
+            assert!(err.message.contains(want), "{}", err.message);
         }
     }
 

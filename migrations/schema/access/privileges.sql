@@ -7,7 +7,8 @@
 --   pgtaskd_submitter  + queue, cancel, re-queue and schedule tasks (the reference INSERT/UPDATE
 --                      on the columns a person sets), the SQL consumer API
 --   pgtaskd_operator   + the control plane: long_task.worker's stop and max_task_count,
---                      long_task.group_settings (allow-lists, run_as, limits, retention)
+--                      long_task.group_settings (allow-lists, run_as, limits, retention),
+--                      pausing a group, handing a node's tasks over (hand_over_node)
 --   pgtaskd_node       + what a node does: register and heartbeat in long_task.worker, claim,
 --                      outcomes, hand-back, election, the coordinator's and scheduler's rounds
 --                      (functions only: no direct write of long_task.task); it includes
@@ -44,7 +45,7 @@ BEGIN
                              'purge_finished', 'promote_due', 'turn_ready', 'rotate_ready',
                              'terminate_node_sessions', 'publish_bulk', 'consume_topic', 'consume',
                              'ack', 'ack_many', 'nack', 'task_after_write', 'record_change',
-                             'sample_queue', 'record_output')
+                             'sample_queue', 'record_output', 'hand_over_node')
     LOOP
         EXECUTE format('ALTER FUNCTION %s SECURITY DEFINER SET search_path = pg_catalog, pg_temp', f);
     END LOOP;
@@ -132,7 +133,9 @@ BEGIN
                     long_task.task_state, long_task.period, long_task.installation,
                     long_task.schema_migrations, long_task.schema_files, long_task.queue_sample,
                     long_task.running, long_task.expired, long_task.queue_stats,
-                    long_task.key_limit, long_task.rate_bucket, long_task.limits
+                    long_task.key_limit, long_task.rate_bucket, long_task.limits,
+                    -- the ready ring's entries (the limits view counts the waiting ones)
+                    long_task.ready
        TO pgtaskd_reader;
     GRANT EXECUTE ON FUNCTION long_task.accessible_groups, long_task.channel, long_task.key_limit_of,
                               long_task.legal_next_states, long_task.default_max_attempts,
@@ -172,14 +175,18 @@ BEGIN
     GRANT INSERT, UPDATE, DELETE ON long_task.group_settings, long_task.key_limit TO pgtaskd_operator;
     GRANT EXECUTE ON FUNCTION long_task.worker_notify, long_task.group_settings_notify,
                               long_task.key_limit_notify,
-                              long_task.pause_group, long_task.resume_group
+                              long_task.pause_group, long_task.resume_group,
+                              -- SECURITY DEFINER: it re-queues runs through hand_back, which
+                              -- the operator may not call itself
+                              long_task.hand_over_node
        TO pgtaskd_operator;
 
     -- pgtaskd_node: its own worker row, and the node's functions
     GRANT INSERT, UPDATE ON long_task.worker TO pgtaskd_node;
     GRANT USAGE ON SEQUENCE long_task.worker_id_seq TO pgtaskd_node;
     GRANT EXECUTE ON FUNCTION long_task.worker_notify, long_task.ns_node, long_task.ns_group,
-                              long_task.ns_ring, long_task.ns_claim, long_task.advisory_holders,
+                              long_task.ns_ring, long_task.ns_claim, long_task.ns_hand_over,
+                              long_task.advisory_holders,
                               long_task.holds_group_lock,
                               long_task.claim(bigint, integer, integer),
                               long_task.claim(bigint, integer, integer, text[], boolean),
@@ -188,7 +195,10 @@ BEGIN
                               long_task.coordinate, long_task.scheduler_tick, long_task.scheduler_tick_as,
                               long_task.expire_leases, long_task.fire_schedules, long_task.purge_finished,
                               long_task.promote_due, long_task.turn_ready, long_task.rotate_ready,
-                              long_task.sample_queue, long_task.record_output
+                              long_task.sample_queue, long_task.record_output,
+                              -- its HTTP API's POST /nodes/{id}/hand-over (the write scope); no
+                              -- more than it may do already (worker.stop, hand_back)
+                              long_task.hand_over_node
        TO pgtaskd_node;
     $grants$;
 END

@@ -6,7 +6,9 @@
 -- first in first out); each is claimed only if its task row still waits as its entry says (the
 -- row decides), so a stale entry is dropped and the next one taken; a group's concurrency and
 -- rate limits bound what is taken (long_task.take_limited). A paused group
--- (group_settings.paused) gets nothing.
+-- (group_settings.paused) gets nothing, and so does a node whose stop code is set (worker.stop
+-- <> 0), even before the node heard of it; a claim holds ns_hand_over shared for its node, so it
+-- never runs beside a hand-over of that node (long_task.hand_over_node).
 -- Each row also says how to start the process: the task's env, the group's run_as user, and
 -- each resource limit of the task, else of its group (NULL: none from the database; the node's
 -- own config bounds all three).
@@ -28,6 +30,12 @@ BEGIN
     SELECT * INTO g FROM long_task.group_settings s WHERE s.group_id = p_group_id;
     -- a paused group starts nothing (long_task.pause_group); its ring entries stay for later
     IF coalesce(g.paused, false) THEN
+        RETURN;
+    END IF;
+    -- a node told to stop claiming gets nothing: its Dispatcher hears of the stop code through
+    -- its Membership, after the 'wake' of the tasks a hand-over re-queued
+    PERFORM pg_advisory_xact_lock_shared(long_task.ns_hand_over(), (p_worker_id % 2147483647)::integer);
+    IF EXISTS (SELECT 1 FROM long_task.worker w WHERE w.id = p_worker_id AND w.stop <> 0) THEN
         RETURN;
     END IF;
     -- a node's write: the statement trigger skips what only a person's write can cause

@@ -1,5 +1,6 @@
 -- Records a person's change in the event log: a cancel or re-queue (long_task.cancel/requeue), a
--- task's priority, a node's stop code or process limit (the console, db::admin). The detail
+-- task's priority, a node's stop code or process limit (the console, db::admin), a node's
+-- hand-over (long_task.hand_over_node). The detail
 -- gets ' by <login role>' (session_user) appended here, so a caller cannot name someone else;
 -- the kind must be one of these. The one way these events are written, so that a role allowed
 -- to change tasks or nodes needs no INSERT on long_task.event itself (every entry names the
@@ -9,10 +10,10 @@ CREATE OR REPLACE FUNCTION long_task.record_change(p_kind text, p_group_id integ
 RETURNS void
 LANGUAGE plpgsql AS $$
 BEGIN
-    IF p_kind IS NULL OR p_kind NOT IN ('cancel', 'requeue', 'priority', 'node_stop', 'node_limit') THEN
+    IF p_kind IS NULL OR p_kind NOT IN ('cancel', 'requeue', 'priority', 'node_stop', 'node_limit', 'node_hand_over') THEN
         RAISE EXCEPTION 'unknown change kind %', quote_nullable(p_kind)
             USING ERRCODE = 'invalid_parameter_value',
-                  HINT = 'known: cancel, requeue, priority, node_stop, node_limit';
+                  HINT = 'known: cancel, requeue, priority, node_stop, node_limit, node_hand_over';
     END IF;
     -- SECURITY DEFINER (privileges.sql): a login limited by long_task.group_access writes
     -- events of its own groups only

@@ -5,12 +5,18 @@
 --                 running tasks and waiting entries
 --   kind 'rate'   group_settings.rate_limit per rate_interval: the tokens left now
 -- Waiting counts entries of the ready ring (claimable tasks; an entry a claim has not yet found
--- stale counts too). Read with the reader's privileges (row-level security applies).
+-- stale counts too). Read with the reader's privileges: row-level security applies to the
+-- tasks, and the ring's entries are limited here the same way (long_task.accessible_groups).
 CREATE OR REPLACE VIEW long_task.limits AS
+WITH ready AS (
+    SELECT r.group_id, r.concurrency_key FROM long_task.ready r
+     WHERE (SELECT long_task.accessible_groups(current_user)) IS NULL
+        OR r.group_id = ANY ((SELECT long_task.accessible_groups(current_user))::integer[])
+)
 SELECT s.group_id, 'group'::text AS kind, NULL::text AS key, s.max_running AS max_running,
        (SELECT count(*) FROM long_task.task t
          WHERE t.group_id = s.group_id AND t.state_id IN ('AE', 'AC') AND t.attempt > 0) AS running,
-       (SELECT count(*) FROM long_task.ready r WHERE r.group_id = s.group_id) AS waiting,
+       (SELECT count(*) FROM ready r WHERE r.group_id = s.group_id) AS waiting,
        NULL::double precision AS tokens_left
   FROM long_task.group_settings s
  WHERE s.max_running IS NOT NULL
@@ -25,14 +31,14 @@ SELECT k.group_id, 'key', k.key, long_task.key_limit_of(k.group_id, k.key),
          GROUP BY 1, 2
         UNION ALL
         SELECT r.group_id, r.concurrency_key, 0, count(*)
-          FROM long_task.ready r
+          FROM ready r
          WHERE r.concurrency_key IS NOT NULL
          GROUP BY 1, 2) k
  WHERE long_task.key_limit_of(k.group_id, k.key) IS NOT NULL
  GROUP BY k.group_id, k.key
 UNION ALL
 SELECT s.group_id, 'rate', NULL, s.rate_limit, NULL,
-       (SELECT count(*) FROM long_task.ready r WHERE r.group_id = s.group_id),
+       (SELECT count(*) FROM ready r WHERE r.group_id = s.group_id),
        coalesce(least(s.rate_limit, b.tokens + s.rate_limit / extract(epoch FROM s.rate_interval)
                                     * greatest(extract(epoch FROM clock_timestamp() - b.refilled_at), 0)),
                 s.rate_limit)

@@ -58,6 +58,7 @@ pub const MIGRATIONS: &[Migration] = migrations![
     11 "roles_and_isolation" "0011_roles_and_isolation.sql",
     13 "console" "0013_console.sql",
     14 "pause" "0014_pause.sql",
+    16 "hand_over" "0016_hand_over.sql",
     17 "limits" "0017_limits.sql",
 ];
 
@@ -145,9 +146,11 @@ pub const SCHEMA_FILES: &[SchemaFile] = schema_files![
     "views/limits.sql",
     // the web console: queue-depth samples for its charts
     "console/sample_queue.sql",
-    // the control plane: pausing a group
+    // the control plane: pausing a group, handing a node's tasks over
     "control/pause_group.sql",
     "control/resume_group.sql",
+    "control/ns_hand_over.sql",
+    "control/hand_over_node.sql",
     // which function runs on which write
     "triggers.sql",
     // roles, grants, row-level security, SECURITY DEFINER: after every function exists

@@ -1,5 +1,5 @@
 // pgtaskd console: the overview — live nodes (heartbeat, load, memory, running/limit, stop code)
-// with their actions (pause, resume, drain, change the limit), coordinators and terms, each
+// with their actions (pause, resume, drain, hand over, change the limit), coordinators and terms, each
 // group's queue (waiting, running, oldest wait), and the charts. Refreshes every 5 s.
 'use strict';
 (function () {
@@ -41,6 +41,21 @@
     }}, 'limit');
   }
 
+  // POST /nodes/{id}/hand-over (long_task.hand_over_node): kill the node's runs, queue them again
+  function handOverButton(node) {
+    return h('button', {class: 'small danger', dataset: {action: 'hand-over', nodeId: node.id}, onclick: function () {
+      PG.confirm('Hand node ' + node.id + '\u2019s tasks over? It claims nothing from now on (worker.stop = 1); its ' +
+                 'running tasks are killed and queued again for the other nodes (pinned ones keep running).')
+        .then(function () { return PG.api('POST', '/nodes/' + node.id + '/hand-over', {kill: true}); })
+        .then(function (r) {
+          PG.flash('node ' + node.id + ' handed over: ' + r.requeued + ' re-queued' +
+                   (r.pinned ? ', ' + r.pinned + ' pinned left running' : ''));
+          PG.route();
+        })
+        .catch(PG.fail);
+    }}, 'hand over');
+  }
+
   function nodeRow(n, o) {
     var coord = o.coordinators.filter(function (c) { return c.worker_id === n.id; })[0];
     var state = n.low_memory ? h('span', {class: 'bad'}, 'low memory: not claiming')
@@ -52,6 +67,7 @@
                    : nodeAction(n, 'resume', 'Resume node ' + n.id + '? (worker.stop = 0)', '/nodes/' + n.id + '/stop', {stop: 0}),
       n.stop !== 2 ? nodeAction(n, 'drain', 'Drain node ' + n.id + '? It finishes its running tasks, then exits (worker.stop = 2).',
                                 '/nodes/' + n.id + '/stop', {stop: 2}, true) : null,
+      handOverButton(n),
       limitButton(n)
     ];
     return h('tr', {class: 'node', dataset: {nodeId: n.id}},
