@@ -12,10 +12,11 @@ const ROWS: &str =
     "SELECT coalesce(jsonb_agg(to_jsonb(t) ORDER BY t.id), '[]') FROM long_task.task t";
 
 /// The same rows without the columns versions after 6 added (`created_by`, `changed_by`:
-/// who made a row before version 10 was not recorded).
+/// who made a row before version 10 was not recorded; version 15's cron columns, all NULL).
 const ROWS_AS_OF_V6: &str =
     "SELECT coalesce(jsonb_agg(to_jsonb(t) - 'created_by' - 'changed_by' - 'env' - 'limit_memory'
                               - 'limit_cpu_seconds' - 'limit_open_files' - 'limit_processes'
+                              - 'shed_cron' - 'shed_timezone' - 'planned_start'
                               ORDER BY t.id), '[]')
        FROM long_task.task t";
 
