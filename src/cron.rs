@@ -219,6 +219,11 @@ mod tests {
             next("0 0 L * *", None, "2028-02-01T00:00:00Z"),
             "2028-02-29T00:00:00+00:00"
         );
+        // a leap day, two years ahead
+        assert_eq!(
+            next("0 0 29 2 *", None, "2026-03-01T00:00:00Z"),
+            "2028-02-29T00:00:00+00:00"
+        );
         // the last Friday of January 2026
         assert_eq!(
             next("0 0 * * 5L", None, "2026-01-01T00:00:00Z"),
