@@ -556,6 +556,10 @@ mod tests {
         for (t, key) in cases {
             assert_eq!(t.validate().unwrap_err().key, key, "{t:?}");
         }
+        let cron = task().cron("*/5 * * * *", Some("Europe/Berlin"), true);
+        assert!(cron.validate().is_ok());
+        assert_eq!(cron.state_id.as_deref(), Some("DR"));
+        assert_eq!(cron.shed_clone, Some(true));
     }
 
     #[test]
