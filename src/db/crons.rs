@@ -3,22 +3,10 @@
 //! (`long_task.due_crons`, `long_task.fire_crons`). One statement each, one pooled connection
 //! each; never a transaction held across the computation in between.
 
-use tokio_postgres::types::{ToSql, Type};
-use tokio_postgres::Row;
+use tokio_postgres::types::Type;
 
+use super::queries::query;
 use super::{DbError, Pool};
-
-async fn query(
-    pool: &Pool,
-    context: &'static str,
-    sql: &str,
-    params: &[(&(dyn ToSql + Sync), Type)],
-) -> Result<Vec<Row>, DbError> {
-    let conn = pool.get().await?;
-    conn.query_typed(sql, params)
-        .await
-        .map_err(DbError::query(context))
-}
 
 /// A cron row whose `next_start` has come (`long_task.due_crons`), as read.
 #[derive(Debug, Clone, PartialEq, Eq)]
