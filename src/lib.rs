@@ -7,6 +7,7 @@ pub mod actors;
 pub mod client;
 pub mod cluster;
 pub mod config;
+pub mod cron;
 pub mod db;
 pub mod embedded;
 pub mod error;

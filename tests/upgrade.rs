@@ -12,12 +12,12 @@ const ROWS: &str =
     "SELECT coalesce(jsonb_agg(to_jsonb(t) ORDER BY t.id), '[]') FROM long_task.task t";
 
 /// The same rows without the columns versions after 6 added (`created_by`, `changed_by`:
-/// who made a row before version 10 was not recorded; the isolation of version 11; the
-/// concurrency key of version 17).
+/// who made a row before version 10 was not recorded; the isolation of version 11; version 15's
+/// cron columns, all NULL; the concurrency key of version 17).
 const ROWS_AS_OF_V6: &str =
     "SELECT coalesce(jsonb_agg(to_jsonb(t) - 'created_by' - 'changed_by' - 'env' - 'limit_memory'
                               - 'limit_cpu_seconds' - 'limit_open_files' - 'limit_processes'
-                              - 'concurrency_key'
+                              - 'shed_cron' - 'shed_timezone' - 'planned_start' - 'concurrency_key'
                               ORDER BY t.id), '[]')
        FROM long_task.task t";
 

@@ -9,6 +9,11 @@
 //! all. Notifications are coalesced: a tick at most every `NOTIFIED_TICK_SPACING` covers them all
 //! (a tick due at a deadline is never held back).
 //!
+//! Cron schedules (`shed_cron`) are fired here first: PostgreSQL cannot compute cron times, so the
+//! tick reads the due cron rows (`long_task.due_crons`), computes each one's firing and next time
+//! (`crate::cron`), and `long_task.fire_crons` fires and moves them in one transaction, each only
+//! if it is still as read (so a slot fires once even when the coordinator dies in between).
+//!
 //! A tick looks only at what came due since the previous one (`since`); the first tick of a term,
 //! one after a listener resync, and one every `FULL_PASS_EVERY` look at everything.
 //!
@@ -25,7 +30,8 @@ use actix::prelude::*;
 use tracing::{debug, info, warn};
 
 use super::backoff;
-use crate::db::queries;
+use crate::cron::{self, CronSchedule, Step};
+use crate::db::{crons, queries};
 use crate::node::NodeContext;
 
 fn node_term(node: &NodeContext) -> Option<i64> {
@@ -213,7 +219,17 @@ impl Scheduler {
         }
         let since = self.since;
         let fut = async move {
-            queries::scheduler_tick(&node.pool, node.group_id, node.worker_id, term, since).await
+            // cron rows first: the tick's next due time then counts where they moved to
+            let Some(crons) = fire_due_crons(&node, term).await? else {
+                return Ok(None);
+            };
+            let tick =
+                queries::scheduler_tick(&node.pool, node.group_id, node.worker_id, term, since)
+                    .await?;
+            Ok::<_, crate::db::DbError>(tick.map(|t| queries::Tick {
+                fired: t.fired + crons,
+                ..t
+            }))
         };
         ctx.spawn(fut.into_actor(self).map(move |result, act, ctx| {
             act.in_flight = false;
@@ -316,6 +332,41 @@ impl Scheduler {
             ctx.cancel_future(timer);
         }
         self.timer_due = None;
+    }
+}
+
+/// Fires the group's due cron rows: reads them, computes each one's firing here (PostgreSQL
+/// cannot evaluate cron), and has `long_task.fire_crons` fire and move each in one transaction,
+/// only if it is still as read. A coordinator that dies between the two statements changed
+/// nothing. Returns the number fired; None: the term is no longer this node's.
+async fn fire_due_crons(node: &NodeContext, term: i64) -> Result<Option<i32>, crate::db::DbError> {
+    let (due, db_now) = crons::due_crons(&node.pool, node.group_id).await?;
+    let Some(now) = db_now else {
+        return Ok(Some(0));
+    };
+    let firings: Vec<crons::CronFiring> = due.into_iter().map(|d| plan_firing(d, now)).collect();
+    crons::fire_crons(&node.pool, node.group_id, node.worker_id, term, &firings).await
+}
+
+/// What one due cron row does at the database time `now` (`cron::step`); an expression or zone
+/// the parser refuses becomes a refusal (recorded as an event, the row's `next_start` cleared:
+/// it never comes due again until someone fixes it).
+fn plan_firing(due: crons::DueCron, now: chrono::DateTime<chrono::Utc>) -> crons::CronFiring {
+    let step = CronSchedule::parse(&due.shed_cron, due.shed_timezone.as_deref())
+        .and_then(|schedule| cron::step(&schedule, due.next_start, now));
+    let (slot, next, refusal) = match step {
+        Ok(Step::Fire { slot, next }) => (Some(slot), Some(next), None),
+        Ok(Step::Wait { next }) => (None, Some(next), None),
+        Err(e) => {
+            warn!(task_id = due.id, error = %e, "cron schedule refused; its next_start is cleared");
+            (None, None, Some(e.to_string()))
+        }
+    };
+    crons::CronFiring {
+        due,
+        slot,
+        next,
+        refusal,
     }
 }
 

@@ -24,6 +24,8 @@ pub const SUBMIT_EXAMPLES: &str = "Examples:
   pgtaskd submit --at +30m -- ./later.sh
   pgtaskd submit --every 10s -- ./poll.sh                 (runs now, then every 10 s)
   pgtaskd submit --every 1h --clone -- ./hourly.sh %TASK  (a new task each hour)
+  pgtaskd submit --cron '30 2 * * *' --timezone Europe/Berlin -- ./nightly.sh
+  pgtaskd submit --cron '*/10 * * * * *' --clone -- ./probe.sh  (six fields: seconds first)
   pgtaskd submit --max-attempts 3 --cwd /srv/app --json -- make report
   pgtaskd submit --wait --wait-timeout 10m -- ./job.sh    (exit code: the task's, as `wait`)
   pgtaskd submit --follow -- make test                    (its output as it runs, then its code)";
@@ -35,6 +37,7 @@ pub const LS_EXAMPLES: &str = "Examples:
 
 /// `submit` flags.
 #[derive(Debug, Clone, Args)]
+#[command(group(clap::ArgGroup::new("schedule").args(["every", "cron"])))]
 pub struct SubmitArgs {
     #[command(flatten)]
     client: ClientArgs,
@@ -50,8 +53,15 @@ pub struct SubmitArgs {
     /// Run again every DURATION (10s, 5m, 1h, 1day, 2weeks, 1month): a schedule.
     #[arg(long, value_parser = parse_every)]
     every: Option<Every>,
-    /// With --every: each firing queues a new copy (the submitted task is the template).
-    #[arg(long, requires = "every")]
+    /// Run at each slot of a cron expression: five fields (minute hour day month weekday) or six
+    /// (seconds first); `*/5`, ranges, lists, `L`, `#`, month and day names.
+    #[arg(long, value_parser = parse_cron)]
+    cron: Option<String>,
+    /// With --cron: the IANA time zone it is read in (default UTC), e.g. Europe/Berlin.
+    #[arg(long, requires = "cron")]
+    timezone: Option<String>,
+    /// With --every or --cron: each firing queues a new copy (the submitted task is the template).
+    #[arg(long, requires = "schedule")]
     clone: bool,
     /// Attempts before the task counts as failed.
     #[arg(long)]
@@ -154,10 +164,19 @@ fn parse_json(text: &str) -> Result<Value, String> {
     serde_json::from_str(text).map_err(|e| format!("not JSON: {e}"))
 }
 
+/// A cron expression the scheduler can evaluate (its time zone is checked with the task).
+fn parse_cron(text: &str) -> Result<String, String> {
+    pgtaskd::cron::CronSchedule::parse(text, None)
+        .map(|_| text.to_owned())
+        .map_err(|e| e.to_string())
+}
+
 impl SubmitArgs {
     /// The task to insert. Scheduling: `--at` alone runs once at that time; `--every` alone runs
     /// now and then every period; `--at --every` starts the schedule at that time; `--clone`
     /// keeps the submitted task as a template (a draft) that queues a copy at each firing.
+    /// `--cron` makes a draft that fires at each slot of the expression (from `--at` on, else
+    /// from now: the first firing is the first slot).
     fn new_task(&self) -> NewTask {
         let mut task = NewTask {
             command: Some(self.command.clone()),
@@ -184,7 +203,12 @@ impl SubmitArgs {
                 task.next_start_in = Some(if self.clone { 0.0 } else { every.seconds });
             }
         }
-        let waits = self.at.is_some() || self.clone;
+        if let Some(expr) = &self.cron {
+            task.shed_cron = Some(expr.clone());
+            task.shed_timezone = self.timezone.clone();
+            task.shed_clone = Some(self.clone);
+        }
+        let waits = self.at.is_some() || self.clone || self.cron.is_some();
         task.state_id = Some(if waits { "DR" } else { "AW" }.to_owned());
         task
     }

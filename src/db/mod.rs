@@ -10,6 +10,7 @@ pub mod admin;
 pub mod charts;
 pub mod cluster;
 pub mod codes;
+pub mod crons;
 pub mod detail;
 pub mod follow;
 pub mod migrate;

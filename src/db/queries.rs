@@ -115,7 +115,7 @@ pub struct WorkerControl {
 /// Runs a statement on a pooled connection in one round trip: parameters are sent with their
 /// types (`query_typed`), so there is no separate prepare (which would cost a round trip and, on
 /// the server, a transaction of its own).
-async fn query(
+pub(super) async fn query(
     pool: &Pool,
     context: &'static str,
     sql: &str,

@@ -59,6 +59,11 @@ pub struct NewTask {
     pub shed_period_id: Option<String>,
     pub shed_period_count: Option<i32>,
     pub shed_clone: Option<bool>,
+    /// A cron schedule instead of a period: five fields, or six with seconds first (`crate::cron`).
+    /// Without `next_start` it runs from now on (its first firing is its first slot).
+    pub shed_cron: Option<String>,
+    /// The IANA time zone `shed_cron` is read in (default UTC).
+    pub shed_timezone: Option<String>,
     /// Unique among active tasks: submitting it again returns the existing id.
     pub dedup_key: Option<String>,
     /// Runs when every one of these is CS.
@@ -127,6 +132,16 @@ impl NewTask {
         self
     }
 
+    /// A cron schedule (`crate::cron`) read in `timezone` (an IANA name; None: UTC). The task
+    /// becomes a draft that each slot queues again (`clone`: a template each slot copies).
+    pub fn cron(mut self, expr: impl Into<String>, timezone: Option<&str>, clone: bool) -> Self {
+        self.shed_cron = Some(expr.into());
+        self.shed_timezone = timezone.map(str::to_owned);
+        self.shed_clone = Some(clone);
+        self.state_id = Some("DR".into());
+        self
+    }
+
     /// Checks every field; the first bad one is named.
     pub fn validate(&self) -> Result<(), FieldError> {
         match (&self.command, &self.topic) {
@@ -188,6 +203,23 @@ impl NewTask {
             if self.shed_period_id.is_none() {
                 return Err(field("shed_period_id", "required with shed_period_count"));
             }
+        }
+        if let Some(expr) = &self.shed_cron {
+            if self.shed_period_id.is_some() {
+                return Err(field(
+                    "shed_cron",
+                    "a schedule has a period (shed_period_id) or a cron expression, not both",
+                ));
+            }
+            if let Err(e) = crate::cron::CronSchedule::parse(expr, self.shed_timezone.as_deref()) {
+                let key = match e {
+                    crate::cron::CronError::TimeZone(_) => "shed_timezone",
+                    _ => "shed_cron",
+                };
+                return Err(field(key, e.to_string()));
+            }
+        } else if self.shed_timezone.is_some() {
+            return Err(field("shed_timezone", "only with shed_cron"));
         }
         if self.worker_id.is_some_and(|w| w < 1) {
             return Err(field("worker_id", "must be a positive worker id"));
@@ -251,7 +283,8 @@ pub async fn submit<C: GenericClient + Sync>(client: &C, task: &NewTask) -> Resu
                  p_timeout => $11, p_max_attempts => $12,
                  p_next_start => coalesce($13, now() + make_interval(secs => $14)),
                  p_shed_period_id => $15, p_shed_period_count => $16, p_shed_clone => $17,
-                 p_dedup_key => $18, p_depends_on => $19)",
+                 p_dedup_key => $18, p_depends_on => $19,
+                 p_shed_cron => $20, p_shed_timezone => $21)",
             &[
                 &task.command,
                 &task.topic,
@@ -272,6 +305,8 @@ pub async fn submit<C: GenericClient + Sync>(client: &C, task: &NewTask) -> Resu
                 &task.shed_clone,
                 &task.dedup_key,
                 &task.depends_on,
+                &task.shed_cron,
+                &task.shed_timezone,
             ],
         )
         .await
@@ -486,10 +521,45 @@ mod tests {
                 },
                 "worker_id",
             ),
+            (
+                NewTask {
+                    shed_cron: Some("61 * * * *".into()),
+                    ..task()
+                },
+                "shed_cron",
+            ),
+            (
+                NewTask {
+                    shed_cron: Some("* * * * *".into()),
+                    shed_period_id: Some("MIN".into()),
+                    shed_period_count: Some(1),
+                    ..task()
+                },
+                "shed_cron",
+            ),
+            (
+                NewTask {
+                    shed_cron: Some("* * * * *".into()),
+                    shed_timezone: Some("Mars/Olympus".into()),
+                    ..task()
+                },
+                "shed_timezone",
+            ),
+            (
+                NewTask {
+                    shed_timezone: Some("Europe/Berlin".into()),
+                    ..task()
+                },
+                "shed_timezone",
+            ),
         ];
         for (t, key) in cases {
             assert_eq!(t.validate().unwrap_err().key, key, "{t:?}");
         }
+        let cron = task().cron("*/5 * * * *", Some("Europe/Berlin"), true);
+        assert!(cron.validate().is_ok());
+        assert_eq!(cron.state_id.as_deref(), Some("DR"));
+        assert_eq!(cron.shed_clone, Some(true));
     }
 
     #[test]

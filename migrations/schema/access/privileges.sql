@@ -45,7 +45,7 @@ BEGIN
                              'purge_finished', 'promote_due', 'turn_ready', 'rotate_ready',
                              'terminate_node_sessions', 'publish_bulk', 'consume_topic', 'consume',
                              'ack', 'ack_many', 'nack', 'task_after_write', 'record_change',
-                             'sample_queue', 'record_output', 'hand_over_node')
+                             'sample_queue', 'record_output', 'hand_over_node', 'due_crons', 'fire_crons')
     LOOP
         EXECUTE format('ALTER FUNCTION %s SECURITY DEFINER SET search_path = pg_catalog, pg_temp', f);
     END LOOP;
@@ -144,13 +144,13 @@ BEGIN
 
     -- pgtaskd_submitter: the columns a person sets (the trigger decides the rest), and the API
     GRANT INSERT (params, state_id, priority, group_id, worker_id, command, cwd, next_start,
-                  shed_period_id, shed_period_count, shed_clone, max_attempts, timeout, run_after,
+                  shed_period_id, shed_period_count, shed_clone, shed_cron, shed_timezone, max_attempts, timeout, run_after,
                   topic, depends_on, dedup_key, retry_base, retry_max, retry_jitter,
                   max_lost_reruns, env, limit_memory, limit_cpu_seconds, limit_open_files,
                   limit_processes, concurrency_key)
        ON long_task.task TO pgtaskd_submitter;
     GRANT UPDATE (params, state_id, priority, group_id, worker_id, command, cwd, next_start,
-                  shed_period_id, shed_period_count, shed_clone, max_attempts, timeout, run_after,
+                  shed_period_id, shed_period_count, shed_clone, shed_cron, shed_timezone, max_attempts, timeout, run_after,
                   topic, retry_base, retry_max, retry_jitter, max_lost_reruns, env, limit_memory,
                   limit_cpu_seconds, limit_open_files, limit_processes, concurrency_key)
        ON long_task.task TO pgtaskd_submitter;
@@ -163,6 +163,7 @@ BEGIN
                               long_task.task_before_write, long_task.task_reset_lost,
                               long_task.task_deps_before_insert, long_task.task_after_write,
                               long_task.reject_task_state, long_task.check_period,
+                              long_task.check_cron,
                               long_task.check_program, long_task.program_refusal,
                               long_task.program_matches, long_task.check_env,
                               long_task.check_group_access,
@@ -194,6 +195,7 @@ BEGIN
                               long_task.hand_back, long_task.become_coordinator, long_task.depose_stale_coordinator,
                               long_task.coordinate, long_task.scheduler_tick, long_task.scheduler_tick_as,
                               long_task.expire_leases, long_task.fire_schedules, long_task.purge_finished,
+                              long_task.due_crons, long_task.fire_crons,
                               long_task.promote_due, long_task.turn_ready, long_task.rotate_ready,
                               long_task.sample_queue, long_task.record_output,
                               -- its HTTP API's POST /nodes/{id}/hand-over (the write scope); no

@@ -170,6 +170,8 @@ BEGIN
                     AND (n.next_start IS DISTINCT FROM o.next_start
                          OR n.shed_period_id IS DISTINCT FROM o.shed_period_id
                          OR n.shed_period_count IS DISTINCT FROM o.shed_period_count
+                         OR n.shed_cron IS DISTINCT FROM o.shed_cron
+                         OR n.shed_timezone IS DISTINCT FROM o.shed_timezone
                          OR n.group_id <> o.group_id))
                  ) k(group_id, kind, hit)
              WHERE k.hit

@@ -6,7 +6,10 @@
 -- (check_group_access, long_task.group_access; current_user is the role whose privileges the
 -- statement runs under, the owner inside the SQL API's SECURITY DEFINER functions, which check
 -- the login role themselves), and who did it: created_by at insert, changed_by at each cancel or re-queue
--- (session_user; never what the client wrote). The task_state and period tables
+-- (session_user; never what the client wrote), and a cron schedule's checks (check_cron: one rule,
+-- the expression's shape, a known time zone) and its start: a row given a cron expression (or a new
+-- expression or zone) without a next_start of its own gets next_start = now(), so the schedule runs
+-- from now on and the coordinator hears of it ('sched'). The task_state and period tables
 -- are read only to word the error of a rejected write (reject_task_state, check_period).
 CREATE OR REPLACE FUNCTION long_task.task_before_write() RETURNS trigger
 LANGUAGE plpgsql AS $$
@@ -17,6 +20,12 @@ BEGIN
         END IF;
         IF NEW.shed_period_id IS NOT NULL THEN
             PERFORM long_task.check_period(NEW.shed_period_id);
+        END IF;
+        IF NEW.shed_cron IS NOT NULL OR NEW.shed_timezone IS NOT NULL THEN
+            PERFORM long_task.check_cron(NEW.shed_cron, NEW.shed_timezone, NEW.shed_period_id);
+            IF NEW.shed_cron IS NOT NULL AND NEW.next_start IS NULL THEN
+                NEW.next_start := now();
+            END IF;
         END IF;
         IF NEW.command IS NOT NULL THEN
             PERFORM long_task.check_program(NEW.command, NEW.group_id);
@@ -98,6 +107,15 @@ BEGIN
     END IF;
     IF NEW.shed_period_id IS DISTINCT FROM OLD.shed_period_id AND NEW.shed_period_id IS NOT NULL THEN
         PERFORM long_task.check_period(NEW.shed_period_id);
+    END IF;
+    IF (NEW.shed_cron IS NOT NULL OR NEW.shed_timezone IS NOT NULL)
+       AND (NEW.shed_cron IS DISTINCT FROM OLD.shed_cron OR NEW.shed_timezone IS DISTINCT FROM OLD.shed_timezone
+            OR NEW.shed_period_id IS DISTINCT FROM OLD.shed_period_id) THEN
+        PERFORM long_task.check_cron(NEW.shed_cron, NEW.shed_timezone, NEW.shed_period_id);
+        IF NEW.shed_cron IS NOT NULL AND NEW.next_start IS NOT DISTINCT FROM OLD.next_start
+           AND (NEW.shed_cron IS DISTINCT FROM OLD.shed_cron OR NEW.shed_timezone IS DISTINCT FROM OLD.shed_timezone) THEN
+            NEW.next_start := now();
+        END IF;
     END IF;
     -- a new command or a move to another group meets that group's list (a task queued again
     -- keeps the command it was admitted with; each node checks its own list before every run)

@@ -58,6 +58,7 @@ pub const MIGRATIONS: &[Migration] = migrations![
     11 "roles_and_isolation" "0011_roles_and_isolation.sql",
     13 "console" "0013_console.sql",
     14 "pause" "0014_pause.sql",
+    15 "cron" "0015_cron.sql",
     16 "hand_over" "0016_hand_over.sql",
     17 "limits" "0017_limits.sql",
 ];
@@ -84,6 +85,7 @@ pub const SCHEMA_FILES: &[SchemaFile] = schema_files![
     "state_machine/legal_next_states.sql",
     "state_machine/reject_task_state.sql",
     "state_machine/check_period.sql",
+    "state_machine/check_cron.sql",
     "state_machine/program_matches.sql",
     "state_machine/program_refusal.sql",
     "state_machine/check_program.sql",
@@ -133,7 +135,10 @@ pub const SCHEMA_FILES: &[SchemaFile] = schema_files![
     "cluster/coordinate.sql",
     // time-driven work of a group (the coordinator's Scheduler)
     "scheduler/next_planned.sql",
+    "scheduler/fire_schedule.sql",
     "scheduler/fire_schedules.sql",
+    "scheduler/due_crons.sql",
+    "scheduler/fire_crons.sql",
     "scheduler/expire_leases.sql",
     "scheduler/purge_finished.sql",
     "scheduler/promote_due.sql",
