@@ -272,28 +272,13 @@ impl Dispatcher {
             if unknown.is_empty() {
                 return;
             }
-            let unknown: Vec<(i64, uuid::Uuid)> = unknown.iter().map(|r| (r.id, r.run_id)).collect();
-            warn!(
-                runs = unknown.len(),
-                task_ids = ?unknown.iter().map(|(id, _)| id).collect::<Vec<_>>(),
-                "the database says this node runs tasks it does not (lost commits?): handing them back"
-            );
-            let node = act.node.clone();
-            ctx.spawn(
-                async move {
-                    let conn = node.pool.get().await?;
-                    queries::hand_back(&*conn, node.worker_id, "not running on its node", Some(&unknown))
-                        .await
-                }
-                .into_actor(act)
-                .map(|result, act, ctx| match result {
-                    Ok(handed) => info!(handed_back = handed.total(), "unknown runs handed back"),
-                    Err(e) => {
-                        warn!(error = %e, "cannot hand back unknown runs; retrying");
-                        act.recheck_unknown_runs(backoff(3), ctx);
-                    }
-                }),
-            );
+            // the Outcomes actor hands them back, unless it holds their outcome (a process that
+            // just ended: its outcome reached Outcomes before its Finished reached us)
+            let runs = unknown.iter().map(|r| (r.id, r.run_id)).collect();
+            match act.node.outcomes() {
+                Some(outcomes) => outcomes.do_send(OutcomesMsg::HandBackUnknown(runs)),
+                None => warn!("no outcomes actor: runs this node does not have stay for the coordinator"),
+            }
         }));
     }
 
