@@ -1,8 +1,9 @@
 //! PostgreSQL failover drill: a primary with a synchronous streaming standby (`pgtaskd::pgstandby`)
 //! and three real nodes on the multi-host URL (`target_session_attrs=read-write`), default
 //! timings unless told otherwise. Each trial kills the primary (`pg_ctl stop -m immediate`),
-//! promotes the standby at once, and queues one task through the same URL as soon as a server
-//! accepts writes; it measures, from the kill:
+//! promotes the standby (at once, or `PG_FAILOVER_PROMOTE_AFTER` later: a failover tool's
+//! detection time), and queues one task through the same URL as soon as a server accepts
+//! writes; it measures, from the kill:
 //! - the standby promoted (writes accepted again),
 //! - the first task running on the new primary (its `started`, database clock = this machine's),
 //! - every node back (its liveness lock held and its heartbeat stamped on the new primary).
@@ -13,6 +14,7 @@
 //!
 //!   cargo bench --bench pg_failover
 //!   PG_FAILOVER_REPEATS=5 PG_FAILOVER_HEARTBEAT_TIMEOUT=1s cargo bench --bench pg_failover
+//!   PG_FAILOVER_PROMOTE_AFTER=2s cargo bench --bench pg_failover
 
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
@@ -106,6 +108,10 @@ async fn main() {
         }
         Err(_) => Vec::new(), // the defaults: heartbeat 2 s, timeout 5 s
     };
+    let promote_after = std::env::var("PG_FAILOVER_PROMOTE_AFTER")
+        .ok()
+        .map(|v| humantime::parse_duration(&v).expect("PG_FAILOVER_PROMOTE_AFTER"))
+        .unwrap_or_default();
     let dir = std::env::temp_dir().join(format!("pgtaskd-pg-failover-{}", std::process::id()));
     let mut pair = StandbyPair::start(&dir.join("a"), &dir.join("b"), true)
         .await
@@ -127,7 +133,7 @@ async fn main() {
         wait("nodes ready", async || nodes_back(&client, epoch).await).await;
     }
     println!(
-        "pg failover drill: {NODES} nodes, synchronous standby, timings {}, {repeats} trials",
+        "pg failover drill: {NODES} nodes, synchronous standby, timings {}, promoted {promote_after:?} after the kill, {repeats} trials",
         if timings.is_empty() {
             "default".to_owned()
         } else {
@@ -153,6 +159,7 @@ async fn main() {
         let killed_at: DateTime<Utc> = Utc::now();
         let killed = Instant::now();
         pair.kill_primary().expect("kill the primary");
+        tokio::time::sleep(promote_after).await;
         pair.promote_standby().expect("promote");
         promoted.push(killed.elapsed());
         let client = connect_retrying(&url, Duration::from_secs(30)).await;
