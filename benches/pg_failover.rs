@@ -16,12 +16,15 @@
 //!   PG_FAILOVER_REPEATS=5 PG_FAILOVER_HEARTBEAT_TIMEOUT=1s cargo bench --bench pg_failover
 //!   PG_FAILOVER_PROMOTE_AFTER=2s cargo bench --bench pg_failover
 
+mod support;
+
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use chrono::{DateTime, Utc};
 use pgtaskd::pgcluster::create_database;
 use pgtaskd::pgstandby::StandbyPair;
+use support::{env_duration, env_usize, summary};
 use tokio_postgres::Client;
 
 const NODES: i64 = 3;
@@ -63,18 +66,6 @@ async fn nodes_back(client: &Client, since: DateTime<Utc>) -> bool {
         .unwrap_or(false)
 }
 
-fn summary(name: &str, mut v: Vec<Duration>) -> String {
-    v.sort();
-    let pick = |q: f64| v[((v.len() as f64 - 1.0) * q).round() as usize];
-    format!(
-        "{name:<44} p50 {:>6.0} ms  p99 {:>6.0} ms  max {:>6.0} ms  (n={})",
-        pick(0.5).as_secs_f64() * 1e3,
-        pick(0.99).as_secs_f64() * 1e3,
-        v.last().copied().unwrap_or_default().as_secs_f64() * 1e3,
-        v.len()
-    )
-}
-
 fn spawn_node(url: &str, worker: i64, timings: &[String]) -> Child {
     Command::new(env!("CARGO_BIN_EXE_pgtaskd"))
         .args(["node", "--database-url", url])
@@ -91,10 +82,7 @@ fn spawn_node(url: &str, worker: i64, timings: &[String]) -> Child {
 
 #[tokio::main]
 async fn main() {
-    let repeats: usize = std::env::var("PG_FAILOVER_REPEATS")
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(20);
+    let repeats = env_usize("PG_FAILOVER_REPEATS", 20);
     let timings: Vec<String> = match std::env::var("PG_FAILOVER_HEARTBEAT_TIMEOUT") {
         Ok(t) => {
             let timeout = humantime::parse_duration(&t).expect("PG_FAILOVER_HEARTBEAT_TIMEOUT");
@@ -108,10 +96,7 @@ async fn main() {
         }
         Err(_) => Vec::new(), // the defaults: heartbeat 2 s, timeout 5 s
     };
-    let promote_after = std::env::var("PG_FAILOVER_PROMOTE_AFTER")
-        .ok()
-        .map(|v| humantime::parse_duration(&v).expect("PG_FAILOVER_PROMOTE_AFTER"))
-        .unwrap_or_default();
+    let promote_after = env_duration("PG_FAILOVER_PROMOTE_AFTER", Duration::ZERO);
     let dir = std::env::temp_dir().join(format!("pgtaskd-pg-failover-{}", std::process::id()));
     let mut pair = StandbyPair::start(&dir.join("a"), &dir.join("b"), true)
         .await

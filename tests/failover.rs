@@ -10,6 +10,7 @@ mod common;
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
+use common::cli::{code, pgtaskd_async};
 use common::node::{wait_node_ready, wait_until, NodeProcess};
 use common::standby::TestPair;
 use tokio_postgres::Client;
@@ -57,6 +58,31 @@ async fn queue_n(client: &Client, n: i32, argv: &[&str]) -> Vec<i64> {
 
 async fn count(client: &Client, sql: &str) -> i64 {
     client.query_one(sql, &[]).await.expect(sql).get(0)
+}
+
+/// Waits until `n` tasks are running.
+async fn wait_running(client: &Client, n: i64) {
+    wait_until(Duration::from_secs(20), || async {
+        count(
+            client,
+            "SELECT count(*) FROM long_task.task WHERE state_id = 'AE'",
+        )
+        .await
+            == n
+    })
+    .await
+    .unwrap_or_else(|_| panic!("{n} tasks did not start"));
+}
+
+/// (task id, run id) of the rows `sql` selects.
+async fn runs(client: &Client, sql: &str) -> Vec<(i64, Uuid)> {
+    client
+        .query(sql, &[])
+        .await
+        .expect(sql)
+        .iter()
+        .map(|r| (r.get(0), r.get(1)))
+        .collect()
 }
 
 /// Waits until no task is active; panics with the active rows after `limit`.
@@ -129,26 +155,12 @@ async fn every_node_follows_a_failover_to_a_synchronous_standby_and_no_task_is_l
     .await
     .expect("two tasks done");
     before.extend(queue_n(&client, 4, &["sleep", "3"]).await);
-    wait_until(Duration::from_secs(20), || async {
-        count(
-            &client,
-            "SELECT count(*) FROM long_task.task WHERE state_id = 'AE'",
-        )
-        .await
-            == 4
-    })
-    .await
-    .expect("four tasks running");
-    let runs_before: Vec<(i64, Uuid)> = client
-        .query(
-            "SELECT id, run_id FROM long_task.task WHERE state_id = 'AE' ORDER BY id",
-            &[],
-        )
-        .await
-        .expect("runs")
-        .iter()
-        .map(|r| (r.get(0), r.get(1)))
-        .collect();
+    wait_running(&client, 4).await;
+    let runs_before = runs(
+        &client,
+        "SELECT id, run_id FROM long_task.task WHERE state_id = 'AE' ORDER BY id",
+    )
+    .await;
     drop(client);
 
     let killed_at: DateTime<Utc> = Utc::now();
@@ -157,7 +169,23 @@ async fn every_node_follows_a_failover_to_a_synchronous_standby_and_no_task_is_l
     let promoted_in = killed.elapsed();
 
     let client = connect_retrying(&url).await;
-    let after = queue_n(&client, 4, &["true"]).await;
+    let mut after = queue_n(&client, 4, &["true"]).await;
+    // the CLI takes the same URL (its first host is dead now)
+    let out = pgtaskd_async(&url, &["submit", "--wait", "--", "true"]).await;
+    assert_eq!(
+        code(&out),
+        0,
+        "pgtaskd submit --wait: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    after.push(
+        stdout
+            .lines()
+            .next()
+            .and_then(|l| l.trim().parse().ok())
+            .unwrap_or_else(|| panic!("a task id first: {stdout:?}")),
+    );
     wait_all_final(&client, Duration::from_secs(60)).await;
 
     // the first claim on the new primary, from the primary's death (database clock)
@@ -265,23 +293,8 @@ async fn a_failover_that_loses_recent_commits_still_ends_every_task() {
     // when the primary dies (outcomes written to the new primary, onto the replicated claim)
     let short = queue_n(&client, 4, &["sleep", "1"]).await;
     let long = queue_n(&client, 2, &["sleep", "6"]).await;
-    wait_until(Duration::from_secs(20), || async {
-        count(
-            &client,
-            "SELECT count(*) FROM long_task.task WHERE state_id = 'AE'",
-        )
-        .await
-            == 6
-    })
-    .await
-    .expect("six tasks running");
-    let claimed: Vec<(i64, Uuid)> = client
-        .query("SELECT id, run_id FROM long_task.task ORDER BY id", &[])
-        .await
-        .expect("runs")
-        .iter()
-        .map(|r| (r.get(0), r.get(1)))
-        .collect();
+    wait_running(&client, 6).await;
+    let claimed = runs(&client, "SELECT id, run_id FROM long_task.task ORDER BY id").await;
     pair.wait_replayed().await;
     pair.pair.standby().stop().expect("stop the standby");
     wait_until(Duration::from_secs(20), || async {
