@@ -264,6 +264,24 @@ async fn every_node_follows_a_failover_to_a_synchronous_standby_and_no_task_is_l
         elected > killed_at,
         "a coordinator was elected on the new primary"
     );
+    // and its watcher session waits on the other node's liveness lock there
+    let (coordinator, _) = common::node::coordinator(&client, 0)
+        .await
+        .expect("a coordinator");
+    let other = 3 - coordinator;
+    let watcher = format!("pgtaskd w{coordinator} watch w{other}");
+    wait_until(Duration::from_secs(10), || async {
+        client
+            .query_one(
+                "SELECT count(*) FROM pg_stat_activity WHERE application_name = $1",
+                &[&watcher],
+            )
+            .await
+            .map(|r| r.get::<_, i64>(0) == 1)
+            .unwrap_or(false)
+    })
+    .await
+    .unwrap_or_else(|_| panic!("no {watcher:?} session on the new primary"));
 }
 
 #[tokio::test]
