@@ -9,12 +9,15 @@
 //!   CARGO_TARGET_DIR=... cargo bench --bench failover
 //!   FAILOVER_REPEATS=20 FAILOVER_HEARTBEAT_TIMEOUT=5s cargo bench --bench failover
 
+mod support;
+
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use nix::sys::signal::{kill, Signal};
 use nix::unistd::Pid;
 use pgtaskd::pgcluster::{create_database, PgCluster};
+use support::summary;
 use tokio_postgres::Client;
 use uuid::Uuid;
 
@@ -186,18 +189,6 @@ impl Drill {
         })
         .await;
     }
-}
-
-fn summary(name: &str, mut v: Vec<Duration>) -> String {
-    v.sort();
-    let pick = |q: f64| v[((v.len() as f64 - 1.0) * q).round() as usize];
-    format!(
-        "{name:<44} p50 {:>6.0} ms  p99 {:>6.0} ms  max {:>6.0} ms  (n={})",
-        pick(0.5).as_secs_f64() * 1e3,
-        pick(0.99).as_secs_f64() * 1e3,
-        v.last().copied().unwrap_or_default().as_secs_f64() * 1e3,
-        v.len()
-    )
 }
 
 #[tokio::main]

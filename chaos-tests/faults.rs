@@ -11,7 +11,7 @@ use nix::unistd::Pid;
 use rand::Rng;
 use tokio_postgres::Client;
 
-use pgtaskd::pgcluster::PgCluster;
+use super::postgres::Postgres;
 
 /// How many faults of each kind were injected.
 #[derive(Debug, Default, Clone)]
@@ -21,6 +21,7 @@ pub struct Counts {
     pub stop_node: u32,
     pub terminate_backends: u32,
     pub pg_restart: u32,
+    pub pg_failover: u32,
     pub cancel: u32,
     pub node_restart: u32,
 }
@@ -32,18 +33,20 @@ impl Counts {
             + self.stop_node
             + self.terminate_backends
             + self.pg_restart
+            + self.pg_failover
             + self.cancel
     }
 
     pub fn summary(&self) -> String {
         format!(
-            "total={} kill_node={} kill_coordinator={} sigstop={} terminate_backend={} pg_restart={} cancel={} node_restarts={}",
+            "total={} kill_node={} kill_coordinator={} sigstop={} terminate_backend={} pg_restart={} pg_failover={} cancel={} node_restarts={}",
             self.total(),
             self.kill_node,
             self.kill_coordinator,
             self.stop_node,
             self.terminate_backends,
             self.pg_restart,
+            self.pg_failover,
             self.cancel,
             self.node_restart
         )
@@ -270,7 +273,7 @@ pub async fn connect(url: &str) -> anyhow::Result<Client> {
 pub async fn inject(
     rng: &mut impl Rng,
     nodes: &mut Nodes,
-    cluster: &PgCluster,
+    pg: &Postgres,
     url: &str,
     pg_restart: bool,
     counts: &mut Counts,
@@ -345,8 +348,8 @@ pub async fn inject(
         }
         65..=69 if pg_restart => {
             println!("fault: PostgreSQL restart");
-            let cluster = cluster.clone();
-            match tokio::task::spawn_blocking(move || cluster.restart()).await {
+            let primary = pg.primary().clone();
+            match tokio::task::spawn_blocking(move || primary.restart()).await {
                 Ok(Ok(())) => counts.pg_restart += 1,
                 other => eprintln!("chaos: PostgreSQL restart failed: {other:?}"),
             }
@@ -376,6 +379,19 @@ pub async fn inject(
             }
         }
     }
+}
+
+/// The `pg_failover` fault: the primary dies (`-m immediate`), the standby is promoted, the old
+/// primary comes back as the new one's standby. A failure here is a harness error (the servers
+/// are the harness's, not the system under test).
+pub async fn pg_failover(pg: &mut Postgres, counts: &mut Counts) -> anyhow::Result<()> {
+    let down = pg.fail_over().await?;
+    println!(
+        "fault: pg_failover (primary killed, standby promoted in {down:?}; now primary on port {})",
+        pg.primary().port()
+    );
+    counts.pg_failover += 1;
+    Ok(())
 }
 
 /// The task feeder: queues `rate` tasks per second until stopped; returns how many it knows

@@ -6,12 +6,14 @@
 //!
 //!   short (CI):  chaos --duration 40s
 //!   soak:        chaos --duration 10m --rate 40 --max-task-secs 0.3 --fault-every 2s
+//!   failover:    chaos --duration 60s --pg-failover-every 15s   (a primary and a standby)
 //!
 //! Owns only what it starts (its cluster directory, its PostgreSQL, its nodes): it must never
 //! signal any other process.
 
 mod check;
 mod faults;
+mod postgres;
 
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
@@ -21,7 +23,8 @@ use clap::Parser;
 use rand::{Rng, SeedableRng};
 
 use faults::{Counts, Nodes};
-use pgtaskd::pgcluster::{create_database, PgCluster};
+use pgtaskd::pgcluster::create_database;
+use postgres::Postgres;
 
 #[derive(Debug, Parser)]
 #[command(
@@ -53,6 +56,11 @@ struct Args {
     /// Never restart PostgreSQL.
     #[arg(long)]
     no_pg_restart: bool,
+    /// Run PostgreSQL as a primary with a synchronous streaming standby, the nodes on a
+    /// multi-host URL, and fail over to the standby this often (the `pg_failover` fault: kill
+    /// the primary, promote the standby, rebuild the old primary as its standby).
+    #[arg(long, value_parser = humantime::parse_duration)]
+    pg_failover_every: Option<Duration>,
     /// Working directory (default: a new directory under the system temp dir).
     #[arg(long)]
     dir: Option<PathBuf>,
@@ -95,17 +103,16 @@ async fn run(args: Args) -> anyhow::Result<usize> {
     let dir = std::fs::canonicalize(&dir)?;
     let exe = sibling_exe("pgtaskd")?;
 
-    let cluster = PgCluster::open_or_init(&dir.join("pg")).context("initdb")?;
-    cluster.start().context("starting PostgreSQL")?;
+    let mut pg = Postgres::start(&dir, args.pg_failover_every.is_some()).await?;
     // Ctrl-C or SIGTERM ends the run early; dropping it kills the nodes, then PostgreSQL stops.
     let result = tokio::select! {
-        result = run_on(&args, seed, &dir, &exe, &cluster) => result,
+        result = run_on(&args, seed, &dir, &exe, &mut pg) => result,
         signal = interrupted() => Err(anyhow::anyhow!("interrupted by {signal}")),
     };
-    let _ = cluster.stop();
+    pg.stop();
     if !args.keep && result.as_ref().is_ok_and(|v| *v == 0) {
         let _ = std::fs::remove_dir_all(&dir);
-        let _ = std::fs::remove_dir_all(cluster.socket_dir());
+        pg.remove_sockets();
     } else {
         println!("chaos: kept {}", dir.display());
     }
@@ -117,10 +124,10 @@ async fn run_on(
     seed: u64,
     dir: &std::path::Path,
     exe: &std::path::Path,
-    cluster: &PgCluster,
+    pg: &mut Postgres,
 ) -> anyhow::Result<usize> {
-    create_database(&cluster.url("postgres"), "chaos").await?;
-    let url = cluster.url("chaos");
+    create_database(&pg.primary().url("postgres"), "chaos").await?;
+    let url = pg.url("chaos");
     {
         let mut client = pgtaskd::db::connect_dedicated(&url, "chaos").await?;
         pgtaskd::db::migrate::migrate(&mut client).await?;
@@ -150,9 +157,18 @@ async fn run_on(
     let mut counts = Counts::default();
     let deadline = Instant::now() + args.duration;
     println!(
-        "chaos: {} nodes, {} tasks/s, a fault every ~{:?} for {:?}, limits {:?}",
-        args.nodes, args.rate, args.fault_every, args.duration, limits
+        "chaos: {} nodes, {} tasks/s, a fault every ~{:?} for {:?}, limits {:?}{}",
+        args.nodes,
+        args.rate,
+        args.fault_every,
+        args.duration,
+        limits,
+        match args.pg_failover_every {
+            Some(every) => format!(", a PostgreSQL failover every {every:?}"),
+            None => String::new(),
+        }
     );
+    let mut failover_at = args.pg_failover_every.map(|every| Instant::now() + every);
     while Instant::now() < deadline {
         let mean = args.fault_every.as_secs_f64();
         let wait = Duration::from_secs_f64(rng.gen_range(mean * 0.5..mean * 1.5));
@@ -161,10 +177,17 @@ async fn run_on(
             nodes.maintain(&mut counts)?;
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
+        if let (Some(at), Some(every)) = (failover_at, args.pg_failover_every) {
+            if Instant::now() >= at {
+                faults::pg_failover(pg, &mut counts).await?;
+                failover_at = Some(Instant::now() + every);
+                continue;
+            }
+        }
         faults::inject(
             &mut rng,
             &mut nodes,
-            cluster,
+            pg,
             &url,
             !args.no_pg_restart,
             &mut counts,
@@ -174,8 +197,8 @@ async fn run_on(
     let fed = feeder.stop().await;
     println!("chaos: faults over; settling");
     nodes.heal(&mut counts)?;
-    if !cluster.is_running() {
-        cluster
+    if !pg.primary().is_running() {
+        pg.primary()
             .start()
             .context("restarting PostgreSQL for the checks")?;
     }

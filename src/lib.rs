@@ -18,6 +18,7 @@ pub mod live_output;
 pub mod metrics;
 pub mod node;
 pub mod pgcluster;
+pub mod pgstandby;
 pub mod process;
 pub mod reload;
 pub mod resources;

@@ -266,6 +266,116 @@ impl PgCluster {
         self.start()
     }
 
+    /// Kills the server as a crash would (`pg_ctl stop -m immediate`: no checkpoint, every
+    /// session cut). No-op if it is not running.
+    pub fn stop_immediate(&self) -> Result<(), ClusterError> {
+        if !self.is_running() {
+            return Ok(());
+        }
+        let wait = PG_CTL_WAIT_SECS.to_string();
+        let data = self.data_dir.as_os_str();
+        let args = ["stop", "-m", "immediate", "-w", "-t", &wait, "-D"];
+        let out = self.output("pg_ctl", args.iter().map(OsStr::new).chain([data]))?;
+        if out.status.success() || !self.is_running() {
+            return Ok(());
+        }
+        Err(ClusterError::CommandFailed {
+            command: "pg_ctl stop -m immediate".into(),
+            status: out.status.to_string(),
+            output: command_text(&out),
+        })
+    }
+
+    /// Makes a standby (see `base_backup`) a primary (`pg_ctl promote -w`): it leaves recovery
+    /// and accepts writes once this returns.
+    pub fn promote(&self) -> Result<(), ClusterError> {
+        let wait = PG_CTL_WAIT_SECS.to_string();
+        let data = self.data_dir.as_os_str();
+        let args = ["promote", "-w", "-t", &wait, "-D"];
+        self.run("pg_ctl", args.iter().map(OsStr::new).chain([data]))
+    }
+
+    /// A streaming standby of this (running) server under `dir`: `pg_basebackup -R` into
+    /// `dir/data` (whatever was there is removed), its own port (the one remembered in
+    /// `dir/port`, else a free one) and socket directory, `synchronous_standby_names` cleared
+    /// (a promoted standby must not wait for a standby it does not have). Not started.
+    pub fn base_backup(&self, dir: &Path) -> Result<PgCluster, ClusterError> {
+        fs::create_dir_all(dir).map_err(io_err(dir))?;
+        let dir = fs::canonicalize(dir).map_err(io_err(dir))?;
+        if let Some((uid, gid)) = self.as_postgres_user {
+            check_traversable(&dir, uid, gid)?;
+            std::os::unix::fs::chown(&dir, Some(uid.as_raw()), Some(gid.as_raw()))
+                .map_err(io_err(&dir))?;
+        }
+        let port_file = dir.join("port");
+        let marker = dir.join(INIT_MARKER);
+        let _ = fs::remove_file(&marker);
+        let port = match read_port(&port_file) {
+            Ok(port) if port != self.port => port,
+            _ => pick_free_port().map_err(io_err(&dir))?,
+        };
+        let standby = PgCluster {
+            socket_dir: PathBuf::from(format!("/tmp/pgtaskd-{port}")),
+            data_dir: dir.join("data"),
+            dir,
+            port,
+            bin_dir: self.bin_dir.clone(),
+            as_postgres_user: self.as_postgres_user,
+        };
+        if standby.data_dir.exists() {
+            fs::remove_dir_all(&standby.data_dir).map_err(io_err(&standby.data_dir))?;
+        }
+        let primary_port = self.port.to_string();
+        let args = [
+            "-D",
+            &standby.data_dir.to_string_lossy(),
+            "-R",
+            "-X",
+            "stream",
+            "-c",
+            "fast",
+            "-h",
+            "127.0.0.1",
+            "-p",
+            &primary_port,
+            "-U",
+            "postgres",
+        ]
+        .map(|a| a.to_owned());
+        self.run("pg_basebackup", &args)?;
+        standby.append_conf(&format!(
+            "port = {port}\nunix_socket_directories = '{socket}'\nsynchronous_standby_names = ''\n",
+            socket = standby.socket_dir.display(),
+        ))?;
+        fs::write(&port_file, format!("{port}\n")).map_err(io_err(&port_file))?;
+        fs::write(&marker, b"").map_err(io_err(&marker))?;
+        Ok(standby)
+    }
+
+    /// Makes every commit wait for a standby (`synchronous_standby_names = '*'`, with the
+    /// default `synchronous_commit = on`: a commit is acknowledged once a standby has flushed
+    /// it), or stops waiting (`''`); applied by a reload when the server runs.
+    pub fn set_synchronous(&self, on: bool) -> Result<(), ClusterError> {
+        let names = if on { "*" } else { "" };
+        self.append_conf(&format!("synchronous_standby_names = '{names}'\n"))?;
+        if self.is_running() {
+            let data = self.data_dir.as_os_str();
+            self.run("pg_ctl", [OsStr::new("reload"), OsStr::new("-D"), data])?;
+        }
+        Ok(())
+    }
+
+    /// Appends settings to `postgresql.conf` (a later line wins).
+    fn append_conf(&self, settings: &str) -> Result<(), ClusterError> {
+        let conf_path = self.data_dir.join("postgresql.conf");
+        let mut conf = OpenOptions::new()
+            .append(true)
+            .open(&conf_path)
+            .map_err(io_err(&conf_path))?;
+        conf.write_all(format!("\n# Added by pgtaskd (pgcluster)\n{settings}").as_bytes())
+            .map_err(io_err(&conf_path))
+    }
+
     /// Whether a postmaster for this data directory is alive (`pg_ctl status`).
     pub fn is_running(&self) -> bool {
         self.output(
@@ -322,8 +432,22 @@ impl PgCluster {
         Ok(())
     }
 
-    fn command(&self, program: &str) -> Command {
+    /// A server tool: from the directory `initdb` and `pg_ctl` were found in, else from the one
+    /// `pg_ctl` really lives in (a PATH of symlinks may hold only some of the tools).
+    fn tool(&self, program: &str) -> PathBuf {
         let exe = self.bin_dir.join(program);
+        if is_executable(&exe) {
+            return exe;
+        }
+        fs::canonicalize(self.bin_dir.join("pg_ctl"))
+            .ok()
+            .and_then(|ctl| ctl.parent().map(|dir| dir.join(program)))
+            .filter(|real| is_executable(real))
+            .unwrap_or(exe)
+    }
+
+    fn command(&self, program: &str) -> Command {
+        let exe = self.tool(program);
         let mut cmd = if self.as_postgres_user.is_some() {
             let mut c = Command::new("runuser");
             c.args(["-u", "postgres", "--"]).arg(exe);
@@ -351,7 +475,7 @@ impl PgCluster {
         self.command(program)
             .args(args)
             .output()
-            .map_err(io_err(self.bin_dir.join(program)))
+            .map_err(io_err(self.tool(program)))
     }
 
     fn run<I, S>(&self, program: &str, args: I) -> Result<(), ClusterError>

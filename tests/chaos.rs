@@ -1,14 +1,14 @@
-//! The short chaos run of CI: the `chaos` harness (chaos-tests/) for 40 seconds against its own
-//! PostgreSQL and three real nodes, with every kind of fault and concurrency limits that bind;
-//! it must report no violation.
+//! The short chaos runs of CI: the `chaos` harness (chaos-tests/) for 40 seconds against its own
+//! PostgreSQL (or a primary and a standby it fails over to) and three real nodes, with every kind
+//! of fault and concurrency limits that bind; each must report no violation.
 //! The long soak is a separate command (docs/clustering.md).
 
 use std::process::Command;
 
-#[test]
-fn a_short_chaos_run_keeps_every_invariant() {
+/// Runs the harness with `extra` options for 40 s; returns its summary line (checked clean).
+fn chaos_run(name: &str, extra: &[&str]) -> String {
     let dir = std::path::Path::new(env!("CARGO_TARGET_TMPDIR"))
-        .join(format!("pgtaskd-chaos-ci-{}", std::process::id()));
+        .join(format!("pgtaskd-chaos-{name}-{}", std::process::id()));
     let output = Command::new(env!("CARGO_BIN_EXE_chaos"))
         .args([
             "--duration",
@@ -23,6 +23,7 @@ fn a_short_chaos_run_keeps_every_invariant() {
             "--key-limit",
             "3",
         ])
+        .args(extra)
         .arg("--dir")
         .arg(&dir)
         .output()
@@ -47,4 +48,24 @@ fn a_short_chaos_run_keeps_every_invariant() {
         .and_then(|n| n.parse().ok())
         .expect("fault count");
     assert!(faults >= 10, "the run injected faults: {summary}");
+    summary.to_owned()
+}
+
+#[test]
+fn a_short_chaos_run_keeps_every_invariant() {
+    chaos_run("ci", &[]);
+}
+
+/// The same faults on a primary with a synchronous standby, failing over to it every 12 s
+/// (`pg_failover`: the primary killed, the standby promoted, the old primary rebuilt as its
+/// standby): the nodes follow on their multi-host URL and every invariant still holds.
+#[test]
+fn a_short_chaos_run_with_postgresql_failovers_keeps_every_invariant() {
+    let summary = chaos_run("failover", &["--pg-failover-every", "12s"]);
+    let failovers: u32 = summary
+        .split_whitespace()
+        .find_map(|w| w.strip_prefix("pg_failover="))
+        .and_then(|n| n.parse().ok())
+        .expect("failover count");
+    assert!(failovers >= 2, "the run failed over: {summary}");
 }

@@ -125,7 +125,7 @@ async fn campaign(
     }
     // The server notices a vanished client even while it waits for the lock.
     let client: Client = bounded(
-        Duration::from_secs(5),
+        db::connect_budget(&node.database_url),
         "connecting",
         db::connect_dedicated_with(
             &node.database_url,
@@ -235,8 +235,17 @@ async fn campaign(
                 "coordinator action"
             );
         }
+        if !round.reconnecting.is_empty() {
+            debug!(term, nodes = ?round.reconnecting, "nodes not back since the server restarted or failed over");
+        }
         watchers.keep(node, &round.live, &freed_tx);
-        round_at = tokio::time::Instant::now() + next_round_in(cfg, &round.live);
+        let deadlines: Vec<(i64, f64)> = round
+            .live
+            .iter()
+            .chain(&round.reconnecting)
+            .copied()
+            .collect();
+        round_at = tokio::time::Instant::now() + next_round_in(cfg, &deadlines);
     }
 }
 
@@ -317,7 +326,7 @@ impl Drop for Watchers {
 
 async fn watch(url: &str, purpose: &str, worker: i64) -> Result<(), DbError> {
     let client = tokio::time::timeout(
-        Duration::from_secs(5),
+        db::connect_budget(url),
         db::connect_dedicated_with(url, purpose, "-c client_connection_check_interval=500"),
     )
     .await

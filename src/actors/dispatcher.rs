@@ -12,6 +12,7 @@
 //! coordinator only) never claims.
 
 use std::sync::Arc;
+use std::time::Duration;
 
 use actix::prelude::*;
 use tracing::{debug, info, warn};
@@ -75,6 +76,8 @@ pub struct Dispatcher {
     fenced: bool,
     /// Runs killed by the fence, to hand back once a heartbeat succeeds again.
     to_release: Vec<(i64, uuid::Uuid)>,
+    /// A look for runs this node does not have is scheduled.
+    unknown_recheck_armed: bool,
 }
 
 impl Dispatcher {
@@ -97,6 +100,7 @@ impl Dispatcher {
             want_reconcile: true,
             fenced: false,
             to_release: Vec::new(),
+            unknown_recheck_armed: false,
         }
     }
 
@@ -251,48 +255,61 @@ impl Dispatcher {
 
     /// Hands back the runs the database attributes to this node that it does not have: each row
     /// goes back to the queue under the one hand-back rule (a new run id, a lost re-run counted),
-    /// guarded by its run id. Runs that started less than a heartbeat timeout ago are left alone:
-    /// a claim may still be on its way to this actor.
+    /// guarded by its run id. Runs that started less than a heartbeat timeout ago are left alone
+    /// for now (a claim may still be on its way to this actor) and looked at again once they are
+    /// that old: a failover can lose the outcome of a run claimed a moment before it, and no
+    /// later reconnect need come to find that row.
     fn hand_back_unknown_runs(&mut self, ctx: &mut Context<Self>) {
         let node = self.node.clone();
-        let known: Vec<i64> = node.running().keys().copied().collect();
+        let known: Vec<(i64, uuid::Uuid)> = node
+            .running()
+            .iter()
+            .map(|(id, e)| (*id, e.run_id))
+            .collect();
         let settled = node.config.heartbeat_timeout.as_secs_f64();
-        let fut =
-            async move { queries::unknown_runs(&node.pool, node.worker_id, &known, settled).await };
-        ctx.spawn(fut.into_actor(self).map(|result, act, ctx| {
-            let unknown: Vec<(i64, uuid::Uuid)> = match result {
-                Ok(rows) => {
-                    let running = act.node.running();
-                    rows.into_iter()
-                        .filter(|(id, run)| running.get(id).is_none_or(|e| e.run_id != *run))
-                        .collect()
-                }
+        let fut = async move { queries::unknown_runs(&node.pool, node.worker_id, &known).await };
+        ctx.spawn(fut.into_actor(self).map(move |result, act, ctx| {
+            let rows = match result {
+                Ok(rows) => rows,
                 Err(e) => {
-                    warn!(error = %e, "cannot look for runs this node does not have");
+                    warn!(error = %e, "cannot look for runs this node does not have; retrying");
+                    act.recheck_unknown_runs(backoff(3), ctx);
                     return;
                 }
             };
+            let (unknown, young): (Vec<_>, Vec<_>) = {
+                let running = act.node.running();
+                rows.into_iter()
+                    .filter(|r| running.get(&r.id).is_none_or(|e| e.run_id != r.run_id))
+                    .partition(|r| r.age_secs >= settled)
+            };
+            if let Some(youngest) = young.iter().map(|r| r.age_secs).reduce(f64::min) {
+                let wait = Duration::from_secs_f64((settled - youngest).max(0.0) + 0.1);
+                debug!(runs = young.len(), recheck_in = ?wait, "recent runs this node does not have yet");
+                act.recheck_unknown_runs(wait, ctx);
+            }
             if unknown.is_empty() {
                 return;
             }
-            warn!(
-                runs = unknown.len(),
-                "the database says this node runs tasks it does not (lost commits?): handing them back"
-            );
-            let node = act.node.clone();
-            ctx.spawn(
-                async move {
-                    let conn = node.pool.get().await?;
-                    queries::hand_back(&*conn, node.worker_id, "not running on its node", Some(&unknown))
-                        .await
-                }
-                .into_actor(act)
-                .map(|result, _, _| match result {
-                    Ok(handed) => info!(handed_back = handed.total(), "unknown runs handed back"),
-                    Err(e) => warn!(error = %e, "cannot hand back unknown runs; the next resync retries"),
-                }),
-            );
+            // the Outcomes actor hands them back, unless it holds their outcome (a process that
+            // just ended: its outcome reached Outcomes before its Finished reached us)
+            let runs = unknown.iter().map(|r| (r.id, r.run_id)).collect();
+            match act.node.outcomes() {
+                Some(outcomes) => outcomes.do_send(OutcomesMsg::HandBackUnknown(runs)),
+                None => warn!("no outcomes actor: runs this node does not have stay for the coordinator"),
+            }
         }));
+    }
+
+    /// Looks for unknown runs again after `wait` (one pending look at a time).
+    fn recheck_unknown_runs(&mut self, wait: Duration, ctx: &mut Context<Self>) {
+        if std::mem::replace(&mut self.unknown_recheck_armed, true) {
+            return;
+        }
+        ctx.run_later(wait, |act, ctx| {
+            act.unknown_recheck_armed = false;
+            act.hand_back_unknown_runs(ctx);
+        });
     }
 
     /// Has the Outcomes actor hand these runs back (run_id-guarded, retried until it works).

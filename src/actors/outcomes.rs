@@ -2,7 +2,8 @@
 //! outcome here; it writes them in batches through `long_task.complete_runs` (each guarded by its
 //! run_id: a stale run's outcome changes nothing), spools a batch it cannot write to the node's
 //! disk (`cluster::spool`) and replays the spool when the database answers again, and hands back
-//! the runs a self-fencing node killed (`long_task.hand_back`).
+//! the runs a self-fencing node killed and the runs the database says the node has but it does not
+//! (`long_task.hand_back`) — never one whose outcome it still holds.
 //!
 //! The batching and retry rules are `OutcomeQueue`'s (a plain struct with unit tests); the spool
 //! replay is `replay_spool`, the one function used at start-up (`node::prepare`) and at runtime.
@@ -87,6 +88,13 @@ impl OutcomeQueue {
         AfterFailure::RetryIn(backoff(self.failures))
     }
 
+    /// Whether the outcome of this run waits to be written (the batch in flight not included).
+    pub fn holds(&self, run: (i64, Uuid)) -> bool {
+        self.pending
+            .iter()
+            .any(|p| (p.outcome.task_id, p.outcome.run_id) == run)
+    }
+
     /// Nothing pending and nothing in flight.
     pub fn is_idle(&self) -> bool {
         !self.in_flight && self.pending.is_empty()
@@ -148,6 +156,10 @@ pub enum OutcomesMsg {
     /// Hand these runs back (the node fenced itself and killed them, or a claim came back while
     /// it was cut off); run_id-guarded, retried until the database answers.
     Release(Vec<(i64, Uuid)>),
+    /// Rows say this node runs these runs, and no Process actor has them (a failover lost their
+    /// outcomes): hand back those whose outcome is not waiting here or in the spool (an outcome
+    /// on its way ends the row itself). Sent by the Dispatcher after its processes reported.
+    HandBackUnknown(Vec<(i64, Uuid)>),
     /// The database may answer again (a reconnect, a restored heartbeat): replay the spool, retry
     /// what waits.
     Retry,
@@ -164,9 +176,11 @@ pub struct Outcomes {
     spool_pending: bool,
     replay_in_flight: bool,
     replay_failures: u32,
-    /// Runs to hand back.
-    to_release: Vec<(i64, Uuid)>,
+    /// Runs to hand back, each with why.
+    to_release: Vec<((i64, Uuid), &'static str)>,
     release_in_flight: bool,
+    /// The runs of the batch being written.
+    writing: Vec<(i64, Uuid)>,
 }
 
 impl Outcomes {
@@ -183,6 +197,7 @@ impl Outcomes {
             replay_failures: 0,
             to_release: Vec::new(),
             release_in_flight: false,
+            writing: Vec::new(),
         }
     }
 
@@ -200,8 +215,10 @@ impl Outcomes {
         };
         let node = self.node.clone();
         let outcomes: Vec<RunOutcome> = batch.iter().map(|p| p.outcome.clone()).collect();
+        self.writing = outcomes.iter().map(|o| (o.task_id, o.run_id)).collect();
         let fut = async move { queries::finish_runs(&node.pool, &outcomes).await };
         ctx.spawn(fut.into_actor(self).map(move |result, act, ctx| {
+            act.writing.clear();
             match result {
                 Ok(written) => {
                     act.queue.written();
@@ -310,33 +327,52 @@ impl Outcomes {
         }));
     }
 
-    /// Hands back the runs in `to_release` (only rows still AE/AC under those run_ids change).
+    /// Whether this actor still holds the outcome of `run` (queued, being written, or spooled):
+    /// then that outcome, not a hand-back, ends the row.
+    fn holds_outcome(&self, run: (i64, Uuid), spooled: &[(i64, Uuid)]) -> bool {
+        self.writing.contains(&run) || spooled.contains(&run) || self.queue.holds(run)
+    }
+
+    /// Hands back the runs in `to_release` (only rows still AE/AC under those run_ids change),
+    /// one statement per reason, one at a time.
     fn release(&mut self, ctx: &mut Context<Self>) {
-        if self.release_in_flight || self.to_release.is_empty() {
+        let Some(&(_, reason)) = self.to_release.first() else {
+            return;
+        };
+        if self.release_in_flight {
             return;
         }
         self.release_in_flight = true;
-        let runs = std::mem::take(&mut self.to_release);
+        let (runs, rest): (Vec<_>, Vec<_>) = std::mem::take(&mut self.to_release)
+            .into_iter()
+            .partition(|(_, r)| *r == reason);
+        self.to_release = rest;
+        let runs: Vec<(i64, Uuid)> = runs.into_iter().map(|(run, _)| run).collect();
         let node = self.node.clone();
         let fut = async move {
             let result = async {
                 let conn = node.pool.get().await?;
-                queries::hand_back(&*conn, node.worker_id, "self-fenced", Some(&runs)).await
+                queries::hand_back(&*conn, node.worker_id, reason, Some(&runs)).await
             }
             .await;
             (runs, result)
         };
-        ctx.spawn(fut.into_actor(self).map(|(runs, result), act, ctx| {
+        ctx.spawn(fut.into_actor(self).map(move |(runs, result), act, ctx| {
             act.release_in_flight = false;
             match result {
-                Ok(handed) => info!(
-                    killed = runs.len(),
-                    handed_back = handed.total(),
-                    "self-fenced runs handed back (the rest were already reassigned)"
-                ),
+                Ok(handed) => {
+                    info!(
+                        runs = runs.len(),
+                        handed_back = handed.total(),
+                        reason,
+                        "runs handed back (the rest had moved on)"
+                    );
+                    act.release(ctx);
+                }
                 Err(e) => {
-                    warn!(error = %e, "cannot hand back self-fenced runs yet; retrying");
-                    act.to_release.extend(runs);
+                    warn!(error = %e, reason, "cannot hand back runs yet; retrying");
+                    act.to_release
+                        .extend(runs.into_iter().map(|run| (run, reason)));
                     ctx.run_later(backoff(3), |act, ctx| act.release(ctx));
                 }
             }
@@ -363,7 +399,44 @@ impl Handler<OutcomesMsg> for Outcomes {
                 self.write(ctx);
             }
             OutcomesMsg::Release(runs) => {
-                self.to_release.extend(runs);
+                self.to_release
+                    .extend(runs.into_iter().map(|run| (run, "self-fenced")));
+                self.release(ctx);
+            }
+            OutcomesMsg::HandBackUnknown(runs) => {
+                let spooled: Vec<(i64, Uuid)> = match &self.node.spool {
+                    Some(spool) => match spool.load() {
+                        Ok(entries) => entries.iter().map(|(_, o)| (o.task_id, o.run_id)).collect(),
+                        Err(e) => {
+                            // not knowing what the spool holds, hand back nothing now
+                            warn!(error = %e, "cannot read the spool; not handing back unknown runs");
+                            return;
+                        }
+                    },
+                    None => Vec::new(),
+                };
+                let (held, unknown): (Vec<_>, Vec<_>) = runs
+                    .into_iter()
+                    .partition(|run| self.holds_outcome(*run, &spooled));
+                if !held.is_empty() {
+                    debug!(
+                        runs = held.len(),
+                        "their outcomes are on their way: not handed back"
+                    );
+                }
+                if unknown.is_empty() {
+                    return;
+                }
+                warn!(
+                    runs = unknown.len(),
+                    task_ids = ?unknown.iter().map(|(id, _)| id).collect::<Vec<_>>(),
+                    "the database says this node runs tasks it does not (lost commits?): handing them back"
+                );
+                self.to_release.extend(
+                    unknown
+                        .into_iter()
+                        .map(|run| (run, "not running on its node")),
+                );
                 self.release(ctx);
             }
             OutcomesMsg::Retry => {
@@ -447,6 +520,25 @@ mod tests {
             q.failed(batch, false),
             AfterFailure::RetryIn(backoff(1)),
             "a success resets the back-off"
+        );
+    }
+
+    #[test]
+    fn the_queue_knows_which_runs_it_holds() {
+        let mut q = OutcomeQueue::default();
+        let p = pending(1);
+        let run = (1, p.outcome.run_id);
+        assert!(!q.holds(run));
+        q.push(p);
+        assert!(q.holds(run));
+        assert!(
+            !q.holds((1, Uuid::new_v4())),
+            "another run of the same task"
+        );
+        let _batch = q.next_batch().expect("batch");
+        assert!(
+            !q.holds(run),
+            "in flight: the actor tracks that batch itself"
         );
     }
 

@@ -101,6 +101,10 @@ pub struct Round {
     /// The live nodes of the group (not this one), each with the seconds until its heartbeat
     /// deadline: the coordinator watches their liveness locks and wakes at the earliest deadline.
     pub live: Vec<(i64, f64)>,
+    /// Nodes whose liveness lock is free but that have not beaten since this coordinator's
+    /// session began (a server restart or failover ended every session): dead only once their
+    /// heartbeat is stale, each with the seconds until then. Not watched (their lock is free).
+    pub reconnecting: Vec<(i64, f64)>,
 }
 
 /// The coordinator's round: detect dead nodes and hand their tasks back, under `term`.
@@ -132,6 +136,11 @@ pub async fn coordinate(
             ("live", Some(worker)) => {
                 round
                     .live
+                    .push((worker, r.get::<_, Option<f64>>(5).unwrap_or(0.0)));
+            }
+            ("reconnecting", Some(worker)) => {
+                round
+                    .reconnecting
                     .push((worker, r.get::<_, Option<f64>>(5).unwrap_or(0.0)));
             }
             _ => round.actions.push(CoordinatorAction {

@@ -104,13 +104,43 @@ pub fn connection_config_with(
         cfg.application_name(format!("pgtaskd {purpose}"));
     }
     if cfg.get_connect_timeout().is_none() {
-        cfg.connect_timeout(Duration::from_secs(5));
+        cfg.connect_timeout(default_connect_timeout(host_count(&cfg)));
     }
     cfg.keepalives(true)
         .keepalives_idle(Duration::from_secs(2))
         .keepalives_interval(Duration::from_secs(1))
         .keepalives_retries(2);
     Ok((cfg, connector))
+}
+
+/// What every connect may take in all, whatever the number of hosts, unless the connection
+/// string sets `connect_timeout` (which, as in libpq, applies to each host in turn).
+const CONNECT_BUDGET: Duration = Duration::from_secs(5);
+
+/// The hosts of a (possibly multi-host) connection string: each is tried in turn.
+fn host_count(cfg: &tokio_postgres::Config) -> u32 {
+    let hosts = cfg.get_hosts().len().max(cfg.get_hostaddrs().len()).max(1);
+    u32::try_from(hosts).unwrap_or(u32::MAX)
+}
+
+/// The default `connect_timeout` of each host: the budget shared by the hosts (at least 1 s),
+/// so a first host that does not answer (a dead primary's machine) leaves time for the next.
+fn default_connect_timeout(hosts: u32) -> Duration {
+    (CONNECT_BUDGET / hosts.max(1)).max(Duration::from_secs(1))
+}
+
+/// How long a connect to `url` may take before it counts as hung: `connect_timeout` for each of
+/// its hosts in turn, plus a second for the start-up exchange (and `target_session_attrs`'
+/// check). For the callers that bound a connect themselves (the coordinator, its watchers).
+pub fn connect_budget(url: &str) -> Duration {
+    match connection_config(url, "budget") {
+        Ok((cfg, _)) => {
+            let per_host = cfg.get_connect_timeout().copied().unwrap_or(CONNECT_BUDGET);
+            per_host * host_count(&cfg) + Duration::from_secs(1)
+        }
+        // the connect itself reports what is wrong with the string
+        Err(_) => CONNECT_BUDGET,
+    }
 }
 
 /// Creates the shared pool. Connections are made lazily; a broken one is dropped when returned.
@@ -224,7 +254,36 @@ pub fn with_dbname(url: &str, dbname: &str) -> String {
 
 #[cfg(test)]
 mod tests {
-    use super::with_dbname;
+    use super::{connect_budget, connection_config, with_dbname};
+    use std::time::Duration;
+
+    #[test]
+    fn multi_host_strings_pass_through_and_share_the_connect_budget() {
+        let url = "postgresql://u@db1:5432,db2:5433/app?target_session_attrs=read-write";
+        let (cfg, _) = connection_config(url, "w1 test").expect("a multi-host URL");
+        assert_eq!(cfg.get_hosts().len(), 2);
+        assert_eq!(cfg.get_ports(), [5432, 5433]);
+        assert_eq!(
+            cfg.get_target_session_attrs(),
+            tokio_postgres::config::TargetSessionAttrs::ReadWrite
+        );
+        assert_eq!(
+            cfg.get_connect_timeout(),
+            Some(&Duration::from_millis(2500))
+        );
+        assert_eq!(connect_budget(url), Duration::from_secs(6));
+        // key=value form, and an explicit timeout applies to each host
+        let kv = "host=db1,db2,db3 port=5432 dbname=app connect_timeout=2 target_session_attrs=read-write";
+        let (cfg, _) = connection_config(kv, "w1 test").expect("a multi-host string");
+        assert_eq!(cfg.get_hosts().len(), 3);
+        assert_eq!(cfg.get_connect_timeout(), Some(&Duration::from_secs(2)));
+        assert_eq!(connect_budget(kv), Duration::from_secs(7));
+        // one host keeps the whole budget
+        assert_eq!(
+            connect_budget("postgresql://u@db/app"),
+            Duration::from_secs(6)
+        );
+    }
 
     #[test]
     fn with_dbname_replaces_or_adds_the_database() {

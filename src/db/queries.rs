@@ -513,31 +513,50 @@ pub async fn mark_stopped(client: &Client, worker_id: i64) -> Result<(), DbError
     Ok(())
 }
 
-/// Runs the database says this node has (`AE`/`AC` with its worker id) whose task is not among
-/// `known` and that started more than `settled_secs` ago (a claim still on its way to the
-/// Dispatcher is not one of them): after a failover that lost this node's latest commits, rows
-/// can claim runs the node ended long ago, and nothing else would ever end them.
+/// A row that says this node runs a task under a run the node does not have.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct UnknownRun {
+    pub id: i64,
+    pub run_id: Uuid,
+    /// Seconds since the run started, by the database clock.
+    pub age_secs: f64,
+}
+
+/// Runs the database says this node has (`AE`/`AC` with its worker id) that are not among the
+/// `known` (task id, run id) pairs, with their age: after a failover that lost this node's latest
+/// commits, rows can claim runs the node ended long ago (or a run older than the one the node
+/// has for the same task), and nothing else would ever end them. The caller leaves the young
+/// ones alone for a while (a claim may still be on its way to the Dispatcher).
 pub async fn unknown_runs(
     pool: &Pool,
     worker_id: i64,
-    known: &[i64],
-    settled_secs: f64,
-) -> Result<Vec<(i64, Uuid)>, DbError> {
+    known: &[(i64, Uuid)],
+) -> Result<Vec<UnknownRun>, DbError> {
+    let (ids, run_ids): (Vec<i64>, Vec<Uuid>) = known.iter().copied().unzip();
     let rows = query(
         pool,
         "looking for runs this node does not have",
-        "SELECT id, run_id FROM long_task.task
-          WHERE worker_id = $1 AND state_id IN ('AE', 'AC') AND run_id IS NOT NULL
-            AND id <> ALL ($2)
-            AND coalesce(started, last_state_change) < now() - make_interval(secs => $3)",
+        "SELECT t.id, t.run_id,
+                extract(epoch FROM now() - coalesce(t.started, t.last_state_change))::float8
+           FROM long_task.task t
+          WHERE t.worker_id = $1 AND t.state_id IN ('AE', 'AC') AND t.run_id IS NOT NULL
+            AND NOT EXISTS (SELECT 1 FROM unnest($2::bigint[], $3::uuid[]) AS k(id, run_id)
+                             WHERE k.id = t.id AND k.run_id = t.run_id)",
         &[
             (&worker_id, Type::INT8),
-            (&known, Type::INT8_ARRAY),
-            (&settled_secs, Type::FLOAT8),
+            (&ids, Type::INT8_ARRAY),
+            (&run_ids, Type::UUID_ARRAY),
         ],
     )
     .await?;
-    Ok(rows.iter().map(|r| (r.get(0), r.get(1))).collect())
+    Ok(rows
+        .iter()
+        .map(|r| UnknownRun {
+            id: r.get(0),
+            run_id: r.get(1),
+            age_secs: r.get(2),
+        })
+        .collect())
 }
 
 /// What a hand-back (`long_task.hand_back`) did with a node's abandoned runs.

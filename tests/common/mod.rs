@@ -213,6 +213,7 @@ pub mod http;
 pub mod node;
 pub mod roles;
 pub mod schema;
+pub mod standby;
 
 /// A fresh database with the pgtaskd schema applied, and a connection to it.
 pub async fn migrated_db() -> (TestDb, tokio_postgres::Client) {

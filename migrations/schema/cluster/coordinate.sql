@@ -6,6 +6,11 @@
 -- Returns one row per action; kind 'deposed' means this session is no longer the coordinator;
 -- kind 'live' (not an action) names each live node with the seconds until its heartbeat
 -- deadline (due_in), so the caller can watch its lock and sleep until the earliest deadline.
+-- Kind 'reconnecting' (not an action either) names a node whose lock is free but whose last
+-- heartbeat predates this coordinator's session: its session most likely ended with everyone's
+-- (a PostgreSQL restart or a failover to a standby) and it is reconnecting, so it is dead only
+-- once its heartbeat is older than p_timeout (due_in says when); a lock that comes free after the
+-- node has beaten on this server still means death at once.
 CREATE OR REPLACE FUNCTION long_task.coordinate(p_group_id integer, p_worker_id bigint, p_term bigint,
                                      p_timeout double precision)
 RETURNS TABLE (kind text, worker_id bigint, task_id bigint, run_id uuid, detail text,
@@ -14,6 +19,7 @@ LANGUAGE plpgsql AS $$
 DECLARE
     live bigint[];
     w record;
+    session_start timestamptz := (SELECT a.backend_start FROM pg_stat_get_activity(pg_backend_pid()) a);
 BEGIN
     IF NOT long_task.holds_group_lock(p_group_id)
        OR NOT EXISTS (SELECT 1 FROM long_task.coordinator c
@@ -37,6 +43,11 @@ BEGIN
     LOOP
         IF NOT (w.lock_free OR w.stale) THEN
             RETURN QUERY SELECT 'live'::text, w.id, NULL::bigint, NULL::uuid, NULL::text,
+                extract(epoch FROM w.heartbeat_at + make_interval(secs => p_timeout) - now())::double precision;
+            CONTINUE;
+        END IF;
+        IF NOT w.stale AND w.heartbeat_at < session_start THEN
+            RETURN QUERY SELECT 'reconnecting'::text, w.id, NULL::bigint, NULL::uuid, NULL::text,
                 extract(epoch FROM w.heartbeat_at + make_interval(secs => p_timeout) - now())::double precision;
             CONTINUE;
         END IF;
