@@ -15,10 +15,10 @@ mod protocol_model {
     pub mod steps;
 }
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeSet, HashMap};
 use std::time::Instant;
 
-use protocol_model::model::Protocol;
+use protocol_model::model::{Action, Protocol, State};
 use stateright::{Checker, HasDiscoveries, Model};
 
 /// The properties the protocol promises (the list).
@@ -196,5 +196,84 @@ fn a_round_can_hand_back_a_node_that_came_back_during_it() {
     assert!(
         path.iter().any(|a| a.starts_with("RoundObserve")),
         "{path:?}"
+    );
+}
+
+/// What makes the liveness property above a liveness property: no cycle of progress steps, so
+/// once faults stop every fair run reaches a state with no progress step left (and there every
+/// task is final). Explores the reachable states itself and looks for a cycle of progress steps
+/// (a depth-first search with three colours).
+#[test]
+fn progress_steps_cannot_loop_forever() {
+    let model = Protocol::default();
+    let started = Instant::now();
+    let mut index: HashMap<State, u32> = HashMap::new();
+    let mut states: Vec<State> = Vec::new();
+    let mut progress: Vec<Vec<u32>> = Vec::new();
+    for s in model.init_states() {
+        index.insert(s.clone(), 0);
+        states.push(s);
+    }
+    let mut actions = Vec::new();
+    let mut next = 0;
+    while next < states.len() {
+        let s = states[next].clone();
+        model.actions(&s, &mut actions);
+        let mut edges = Vec::new();
+        for a in actions.drain(..) {
+            let Some(t) = model.next_state(&s, a) else {
+                continue;
+            };
+            let id = match index.get(&t) {
+                Some(&id) => id,
+                None => {
+                    let id = u32::try_from(states.len()).expect("fewer than 2^32 states");
+                    index.insert(t.clone(), id);
+                    states.push(t);
+                    id
+                }
+            };
+            if Action::is_progress(&a) {
+                edges.push(id);
+            }
+        }
+        progress.push(edges);
+        next += 1;
+    }
+    // 0 = unseen, 1 = on the stack, 2 = done
+    let mut colour = vec![0u8; states.len()];
+    for root in 0..states.len() {
+        if colour[root] != 0 {
+            continue;
+        }
+        let mut stack: Vec<(usize, usize)> = vec![(root, 0)];
+        colour[root] = 1;
+        while let Some(&mut (v, ref mut i)) = stack.last_mut() {
+            if let Some(&w) = progress[v].get(*i) {
+                *i += 1;
+                let w = w as usize;
+                match colour[w] {
+                    0 => {
+                        colour[w] = 1;
+                        stack.push((w, 0));
+                    }
+                    1 => {
+                        let from = stack.iter().position(|&(u, _)| u == w).unwrap_or(0);
+                        let cycle: Vec<&State> =
+                            stack[from..].iter().map(|&(u, _)| &states[u]).collect();
+                        panic!("a cycle of progress steps through {cycle:#?}");
+                    }
+                    _ => {}
+                }
+            } else {
+                colour[v] = 2;
+                stack.pop();
+            }
+        }
+    }
+    println!(
+        "progress steps: no cycle among {} states ({:.2} s)",
+        states.len(),
+        started.elapsed().as_secs_f64()
     );
 }

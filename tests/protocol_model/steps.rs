@@ -302,13 +302,14 @@ impl Protocol {
                 s.nodes[n as usize].resync_due = false;
             }
             // pg_advisory_lock(ns_group(), group) on the coordinator session, granted when free
-            // (a node that hangs or is cut off once granted: this step, then the fault).
+            // (a node that hangs or is cut off once granted: this step, then the fault); a node
+            // waits for it only while it may coordinate (`campaign`'s first loop).
             Action::LockGroup(n) => {
                 let node = &s.nodes[n as usize];
                 if s.group_lock.is_some()
                     || node.mode != Mode::Up
                     || node.term.is_some()
-                    || node.fenced
+                    || !Self::may_coordinate(node)
                 {
                     return None;
                 }
