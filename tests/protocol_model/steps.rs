@@ -457,6 +457,15 @@ impl Protocol {
                     Mode::Partitioned
                 };
             }
+            // The server ends a cut-off node's sessions itself: its keepalives and
+            // tcp_user_timeout (db::connect, about 4 s) give up on the silent client.
+            Action::SessionsDropped(n) => {
+                let has_session = s.workers[n as usize].liveness_lock || s.group_lock == Some(n);
+                if s.nodes[n as usize].mode != Mode::Partitioned || !has_session {
+                    return None;
+                }
+                s.terminate_sessions(n);
+            }
             Action::Resume(n) => {
                 let node = &mut s.nodes[n as usize];
                 if node.mode != Mode::Hung {
