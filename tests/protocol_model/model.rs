@@ -6,13 +6,12 @@
 //! Each action's guard is the `WHERE` clause (or `IF`) of the SQL function named in its doc
 //! comment; docs/clustering.md ("The protocol, model-checked") has the table. Time is one step,
 //! `TimePasses`, for a node that does not beat: its heartbeat goes stale and the node's own
-//! clock says so too; no property rests on how long anything takes. A coordinator round is two steps (`RoundObserve`, `RoundAct`) because
-//! `long_task.coordinate` reads pg_locks and the worker rows once (the loop's cursor) and hands
-//! back with later statements that see newer commits (READ COMMITTED).
+//! clock says so too; no property rests on how long anything takes. A coordinator round is two
+//! steps (`RoundObserve`, `RoundAct`) because `long_task.coordinate` reads pg_locks and the worker
+//! rows once (the loop's cursor) and hands back with later statements that see newer commits
+//! (READ COMMITTED). The steps themselves, each with the SQL it mirrors, are in `steps.rs`.
 
 use stateright::{Model, Property};
-
-// The steps (`Protocol::step`) and the SQL they mirror are in `steps.rs`.
 
 /// What a run's process ended with.
 #[derive(Clone, Copy, Debug, Hash, PartialEq, Eq, PartialOrd, Ord)]
@@ -160,7 +159,8 @@ pub enum Action {
 
 impl Action {
     /// The steps the system takes by itself and eventually (fairness): everything but faults,
-    /// recoveries and the scheduler's tick (which changes only history).
+    /// recoveries and the scheduler's tick (which changes only history). `SessionsDropped` is
+    /// progress: the server's keepalives end a silent client's sessions within seconds.
     pub fn is_progress(&self) -> bool {
         !matches!(
             self,
