@@ -130,30 +130,65 @@ pub struct State {
 /// One step. Node and task numbers index `State::nodes` and `State::tasks`.
 #[derive(Clone, Copy, Debug, Hash, PartialEq, Eq)]
 pub enum Action {
+    /// `(node, task)`: `long_task.claim`, `WHERE x.state_id = 'AW' AND (x.worker_id IS NULL OR
+    /// x.worker_id = p_worker_id)`; a new `run_id`, `attempt + 1`.
     Claim(u8, u8),
+    /// A fault: `long_task.claim` commits but its reply never reaches the node.
     ClaimReplyLost(u8, u8),
+    /// `(node, task, run, outcome)`: the run's process exits (`Process::finish`).
     Finish(u8, u8, u8, Outcome),
+    /// `long_task.complete_runs`, `WHERE x.id = u.id AND x.run_id = u.run_id` and
+    /// `old.state_id IN ('AE', 'AC')`.
     WriteOutcome(u8, u8, u8),
+    /// A fault: `long_task.complete_runs` commits, its reply is lost, the node spools the outcome.
     WriteOutcomeReplyLost(u8, u8, u8),
+    /// `outcomes::replay_spool` → `long_task.complete_runs`, the same run-id guard.
     ReplaySpool(u8, u8, u8),
+    /// `pg_try_advisory_lock(ns_node(), id)` when lost, then `UPDATE long_task.worker SET
+    /// heartbeat_at = now(), active = true WHERE id = $1`.
     Heartbeat(u8),
+    /// A node that does not beat: `heartbeat_at < now() - timeout`, its own clock likewise.
     TimePasses(u8),
+    /// `Membership::check_fence`: its heartbeat is late; kill every process, claim nothing.
     SelfFence(u8),
+    /// `long_task.hand_back(me, 'self-fenced', pairs)`, `WHERE t.worker_id = p_worker_id AND
+    /// t.state_id IN ('AE','AC') AND (t.id, t.run_id) IN (pairs)`.
     HandBackKilled(u8),
+    /// `queries::unknown_runs` (`worker_id = $1 AND state_id IN ('AE','AC') AND id <> ALL
+    /// (running ids)`) then `long_task.hand_back(me, 'not running on its node', pairs)`.
     Resync(u8),
+    /// `pg_advisory_lock(ns_group(), group)`: the lock is free.
     LockGroup(u8),
+    /// `long_task.become_coordinator`: `IF NOT long_task.holds_group_lock(p_group_id) THEN
+    /// RAISE`; `term = c.term + 1`.
     BecomeCoordinator(u8),
+    /// `long_task.depose_stale_coordinator`: `holder <> p_by_worker_id` and no worker row
+    /// `w.id = holder AND w.heartbeat_at >= now() - timeout` → `terminate_node_sessions`.
     DeposeStale(u8),
+    /// `(coordinator, node)`: `long_task.coordinate`'s read, `holds_group_lock` and `c.term =
+    /// p_term AND c.worker_id = p_worker_id`; the node dead: `NOT (c.id = ANY (live))` or stale.
     RoundObserve(u8, u8),
+    /// `long_task.coordinate`'s writes: `c.term = p_term AND c.worker_id = p_worker_id FOR
+    /// UPDATE`, then `terminate_node_sessions`, `active = false`, `long_task.hand_back(d, …)`.
     RoundAct(u8),
+    /// `coordinator::campaign` returns: own heartbeat late, session lost, term superseded.
     StepDown(u8),
+    /// `long_task.scheduler_tick_as`: `c.term = p_term AND c.worker_id = p_worker_id FOR SHARE`.
     SchedulerTick(u8),
+    /// A fault: the node dies; its sessions end, its spool stays.
     Crash(u8),
+    /// A fault: SIGSTOP; its sessions stay open.
     Hang(u8),
+    /// A fault: cut off from the database; it keeps running.
     Partition(u8),
+    /// The server's keepalives end a cut-off node's sessions (`db::connect`).
     SessionsDropped(u8),
+    /// SIGCONT.
     Resume(u8),
+    /// The network is back; the listener reconnects (a resync is due).
     Heal(u8),
+    /// `node::prepare`: liveness lock, register, replay the spool, then
+    /// `long_task.hand_back(me, 'node restarted')`.
     Restart(u8),
 }
 
