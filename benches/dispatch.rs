@@ -10,7 +10,8 @@
 //! Knobs: `BENCH_TASKS` (5000), `BENCH_SAMPLES` (300), `BENCH_IDLE_SECS` (30), `DATABASE_URL`
 //! (admin URL of an existing server; a fresh database `pgtaskd_bench_<pid>` is made and dropped),
 //! `BENCH_NODE_CONFIG` (a config file for the node, e.g. one with `allowed_programs`, to measure
-//! what its checks cost).
+//! what its checks cost), `BENCH_LIMITS=1` (group 0 gets every concurrency and rate limit, set
+//! too high to bind: what the limited claim path costs).
 
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
@@ -462,6 +463,17 @@ async fn run(knobs: &Knobs, url: &str, admin_url: &str, db: &str) -> Result<()> 
         .await
         .context("cannot migrate the bench database")?;
     let admin = connect(admin_url).await?;
+    if std::env::var("BENCH_LIMITS").is_ok_and(|v| v == "1") {
+        // every limit configured, none binding: what the limited claim path costs
+        client
+            .batch_execute(
+                "INSERT INTO long_task.group_settings (group_id, max_running, key_limit, rate_limit)
+                 VALUES (0, 1000000, 1000000, 1000000)",
+            )
+            .await
+            .context("configuring the limits")?;
+        eprintln!("bench: group 0 has max_running, key_limit and rate_limit (not binding)");
+    }
 
     let mut node = NodeGuard::start(url)?;
     let ready = wait_node_ready(&client, &mut node).await?;

@@ -315,3 +315,55 @@ async fn consumers_get_only_what_the_limits_allow_and_the_view_shows_it() {
     );
     assert_eq!(more.len(), 1, "the waiting host-b task: {more:?}");
 }
+
+/// Fair share: a key with 1,000 waiting tasks queued first does not starve a key with 10; the
+/// claims take turns across keys within the best priority, and a better priority still comes
+/// first.
+#[tokio::test]
+async fn fair_share_takes_turns_across_keys() {
+    let (_db, client) = migrated_db().await;
+    client
+        .batch_execute(
+            "INSERT INTO long_task.group_settings (group_id, fair_share) VALUES (0, true);
+             INSERT INTO long_task.task (group_id, state_id, topic, concurrency_key)
+             SELECT 0, 'AW', 't', 'big' FROM generate_series(1, 1000);
+             INSERT INTO long_task.task (group_id, state_id, topic, concurrency_key)
+             SELECT 0, 'AW', 't', 'small' FROM generate_series(1, 10);
+             INSERT INTO long_task.task (group_id, state_id, topic, concurrency_key, priority)
+             VALUES (0, 'AW', 't', 'urgent', -1);",
+        )
+        .await
+        .expect("setup");
+    let mut order: Vec<String> = Vec::new();
+    for _ in 0..6 {
+        let rows = client
+            .query(
+                "SELECT t.concurrency_key FROM long_task.consume(4) c
+                   JOIN long_task.task t ON t.id = c.id ORDER BY c.id",
+                &[],
+            )
+            .await
+            .expect("consume");
+        assert_eq!(rows.len(), 4, "a fair claim came back short");
+        order.extend(rows.iter().map(|r| r.get::<_, String>(0)));
+    }
+    assert!(
+        order[..4].contains(&"urgent".to_string()),
+        "the better priority in the first claim: {order:?}"
+    );
+    let small = order.iter().filter(|k| *k == "small").count();
+    // 24 taken: the urgent one, then big and small in turns (FIFO would give small none)
+    assert_eq!(
+        small, 10,
+        "the small key's tasks were not served in turns: {order:?}"
+    );
+    let fifo_would: i64 = client
+        .query_one(
+            "SELECT count(*) FROM long_task.task WHERE concurrency_key = 'big' AND state_id = 'AE'",
+            &[],
+        )
+        .await
+        .expect("big")
+        .get(0);
+    assert_eq!(fifo_would, 13);
+}

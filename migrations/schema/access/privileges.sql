@@ -133,7 +133,7 @@ BEGIN
                     long_task.task_state, long_task.period, long_task.installation,
                     long_task.schema_migrations, long_task.schema_files, long_task.queue_sample,
                     long_task.running, long_task.expired, long_task.queue_stats,
-                    long_task.key_limit, long_task.rate_bucket, long_task.limits,
+                    long_task.key_limit, long_task.rate_bucket, long_task.limits, long_task.fair_key,
                     -- the ready ring's entries (the limits view counts the waiting ones)
                     long_task.ready
        TO pgtaskd_reader;

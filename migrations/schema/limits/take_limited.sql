@@ -1,5 +1,6 @@
 -- Takes entries off the ready ring like long_task.take_ready, within the limits of the group
--- (group_settings.max_running, key_limit, rate_limit; long_task.key_limit). A group without
+-- (group_settings.max_running, key_limit, rate_limit; long_task.key_limit), in turns across
+-- keys for a fair-share group (group_settings.fair_share: long_task.take_fair). A group without
 -- limits, or no group (a consumer across groups: consume_topic goes group by group while any
 -- group is limited), takes straight from the ring.
 -- Under the group's limit lock (ns_limit, group id: the limited claims of a group run one at a
@@ -60,7 +61,11 @@ BEGIN
         END IF;
     END IF;
     keyed := s.key_limit IS NOT NULL OR EXISTS (SELECT 1 FROM long_task.key_limit kl WHERE kl.group_id = p_group_id);
-    IF allow > 0 AND NOT keyed THEN
+    IF allow > 0 AND NOT keyed AND s.fair_share THEN
+        RETURN QUERY SELECT r.task_id, r.lsc, r.concurrency_key
+                       FROM long_task.take_fair(allow, p_group_id, p_worker_id, p_topics, p_commands, p_pattern, '{}') r;
+        GET DIAGNOSTICS got = ROW_COUNT;
+    ELSIF allow > 0 AND NOT keyed THEN
         RETURN QUERY SELECT r.task_id, r.lsc, r.concurrency_key
                        FROM long_task.take_ready(allow, p_group_id, p_worker_id, p_topics, p_commands, p_pattern) r;
         GET DIAGNOSTICS got = ROW_COUNT;
@@ -78,8 +83,11 @@ BEGIN
         LOOP
             asked := allow - got;
             seen := 0;
-            FOR e IN SELECT * FROM long_task.take_ready(asked, p_group_id, p_worker_id, p_topics, p_commands,
-                                                        p_pattern, blocked) LOOP
+            FOR e IN SELECT * FROM long_task.take_fair(asked, p_group_id, p_worker_id, p_topics, p_commands,
+                                                       p_pattern, blocked) WHERE s.fair_share
+                     UNION ALL
+                     SELECT * FROM long_task.take_ready(asked, p_group_id, p_worker_id, p_topics, p_commands,
+                                                        p_pattern, blocked) WHERE NOT s.fair_share LOOP
                 seen := seen + 1;
                 IF e.concurrency_key IS NOT NULL THEN
                     k := array_position(keys, e.concurrency_key);

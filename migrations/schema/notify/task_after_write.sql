@@ -33,6 +33,14 @@ BEGIN
          WHERE n.state_id = 'AW' AND (n.run_after IS NULL OR n.run_after <= now())
            AND (n.depends_on IS NULL OR NOT EXISTS (
                    SELECT 1 FROM long_task.task d WHERE d.id = ANY (n.depends_on) AND d.state_id <> 'CS'));
+        -- a fair-share group's new keys join its turns (long_task.take_fair)
+        IF EXISTS (SELECT 1 FROM long_task.group_settings s WHERE s.fair_share) THEN
+            INSERT INTO long_task.fair_key (group_id, key)
+            SELECT DISTINCT n.group_id, n.concurrency_key FROM new_rows n
+             WHERE n.concurrency_key IS NOT NULL AND n.state_id = 'AW'
+               AND n.group_id IN (SELECT s.group_id FROM long_task.group_settings s WHERE s.fair_share)
+            ON CONFLICT DO NOTHING;
+        END IF;
         FOR r IN
             SELECT DISTINCT n.group_id, k.kind
               FROM new_rows n

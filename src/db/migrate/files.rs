@@ -61,6 +61,7 @@ pub const MIGRATIONS: &[Migration] = migrations![
     15 "cron" "0015_cron.sql",
     16 "hand_over" "0016_hand_over.sql",
     17 "limits" "0017_limits.sql",
+    18 "fair_share" "0018_fair_share.sql",
 ];
 
 /// Every schema file, in the order applied (after the numbered migrations).
@@ -105,6 +106,7 @@ pub const SCHEMA_FILES: &[SchemaFile] = schema_files![
     "limits/limits_configured.sql",
     "limits/group_limited.sql",
     "limits/key_limit_of.sql",
+    "limits/take_fair.sql",
     "limits/take_limited.sql",
     "limits/rate_wake.sql",
     // a task's life on a node: claim, outcome
