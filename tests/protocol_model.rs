@@ -106,7 +106,7 @@ fn two_nodes_keep_every_promise_through_a_fault() {
     }
 }
 
-/// 3 nodes: about 1,050,000 states, 2–3 minutes in a debug build — run with `--ignored`.
+/// 3 nodes: about 960,000 states, 1–2 minutes in a debug build — run with `--ignored`.
 #[test]
 #[ignore]
 fn three_nodes_keep_every_promise_through_a_fault() {
