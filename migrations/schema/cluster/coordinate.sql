@@ -49,6 +49,20 @@ BEGIN
                                 'term ' || p_term || ' was superseded', NULL::double precision;
             RETURN;
         END IF;
+        -- The loop's read may be old by now (the lock above waits for a scheduler tick's share
+        -- lock, say): a node that came back meanwhile (restarted, or beat again) holds its lock
+        -- and has a fresh heartbeat; it keeps its runs. With its worker row locked, a
+        -- registration or a heartbeat waits for this round's commit, so the answer holds.
+        PERFORM 1 FROM long_task.worker x WHERE x.id = w.id FOR UPDATE;
+        IF EXISTS (SELECT 1 FROM long_task.worker x
+                    WHERE x.id = w.id AND x.heartbeat_at >= now() - make_interval(secs => p_timeout))
+           AND EXISTS (SELECT 1 FROM long_task.advisory_holders(long_task.ns_node()) h WHERE h.key = w.id) THEN
+            RETURN QUERY
+                SELECT 'live'::text, w.id, NULL::bigint, NULL::uuid, NULL::text,
+                       extract(epoch FROM x.heartbeat_at + make_interval(secs => p_timeout) - now())::double precision
+                  FROM long_task.worker x WHERE x.id = w.id;
+            CONTINUE;
+        END IF;
         IF NOT w.lock_free THEN
             -- Hung, stopped or partitioned but its session lives: fence it before moving anything.
             INSERT INTO long_task.event (group_id, term, by_worker_id, kind, worker_id, detail)
