@@ -235,6 +235,9 @@ pub struct Protocol {
     /// The resync before d3b652b: the Dispatcher handed back every run not in `running()`,
     /// outcomes still held by its Outcomes actor included (main hands those back no more).
     pub resync_discards_held_outcomes: bool,
+    /// The round before this branch's fix: no re-check of a dead node's liveness lock and
+    /// heartbeat between `coordinate`'s read and its writes.
+    pub round_acts_on_its_first_read: bool,
 }
 
 impl Default for Protocol {
@@ -249,6 +252,7 @@ impl Default for Protocol {
             skip_term_check: false,
             skip_run_id_check: false,
             resync_discards_held_outcomes: false,
+            round_acts_on_its_first_read: false,
         }
     }
 }

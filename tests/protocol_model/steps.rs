@@ -377,8 +377,9 @@ impl Protocol {
             }
             // long_task.coordinate, its writes, run by the server whatever the client does now:
             // `SELECT … FROM long_task.coordinator c WHERE c.term = p_term AND c.worker_id =
-            // p_worker_id FOR UPDATE` (else 'deposed'); a live session is fenced first
-            // (terminate_node_sessions); `UPDATE worker SET active = false`; hand_back(d).
+            // p_worker_id FOR UPDATE` (else 'deposed'); the node's worker row locked and its
+            // liveness re-read (it may have come back since the read); a live session is fenced
+            // first (terminate_node_sessions); `UPDATE worker SET active = false`; hand_back(d).
             Action::RoundAct(c) => {
                 let (term, d, lock_free) = s.nodes[c as usize].round?;
                 if s.group_lock != Some(c) {
@@ -388,7 +389,12 @@ impl Protocol {
                 if !self.skip_term_check && s.coordinator != Some((term, c)) {
                     return Some(s); // 'deposed': nothing written
                 }
+                // the re-check: `PERFORM … FROM long_task.worker x WHERE x.id = w.id FOR UPDATE`,
+                // then a fresh heartbeat and a held liveness lock mean it came back: 'live'
                 if alive(s.workers[d as usize]) {
+                    if !self.round_acts_on_its_first_read {
+                        return Some(s);
+                    }
                     s.live_node_handed_back = true;
                 }
                 s.record_act(term, c);
