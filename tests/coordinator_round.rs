@@ -65,11 +65,11 @@ async fn wait_for_lock_wait(client: &Client, pid: i32) {
     panic!("the round never waited for the coordinator row");
 }
 
-/// Runs a round in the background; returns its `(kind, worker_id, task_id)` rows, 'live' left out.
-fn round(
-    coordinator: Client,
-    term: i64,
-) -> tokio::task::JoinHandle<Vec<(String, Option<i64>, Option<i64>)>> {
+/// One row a round returns: `(kind, worker_id, task_id)`.
+type Action = (String, Option<i64>, Option<i64>);
+
+/// Runs a round in the background; returns its rows, 'live' left out.
+fn round(coordinator: Client, term: i64) -> tokio::task::JoinHandle<Vec<Action>> {
     tokio::spawn(async move {
         coordinator
             .query(
