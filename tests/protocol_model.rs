@@ -108,7 +108,7 @@ fn two_nodes_keep_every_promise_through_a_fault() {
     }
 }
 
-/// 3 nodes: about 960,000 states, 1–2 minutes in a debug build — run with `--ignored`.
+/// 3 nodes: about 600,000 states, a minute or two in a debug build — run with `--ignored`.
 #[test]
 #[ignore]
 fn three_nodes_keep_every_promise_through_a_fault() {

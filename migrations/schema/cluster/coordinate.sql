@@ -1,8 +1,10 @@
 -- The coordinator's round, on the coordinator's own session: when a watcher saw a node's liveness
 -- lock come free, when the earliest heartbeat deadline passes, and at least every p_timeout.
 -- Idle, it only reads (pg_locks, the worker rows, the running tasks of the group). A node is dead
--- when its liveness lock is free or its heartbeat is older than p_timeout; a hung node's sessions
--- are ended first. Every write happens under the term (row lock on the coordinator row).
+-- when its liveness lock is free or its heartbeat is older than p_timeout, read once and checked
+-- again just before acting (its worker row locked): a node back meanwhile is left alone; a hung
+-- node's sessions are ended first. Every write happens under the term (row lock on the
+-- coordinator row).
 -- Returns one row per action; kind 'deposed' means this session is no longer the coordinator;
 -- kind 'live' (not an action) names each live node with the seconds until its heartbeat
 -- deadline (due_in), so the caller can watch its lock and sleep until the earliest deadline.
