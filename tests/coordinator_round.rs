@@ -16,9 +16,11 @@ const NS_GROUP: i32 = 1886678530;
 const NS_NODE: i32 = 1886678529;
 
 /// Workers 1 (the coordinator) and 2 in group 0, two waiting tasks, and task 1 claimed by
-/// worker 2, which then crashed (its liveness lock is free). Returns the round's session, its
-/// term and its backend pid.
+/// worker 2, which then crashed (its liveness lock is free). Worker 2 beat after the round's
+/// session began, so a free lock means death at once (not a node reconnecting after a restart
+/// of the server). Returns the round's session, its term and its backend pid.
 async fn crashed_node_and_a_coordinator(db: &common::TestDb, setup: &Client) -> (Client, i64, i32) {
+    let coordinator = db.client().await;
     setup
         .batch_execute(
             "INSERT INTO long_task.worker (id, group_id, active, heartbeat_at, started_at)
@@ -28,7 +30,6 @@ async fn crashed_node_and_a_coordinator(db: &common::TestDb, setup: &Client) -> 
         )
         .await
         .expect("set-up");
-    let coordinator = db.client().await;
     coordinator
         .execute("SELECT pg_advisory_lock($1, 0)", &[&NS_GROUP])
         .await
