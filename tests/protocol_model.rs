@@ -92,22 +92,23 @@ fn assert_promises_hold(checker: &impl Checker<Protocol>) {
     }
 }
 
-/// Known defect (Dispatcher::hand_back_unknown_runs): see the test below.
+/// The defect d3b652b fixed (Dispatcher::hand_back_unknown_runs): see the test below.
 const DISCARDS_OUTCOMES: &str = "a node never hands back a run whose outcome it holds";
-/// What READ COMMITTED allows a round (see the test below).
+/// What READ COMMITTED allowed the round before this branch's fix (see the test below).
 const HANDS_BACK_LIVE: &str = "a round hands back only nodes the database shows dead";
 
 #[test]
 fn two_nodes_keep_every_promise_through_a_fault() {
     let checker = check_all(Protocol::default(), "2 nodes, 2 tasks, 1 fault");
     assert_promises_hold(&checker);
-    assert!(
-        checker.discovery(DISCARDS_OUTCOMES).is_some(),
-        "the resync's defect is gone: drop resync_spares_outcomes from the model and this assert"
-    );
+    for name in [DISCARDS_OUTCOMES, HANDS_BACK_LIVE] {
+        if let Some(path) = checker.discovery(name) {
+            panic!("{name:?} is violated:\n{path}");
+        }
+    }
 }
 
-/// 3 nodes: minutes in a debug build — run with `--ignored`.
+/// 3 nodes: about 600,000 states, a minute or two in a debug build — run with `--ignored`.
 #[test]
 #[ignore]
 fn three_nodes_keep_every_promise_through_a_fault() {
@@ -139,39 +140,28 @@ fn without_the_run_id_check_a_stale_outcome_is_accepted() {
     counterexample(
         Protocol {
             skip_run_id_check: true,
-            // (else the shortest path goes through the resync's defect, below)
-            resync_spares_outcomes: true,
             ..Protocol::default()
         },
         "no outcome is accepted once a newer run id exists",
     );
 }
 
-/// A defect in `Dispatcher::hand_back_unknown_runs`: a run leaves `running()` when its process
-/// ends, before its outcome is written. Cut off, the outcome goes to the spool; at the listener's
-/// reconnect the resync finds the row still `AE` on this node, "unknown", and hands it back
-/// (requeued, or `CF 'worker lost'` without lost re-runs left) before the spool's replay, which
-/// is then fenced: a finished run's outcome is discarded and the task runs again.
+/// The defect d3b652b fixed in `Dispatcher::hand_back_unknown_runs`, found by this model too: a
+/// run left `running()` when its process ended, before its outcome was written. Cut off, the
+/// outcome went to the spool; at the listener's reconnect the resync found the row still `AE` on
+/// this node, "unknown", and handed it back before the spool's replay, which was then fenced: a
+/// finished run's outcome discarded and the task run again. (Main now hands back through the
+/// Outcomes actor, sparing the runs whose outcome it holds: the model's default.)
 #[test]
-fn a_resync_hands_back_a_finished_run_whose_outcome_waits_in_the_spool() {
-    let path = counterexample(Protocol::default(), DISCARDS_OUTCOMES);
-    assert!(path.iter().any(|a| a.starts_with("Resync")), "{path:?}");
-}
-
-/// The fix: runs whose outcome the node still holds are not unknown. Every promise still holds.
-/// (About 100,000 states, 10–17 s: run with `--ignored`.)
-#[test]
-#[ignore]
-fn sparing_held_outcomes_in_the_resync_discards_none() {
-    let checker = check_all(
+fn the_old_resync_hands_back_a_finished_run_whose_outcome_waits_in_the_spool() {
+    let path = counterexample(
         Protocol {
-            resync_spares_outcomes: true,
+            resync_discards_held_outcomes: true,
             ..Protocol::default()
         },
-        "2 nodes, 2 tasks, 1 fault, resync sparing held outcomes",
+        DISCARDS_OUTCOMES,
     );
-    assert_promises_hold(&checker);
-    assert!(checker.discovery(DISCARDS_OUTCOMES).is_none());
+    assert!(path.iter().any(|a| a.starts_with("Resync")), "{path:?}");
 }
 
 /// A liveness gap: a claim that commits but whose reply is lost (its pooled connection dropped)
@@ -188,13 +178,20 @@ fn a_lost_claim_reply_leaves_a_task_running_nowhere() {
     );
 }
 
-/// `long_task.coordinate` reads pg_locks and the worker rows once, then hands back with later
-/// statements: a node that restarts (or beats again) and claims in between has its new run
-/// handed back although the database shows it alive. Fencing holds (its process is killed, its
-/// outcome refused), but the run is lost and a lost re-run counted.
+/// The round before this branch's fix: `long_task.coordinate` read pg_locks and the worker rows
+/// once, then handed back with later statements (after a `FOR UPDATE` that can wait for a
+/// scheduler tick): a node that restarted (or beat again) and claimed in between had its new run
+/// handed back although the database showed it alive. Fencing held, but the run was lost and a
+/// lost re-run counted. tests/coordinator_round.rs shows it on a real database.
 #[test]
-fn a_round_can_hand_back_a_node_that_came_back_during_it() {
-    let path = counterexample(Protocol::default(), HANDS_BACK_LIVE);
+fn the_old_round_hands_back_a_node_that_came_back_during_it() {
+    let path = counterexample(
+        Protocol {
+            round_acts_on_its_first_read: true,
+            ..Protocol::default()
+        },
+        HANDS_BACK_LIVE,
+    );
     assert!(
         path.iter().any(|a| a.starts_with("RoundObserve")),
         "{path:?}"
@@ -204,10 +201,8 @@ fn a_round_can_hand_back_a_node_that_came_back_during_it() {
 /// What makes the liveness property above a liveness property: no cycle of progress steps, so
 /// once faults stop every fair run reaches a state with no progress step left (and there every
 /// task is final). Explores the reachable states itself and looks for a cycle of progress steps
-/// (a depth-first search with three colours). The same states as the main check, explored a second
-/// time (20–50 s): run with `--ignored` whenever the model changes.
+/// (a depth-first search with three colours) — the same states as the main check, a second time.
 #[test]
-#[ignore]
 fn progress_steps_cannot_loop_forever() {
     let model = Protocol::default();
     let started = Instant::now();

@@ -49,6 +49,9 @@ pub struct WorkerRow {
     pub liveness_lock: bool,
     /// `heartbeat_at` is younger than `heartbeat_timeout`.
     pub fresh: bool,
+    /// `heartbeat_at` is later than the coordinator session's `backend_start` (it beat on this
+    /// server since: a free lock then means death at once, not a reconnect after a restart).
+    pub beat_here: bool,
     pub active: bool,
 }
 
@@ -229,8 +232,12 @@ pub struct Protocol {
     pub skip_term_check: bool,
     /// Break: no `x.run_id = u.run_id` in `complete_runs`.
     pub skip_run_id_check: bool,
-    /// The fix proposed for the resync: runs whose outcome the node holds are not "unknown".
-    pub resync_spares_outcomes: bool,
+    /// The resync before d3b652b: the Dispatcher handed back every run not in `running()`,
+    /// outcomes still held by its Outcomes actor included (main hands those back no more).
+    pub resync_discards_held_outcomes: bool,
+    /// The round before this branch's fix: no re-check of a dead node's liveness lock and
+    /// heartbeat between `coordinate`'s read and its writes.
+    pub round_acts_on_its_first_read: bool,
 }
 
 impl Default for Protocol {
@@ -244,7 +251,8 @@ impl Default for Protocol {
             lost_claim_replies: false,
             skip_term_check: false,
             skip_run_id_check: false,
-            resync_spares_outcomes: false,
+            resync_discards_held_outcomes: false,
+            round_acts_on_its_first_read: false,
         }
     }
 }
@@ -275,6 +283,7 @@ impl Model for Protocol {
                 WorkerRow {
                     liveness_lock: true,
                     fresh: true,
+                    beat_here: true,
                     active: true,
                 };
                 nodes

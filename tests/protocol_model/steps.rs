@@ -220,6 +220,7 @@ impl Protocol {
                 s.workers[n as usize] = WorkerRow {
                     liveness_lock: true,
                     fresh: true,
+                    beat_here: true,
                     active: true,
                 };
                 let node = &mut s.nodes[n as usize];
@@ -231,10 +232,10 @@ impl Protocol {
             // successful heartbeat (`NodeContext::heartbeat_age`, the self-fence's clock).
             Action::TimePasses(n) => {
                 let node = &mut s.nodes[n as usize];
-                if !matches!(node.mode, Mode::Hung | Mode::Partitioned) {
-                    return None; // (a crashed node's lock is free: it is dead anyway)
+                if node.mode == Mode::Up {
+                    return None;
                 }
-                node.late = true;
+                node.late = node.mode != Mode::Down;
                 s.workers[n as usize].fresh = false;
             }
             // Membership::check_fence → Dispatcher Fence: kill every process, claim nothing.
@@ -278,7 +279,7 @@ impl Protocol {
                     node.runs.iter().any(|r| {
                         r.task == task
                             && (r.local == Local::Running
-                                || (self.resync_spares_outcomes && r.run == run))
+                                || (!self.resync_discards_held_outcomes && r.run == run))
                     })
                 };
                 let unknown: Vec<(u8, u8)> = self
@@ -314,6 +315,11 @@ impl Protocol {
                     return None;
                 }
                 s.group_lock = Some(n);
+                // the session that won is new (as far as the model can tell): no node beat since
+                // its backend_start
+                for w in &mut s.workers {
+                    w.beat_here = false;
+                }
             }
             // long_task.become_coordinator: `IF NOT long_task.holds_group_lock(p_group_id)
             // THEN RAISE`; `term = c.term + 1`. The node first checks `may_coordinate`.
@@ -349,7 +355,9 @@ impl Protocol {
             // long_task.coordinate, its read: `holds_group_lock(p_group_id)` and a coordinator
             // row `c.term = p_term AND c.worker_id = p_worker_id`; a candidate `c.id <>
             // p_worker_id` (an active worker of the group, or the worker of an AE/AC task) that
-            // is dead: `NOT (c.id = ANY (live))` (liveness lock free) or its heartbeat stale.
+            // is dead: its heartbeat stale, or `NOT (c.id = ANY (live))` (liveness lock free)
+            // unless `w.heartbeat_at < session_start` ('reconnecting': it has not beaten on this
+            // server since a restart or failover, dead only once stale).
             Action::RoundObserve(c, d) => {
                 let node = &s.nodes[c as usize];
                 let term = node.term?;
@@ -361,7 +369,7 @@ impl Protocol {
                     || !term_ok
                     || c == d
                     || !self.candidate(&s, d)
-                    || (w.liveness_lock && w.fresh)
+                    || alive(w)
                 {
                     return None;
                 }
@@ -369,8 +377,9 @@ impl Protocol {
             }
             // long_task.coordinate, its writes, run by the server whatever the client does now:
             // `SELECT … FROM long_task.coordinator c WHERE c.term = p_term AND c.worker_id =
-            // p_worker_id FOR UPDATE` (else 'deposed'); a live session is fenced first
-            // (terminate_node_sessions); `UPDATE worker SET active = false`; hand_back(d).
+            // p_worker_id FOR UPDATE` (else 'deposed'); the node's worker row locked and its
+            // liveness re-read (it may have come back since the read); a live session is fenced
+            // first (terminate_node_sessions); `UPDATE worker SET active = false`; hand_back(d).
             Action::RoundAct(c) => {
                 let (term, d, lock_free) = s.nodes[c as usize].round?;
                 if s.group_lock != Some(c) {
@@ -380,8 +389,12 @@ impl Protocol {
                 if !self.skip_term_check && s.coordinator != Some((term, c)) {
                     return Some(s); // 'deposed': nothing written
                 }
-                let w = s.workers[d as usize];
-                if w.liveness_lock && w.fresh {
+                // the re-check: `PERFORM … FROM long_task.worker x WHERE x.id = w.id FOR UPDATE`,
+                // then a fresh heartbeat and a held liveness lock mean it came back: 'live'
+                if alive(s.workers[d as usize]) {
+                    if !self.round_acts_on_its_first_read {
+                        return Some(s);
+                    }
                     s.live_node_handed_back = true;
                 }
                 s.record_act(term, c);
@@ -491,6 +504,7 @@ impl Protocol {
                 s.workers[n as usize] = WorkerRow {
                     liveness_lock: true,
                     fresh: true,
+                    beat_here: true,
                     active: true,
                 };
                 for r in std::mem::take(&mut s.nodes[n as usize].runs) {
@@ -514,6 +528,12 @@ impl Protocol {
             .filter(Action::is_progress)
             .all(|a| self.step(s, a).is_none_or(|next| next == *s))
     }
+}
+
+/// What `long_task.coordinate` counts as alive: a fresh heartbeat and the liveness lock held, or
+/// a fresh heartbeat from before the coordinator's session began ('reconnecting').
+fn alive(w: WorkerRow) -> bool {
+    w.fresh && (w.liveness_lock || !w.beat_here)
 }
 
 /// Back to `AW`: the state-machine trigger clears `run_id` and (unpinned) `worker_id`.

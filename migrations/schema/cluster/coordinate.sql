@@ -1,8 +1,10 @@
 -- The coordinator's round, on the coordinator's own session: when a watcher saw a node's liveness
 -- lock come free, when the earliest heartbeat deadline passes, and at least every p_timeout.
 -- Idle, it only reads (pg_locks, the worker rows, the running tasks of the group). A node is dead
--- when its liveness lock is free or its heartbeat is older than p_timeout; a hung node's sessions
--- are ended first. Every write happens under the term (row lock on the coordinator row).
+-- when its liveness lock is free or its heartbeat is older than p_timeout, read once and checked
+-- again just before acting (its worker row locked): a node back meanwhile is left alone; a hung
+-- node's sessions are ended first. Every write happens under the term (row lock on the
+-- coordinator row).
 -- Returns one row per action; kind 'deposed' means this session is no longer the coordinator;
 -- kind 'live' (not an action) names each live node with the seconds until its heartbeat
 -- deadline (due_in), so the caller can watch its lock and sleep until the earliest deadline.
@@ -59,6 +61,20 @@ BEGIN
             RETURN QUERY SELECT 'deposed'::text, p_worker_id, NULL::bigint, NULL::uuid,
                                 'term ' || p_term || ' was superseded', NULL::double precision;
             RETURN;
+        END IF;
+        -- The loop's read may be old by now (the lock above waits for a scheduler tick's share
+        -- lock, say): a node that came back meanwhile (restarted, or beat again) holds its lock
+        -- and has a fresh heartbeat; it keeps its runs. With its worker row locked, a
+        -- registration or a heartbeat waits for this round's commit, so the answer holds.
+        PERFORM 1 FROM long_task.worker x WHERE x.id = w.id FOR UPDATE;
+        IF EXISTS (SELECT 1 FROM long_task.worker x
+                    WHERE x.id = w.id AND x.heartbeat_at >= now() - make_interval(secs => p_timeout))
+           AND EXISTS (SELECT 1 FROM long_task.advisory_holders(long_task.ns_node()) h WHERE h.key = w.id) THEN
+            RETURN QUERY
+                SELECT 'live'::text, w.id, NULL::bigint, NULL::uuid, NULL::text,
+                       extract(epoch FROM x.heartbeat_at + make_interval(secs => p_timeout) - now())::double precision
+                  FROM long_task.worker x WHERE x.id = w.id;
+            CONTINUE;
         END IF;
         IF NOT w.lock_free THEN
             -- Hung, stopped or partitioned but its session lives: fence it before moving anything.
