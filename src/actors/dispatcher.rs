@@ -171,6 +171,11 @@ impl Dispatcher {
                     act.claim_failures += 1;
                     let delay = backoff(act.claim_failures);
                     warn!(error = %e, retry_in = ?delay, "claim failed");
+                    // The claim may have committed with its reply lost (the connection dropped
+                    // after the commit): its rows would claim runs this node does not have, and
+                    // no reconnect need come to find them. Look once they are settled.
+                    let settled = act.node.config.heartbeat_timeout + Duration::from_millis(100);
+                    act.recheck_unknown_runs(settled, ctx);
                     act.retry_armed = true;
                     ctx.run_later(delay, |act, ctx| {
                         act.retry_armed = false;
