@@ -157,7 +157,8 @@ async fn a_rate_limit_spaces_the_starts() {
         .iter()
         .map(|r| r.get(0))
         .collect();
-    assert_eq!(starts.len(), 200);
+    // (a run lost to a node fenced under load starts again: every start counts)
+    assert!(starts.len() >= 200, "{} starts", starts.len());
     // any one-second window: at most the rate plus the burst (a full bucket: 20 tokens)
     let mut busiest = 0;
     for (i, start) in starts.iter().enumerate() {
@@ -366,4 +367,57 @@ async fn fair_share_takes_turns_across_keys() {
         .expect("big")
         .get(0);
     assert_eq!(fifo_would, 13);
+}
+
+/// A key's own rate (a long_task.key_limit row with rate_limit): its starts are spaced while
+/// other keys start at once.
+#[tokio::test]
+async fn a_keys_own_rate_limit_spaces_only_that_key() {
+    let (_db, client) = migrated_db().await;
+    client
+        .batch_execute(
+            "INSERT INTO long_task.key_limit (group_id, key_pattern, rate_limit, rate_interval)
+             VALUES (0, 'api-%', 2, '1 second');
+             INSERT INTO long_task.task (group_id, state_id, topic, concurrency_key)
+             SELECT 0, 'AW', 't', k FROM unnest(ARRAY['api-x', 'api-x', 'api-x', 'api-x', 'free', 'free', 'free']) k;",
+        )
+        .await
+        .expect("setup");
+    let keys = |rows: Vec<tokio_postgres::Row>| {
+        rows.iter()
+            .map(|r| r.get::<_, String>(0))
+            .collect::<Vec<_>>()
+    };
+    let consume = "SELECT t.concurrency_key FROM long_task.consume(10) c
+                     JOIN long_task.task t ON t.id = c.id ORDER BY 1";
+    let first = keys(client.query(consume, &[]).await.expect("consume"));
+    // the bucket holds 2: two api-x now, every free one
+    assert_eq!(first, ["api-x", "api-x", "free", "free", "free"]);
+    assert!(keys(client.query(consume, &[]).await.expect("consume")).is_empty());
+    let view: (i32, f64) = {
+        let row = client
+            .query_one(
+                "SELECT max_running, tokens_left FROM long_task.limits WHERE kind = 'key rate'",
+                &[],
+            )
+            .await
+            .expect("view");
+        (row.get(0), row.get(1))
+    };
+    assert_eq!(view.0, 2);
+    tokio::time::sleep(Duration::from_millis(600)).await;
+    // one token back after half a second
+    assert_eq!(
+        keys(client.query(consume, &[]).await.expect("consume")),
+        ["api-x"]
+    );
+    let starved: bool = client
+        .query_one(
+            "SELECT starved FROM long_task.rate_bucket WHERE key = 'api-x'",
+            &[],
+        )
+        .await
+        .expect("bucket")
+        .get(0);
+    assert!(starved, "the empty bucket asks the scheduler for a wake");
 }

@@ -7,7 +7,8 @@
 -- time, so counts cannot race) it counts the group's running tasks (AE, AC: a lost node's runs
 -- count until they are handed back) and takes at most
 --   max_running - running, and at most the tokens in the group's bucket (refilled at rate_limit
---   per rate_interval, holding at most rate_limit: the burst),
+--   per rate_interval, holding at most rate_limit: the burst), and of each key at most its
+--   limit's worth and its own bucket's tokens (long_task.key_limit rows with a rate),
 -- passing over entries of keys at their limit (long_task.key_limit_of) without taking them. An
 -- entry whose key reaches its limit within this call goes back onto the ring. The caller claims
 -- the tasks in the same transaction (their AE is what the next claim counts). A claim cut short
@@ -36,6 +37,13 @@ DECLARE
     asked integer;
     seen integer;
     at timestamptz := clock_timestamp();
+    -- per key met: its rate (NULL: none), the tokens in its bucket now, and those taken
+    krates integer[] := '{}';
+    kpersec double precision[] := '{}';
+    ktokens double precision[] := '{}';
+    kused integer[] := '{}';
+    kstarved boolean[] := '{}';
+    kr record;
 BEGIN
     IF p_group_id IS NULL OR NOT long_task.group_limited(p_group_id) THEN
         RETURN QUERY SELECT r.task_id, r.lsc, r.concurrency_key
@@ -53,7 +61,7 @@ BEGIN
     IF s.rate_limit IS NOT NULL THEN
         per_sec := s.rate_limit / extract(epoch FROM s.rate_interval);
         SELECT least(s.rate_limit, b.tokens + per_sec * greatest(extract(epoch FROM at - b.refilled_at), 0))
-          INTO tokens FROM long_task.rate_bucket b WHERE b.group_id = p_group_id;
+          INTO tokens FROM long_task.rate_bucket b WHERE b.group_id = p_group_id AND b.key = '';
         tokens := coalesce(tokens, s.rate_limit);
         IF floor(tokens) < allow THEN
             allow := floor(tokens)::integer;
@@ -61,7 +69,7 @@ BEGIN
         END IF;
     END IF;
     keyed := s.key_limit IS NOT NULL OR EXISTS (SELECT 1 FROM long_task.key_limit kl WHERE kl.group_id = p_group_id);
-    IF allow > 0 AND NOT keyed AND s.fair_share THEN
+    IF allow > 0 AND NOT keyed AND coalesce(s.fair_share, false) THEN
         RETURN QUERY SELECT r.task_id, r.lsc, r.concurrency_key
                        FROM long_task.take_fair(allow, p_group_id, p_worker_id, p_topics, p_commands, p_pattern, '{}') r;
         GET DIAGNOSTICS got = ROW_COUNT;
@@ -84,10 +92,10 @@ BEGIN
             asked := allow - got;
             seen := 0;
             FOR e IN SELECT * FROM long_task.take_fair(asked, p_group_id, p_worker_id, p_topics, p_commands,
-                                                       p_pattern, blocked) WHERE s.fair_share
+                                                       p_pattern, blocked) WHERE coalesce(s.fair_share, false)
                      UNION ALL
                      SELECT * FROM long_task.take_ready(asked, p_group_id, p_worker_id, p_topics, p_commands,
-                                                        p_pattern, blocked) WHERE NOT s.fair_share LOOP
+                                                        p_pattern, blocked) WHERE NOT coalesce(s.fair_share, false) LOOP
                 seen := seen + 1;
                 IF e.concurrency_key IS NOT NULL THEN
                     k := array_position(keys, e.concurrency_key);
@@ -95,6 +103,27 @@ BEGIN
                         keys := keys || e.concurrency_key;
                         lefts := lefts || coalesce(long_task.key_limit_of(p_group_id, e.concurrency_key), 2147483647);
                         k := cardinality(keys);
+                    END IF;
+                    IF cardinality(krates) < k THEN
+                        -- the key's rate, met for the first time in this call (running keys
+                        -- were listed above without it)
+                        FOR i IN cardinality(krates) + 1 .. k LOOP
+                            SELECT * INTO kr FROM long_task.key_rate_of(p_group_id, keys[i]);
+                            krates := krates || kr.rate_limit;
+                            kpersec := kpersec || (kr.rate_limit / extract(epoch FROM kr.rate_interval))::double precision;
+                            ktokens := ktokens || CASE WHEN kr.rate_limit IS NOT NULL THEN coalesce(
+                                (SELECT least(kr.rate_limit, b.tokens + kr.rate_limit / extract(epoch FROM kr.rate_interval)
+                                                             * greatest(extract(epoch FROM at - b.refilled_at), 0))
+                                   FROM long_task.rate_bucket b WHERE b.group_id = p_group_id AND b.key = keys[i]),
+                                kr.rate_limit) END;
+                            kused := kused || 0;
+                            kstarved := kstarved || false;
+                        END LOOP;
+                    END IF;
+                    IF krates[k] IS NOT NULL AND ktokens[k] - kused[k] < 1 THEN
+                        -- its bucket is empty: back onto the ring, and the key sits out
+                        kstarved[k] := true;
+                        lefts[k] := 0;
                     END IF;
                     IF lefts[k] <= 0 THEN
                         -- its key reached its limit in this call: back onto the ring (from the row,
@@ -108,6 +137,10 @@ BEGIN
                         CONTINUE;
                     END IF;
                     lefts[k] := lefts[k] - 1;
+                    kused[k] := kused[k] + 1;
+                    IF krates[k] IS NOT NULL AND ktokens[k] - kused[k] < 1 THEN
+                        lefts[k] := 0;
+                    END IF;
                     IF lefts[k] = 0 THEN
                         blocked := blocked || e.concurrency_key;
                     END IF;
@@ -122,13 +155,24 @@ BEGIN
         END LOOP;
     END IF;
     IF s.rate_limit IS NOT NULL THEN
-        INSERT INTO long_task.rate_bucket AS b (group_id, tokens, refilled_at, starved)
-        VALUES (p_group_id, tokens - got, at, by_tokens AND got >= allow)
-        ON CONFLICT (group_id) DO UPDATE
+        INSERT INTO long_task.rate_bucket AS b (group_id, key, tokens, refilled_at, starved)
+        VALUES (p_group_id, '', tokens - got, at, by_tokens AND got >= allow)
+        ON CONFLICT (group_id, key) DO UPDATE
            SET tokens = excluded.tokens, refilled_at = excluded.refilled_at, starved = excluded.starved;
         IF by_tokens AND got >= allow THEN
             PERFORM pg_notify(long_task.channel(p_group_id), 'sched');
         END IF;
     END IF;
+    -- the buckets of keys with a rate of their own that this call met
+    FOR i IN 1 .. coalesce(cardinality(krates), 0) LOOP
+        CONTINUE WHEN krates[i] IS NULL;
+        INSERT INTO long_task.rate_bucket AS b (group_id, key, tokens, refilled_at, starved)
+        VALUES (p_group_id, keys[i], ktokens[i] - kused[i], at, kstarved[i])
+        ON CONFLICT (group_id, key) DO UPDATE
+           SET tokens = excluded.tokens, refilled_at = excluded.refilled_at, starved = excluded.starved;
+        IF kstarved[i] THEN
+            PERFORM pg_notify(long_task.channel(p_group_id), 'sched');
+        END IF;
+    END LOOP;
 END
 $$;

@@ -4,6 +4,8 @@
 --   kind 'key'    each key that runs or waits under a limit (long_task.key_limit_of): its
 --                 running tasks and waiting entries
 --   kind 'rate'   group_settings.rate_limit per rate_interval: the tokens left now
+--   kind 'key rate'  a long_task.key_limit row's rate_limit: waiting entries of its keys, the
+--                 tokens left of the bucket of the key it names (a pattern: of that text)
 -- Waiting counts entries of the ready ring (claimable tasks; an entry a claim has not yet found
 -- stale counts too). Read with the reader's privileges: row-level security applies to the
 -- tasks, and the ring's entries are limited here the same way (long_task.accessible_groups).
@@ -43,5 +45,15 @@ SELECT s.group_id, 'rate', NULL, s.rate_limit, NULL,
                                     * greatest(extract(epoch FROM clock_timestamp() - b.refilled_at), 0)),
                 s.rate_limit)
   FROM long_task.group_settings s
-  LEFT JOIN long_task.rate_bucket b ON b.group_id = s.group_id
- WHERE s.rate_limit IS NOT NULL;
+  LEFT JOIN long_task.rate_bucket b ON b.group_id = s.group_id AND b.key = ''
+ WHERE s.rate_limit IS NOT NULL
+UNION ALL
+SELECT kl.group_id, 'key rate', kl.key_pattern, kl.rate_limit, NULL,
+       (SELECT count(*) FROM ready r WHERE r.group_id = kl.group_id
+           AND (r.concurrency_key = kl.key_pattern OR r.concurrency_key LIKE kl.key_pattern)),
+       coalesce(least(kl.rate_limit, b.tokens + kl.rate_limit / extract(epoch FROM kl.rate_interval)
+                                     * greatest(extract(epoch FROM clock_timestamp() - b.refilled_at), 0)),
+                kl.rate_limit)
+  FROM long_task.key_limit kl
+  LEFT JOIN long_task.rate_bucket b ON b.group_id = kl.group_id AND b.key = kl.key_pattern
+ WHERE kl.rate_limit IS NOT NULL;

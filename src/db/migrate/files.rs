@@ -62,6 +62,7 @@ pub const MIGRATIONS: &[Migration] = migrations![
     16 "hand_over" "0016_hand_over.sql",
     17 "limits" "0017_limits.sql",
     18 "fair_share" "0018_fair_share.sql",
+    19 "key_rates" "0019_key_rates.sql",
 ];
 
 /// Every schema file, in the order applied (after the numbered migrations).
@@ -106,6 +107,7 @@ pub const SCHEMA_FILES: &[SchemaFile] = schema_files![
     "limits/limits_configured.sql",
     "limits/group_limited.sql",
     "limits/key_limit_of.sql",
+    "limits/key_rate_of.sql",
     "limits/take_fair.sql",
     "limits/take_limited.sql",
     "limits/rate_wake.sql",
