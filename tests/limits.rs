@@ -134,7 +134,10 @@ async fn a_rate_limit_spaces_the_starts() {
         )
         .await
         .expect("limits");
-    let _node = NodeProcess::start(&db.url, 1, &["--max-tasks", "8"]);
+    // default heartbeat timings: a node fenced under a loaded machine (FAST's 1 s timeout) would
+    // stop claiming while its bucket fills to the brim and tokens are lost, which is not what
+    // this test measures
+    let _node = NodeProcess::start_with(&db.url, 1, &["--max-tasks", "8"]);
     wait_node_ready(&client, 1).await;
     let queued: DateTime<Utc> = client
         .query_one(
@@ -177,9 +180,11 @@ async fn a_rate_limit_spaces_the_starts() {
         .collect();
     eprintln!("every 20th start, ms after queueing: {marks:?}");
     eprintln!("busiest second: {busiest} starts; 200 starts took {took} ms");
+    // 20/s and the burst of 20, plus the one token that accrues between the bucket's clock (read
+    // when a claim takes the limit lock) and the `started` its rows get a moment later
     assert!(
-        busiest <= 40,
-        "{busiest} starts in one second (20/s + burst 20)"
+        busiest <= 41,
+        "{busiest} starts in one second (20/s + burst 20 + 1)"
     );
     // 20 at once, then 180 at 20/s: 9 s, never less; no more than 10 % over
     assert!(

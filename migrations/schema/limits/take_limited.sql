@@ -36,7 +36,8 @@ DECLARE
     got integer := 0;
     asked integer;
     seen integer;
-    at timestamptz := clock_timestamp();
+    -- the bucket's clock: read once the lock is held (below)
+    at timestamptz;
     -- per key met: its rate (NULL: none), the tokens in its bucket now, and those taken
     krates integer[] := '{}';
     kpersec double precision[] := '{}';
@@ -51,6 +52,7 @@ BEGIN
         RETURN;
     END IF;
     PERFORM pg_advisory_xact_lock(long_task.ns_limit(), p_group_id);
+    at := clock_timestamp();
     -- (a group with only key_limit rows has no settings row: every setting is NULL)
     SELECT * INTO s FROM long_task.group_settings g WHERE g.group_id = p_group_id;
     IF s.max_running IS NOT NULL THEN
