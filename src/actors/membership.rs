@@ -110,7 +110,13 @@ impl Membership {
         let fut = async move {
             let client = match client {
                 Some(c) if !c.is_closed() => c,
-                _ => Arc::new(reconnect(&node).await?),
+                // bounded: a connection accepted but never answered (a half-open partition)
+                // would otherwise keep this round, hence every later beat, waiting
+                _ => Arc::new(
+                    tokio::time::timeout(db::connect_budget(&node.database_url), reconnect(&node))
+                        .await
+                        .map_err(|_| DbError::Timeout("reconnecting for the heartbeat"))??,
+                ),
             };
             let running = i32::try_from(node.running().len()).unwrap_or(i32::MAX);
             let lease = node.config.heartbeat_timeout;
