@@ -6,7 +6,9 @@
 //! Each beat also carries the host's load and available memory; while memory is under the
 //! configured floor (`min_free_memory`) the Dispatcher is told to claim nothing.
 //!
-//! On a lost connection it reconnects and takes the lock again. It also keeps the node's standing
+//! On a lost connection it reconnects (within `db::connect_budget`) and takes the lock again; the
+//! first heartbeat after the coordinator declared the node dead announces it again (`peer`, in
+//! `queries::heartbeat`), so a healed partition is watched at once. It also keeps the node's standing
 //! (`NodeContext::standing`): when no heartbeat has succeeded for `heartbeat_timeout` (cut off,
 //! or the whole process was stopped) the node fences itself — the Dispatcher kills every running
 //! process and claims nothing until a heartbeat succeeds again, and the Coordinator steps down.
