@@ -1,17 +1,20 @@
-//! The harness's hands: the node processes it owns (start, kill, stop/continue, restart), the task
-//! feeder, and the fault injector. Every signal goes to a pid this harness spawned.
+//! The harness's hands: the node processes it owns (start, kill, stop/continue, restart), their
+//! partition proxies (`proxy.rs`: one per node, the `partition` fault), the task feeder, and the
+//! fault injector. Every signal goes to a pid this harness spawned.
 
 use std::fs::OpenOptions;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
+use anyhow::Context as _;
 use nix::sys::signal::{kill, Signal};
 use nix::unistd::Pid;
 use rand::Rng;
 use tokio_postgres::Client;
 
 use super::postgres::Postgres;
+use super::proxy::Proxy;
 
 /// How many faults of each kind were injected.
 #[derive(Debug, Default, Clone)]
@@ -23,6 +26,7 @@ pub struct Counts {
     pub pg_restart: u32,
     pub pg_failover: u32,
     pub cancel: u32,
+    pub partition: u32,
     pub node_restart: u32,
 }
 
@@ -35,11 +39,12 @@ impl Counts {
             + self.pg_restart
             + self.pg_failover
             + self.cancel
+            + self.partition
     }
 
     pub fn summary(&self) -> String {
         format!(
-            "total={} kill_node={} kill_coordinator={} sigstop={} terminate_backend={} pg_restart={} pg_failover={} cancel={} node_restarts={}",
+            "total={} kill_node={} kill_coordinator={} sigstop={} terminate_backend={} pg_restart={} pg_failover={} cancel={} partition={} node_restarts={}",
             self.total(),
             self.kill_node,
             self.kill_coordinator,
@@ -48,6 +53,7 @@ impl Counts {
             self.pg_restart,
             self.pg_failover,
             self.cancel,
+            self.partition,
             self.node_restart
         )
     }
@@ -60,6 +66,10 @@ struct Node {
     stopped_until: Option<Instant>,
     /// Killed; restart at this time.
     restart_at: Option<Instant>,
+    /// Its proxy to PostgreSQL (none with a multi-host URL: the nodes connect directly).
+    proxy: Option<Proxy>,
+    /// Partitioned (its proxy blackholed) until then.
+    partitioned_until: Option<Instant>,
 }
 
 /// The node processes of the run.
@@ -78,25 +88,49 @@ impl Nodes {
         dir: &Path,
         n: usize,
         heartbeat_timeout: Duration,
+        partitions: bool,
     ) -> anyhow::Result<Nodes> {
         std::fs::create_dir_all(dir.join("logs"))?;
+        let mut nodes = Vec::with_capacity(n);
+        for worker_id in 1..=n as i64 {
+            let proxy = if partitions {
+                Some(Proxy::for_url(url).context("starting a partition proxy")?)
+            } else {
+                None
+            };
+            nodes.push(Node {
+                worker_id,
+                child: None,
+                stopped_until: None,
+                restart_at: None,
+                proxy,
+                partitioned_until: None,
+            });
+        }
         Ok(Nodes {
             exe: exe.to_owned(),
             url: url.to_owned(),
             dir: dir.to_owned(),
             heartbeat_timeout,
-            nodes: (1..=n as i64)
-                .map(|worker_id| Node {
-                    worker_id,
-                    child: None,
-                    stopped_until: None,
-                    restart_at: None,
-                })
-                .collect(),
+            nodes,
         })
     }
 
+    /// Whether the nodes talk through proxies that can be cut.
+    pub fn can_partition(&self) -> bool {
+        self.nodes.iter().all(|n| n.proxy.is_some())
+    }
+
     fn spawn(&self, worker_id: i64) -> anyhow::Result<Child> {
+        let url = match self
+            .nodes
+            .iter()
+            .find(|n| n.worker_id == worker_id)
+            .and_then(|n| n.proxy.as_ref())
+        {
+            Some(proxy) => proxy.url(&self.url),
+            None => self.url.clone(),
+        };
         let log = OpenOptions::new()
             .create(true)
             .append(true)
@@ -105,7 +139,7 @@ impl Nodes {
         let child = Command::new(&self.exe)
             .arg("node")
             .arg("--database-url")
-            .arg(&self.url)
+            .arg(&url)
             .arg("--worker-id")
             .arg(worker_id.to_string())
             .arg("--max-tasks")
@@ -166,6 +200,12 @@ impl Nodes {
                 self.nodes[i].stopped_until = None;
                 self.signal(i, Signal::SIGCONT);
             }
+            if self.nodes[i].partitioned_until.is_some_and(|t| t <= now) {
+                self.nodes[i].partitioned_until = None;
+                if let Some(proxy) = &self.nodes[i].proxy {
+                    proxy.heal();
+                }
+            }
             let exited = match self.nodes[i].child.as_mut() {
                 Some(child) => matches!(child.try_wait(), Ok(Some(_))),
                 None => true,
@@ -198,7 +238,11 @@ impl Nodes {
                 .child
                 .as_mut()
                 .is_some_and(|c| matches!(c.try_wait(), Ok(None)));
-            if running && node.stopped_until.is_none() && node.restart_at.is_none() {
+            if running
+                && node.stopped_until.is_none()
+                && node.restart_at.is_none()
+                && node.partitioned_until.is_none()
+            {
                 out.push(i);
             }
         }
@@ -213,11 +257,14 @@ impl Nodes {
         self.nodes[i].restart_at = Some(Instant::now() + restart_after);
     }
 
-    /// Ends every fault: continue stopped nodes, start killed ones.
+    /// Ends every fault: continue stopped nodes, start killed ones, heal partitions.
     pub fn heal(&mut self, counts: &mut Counts) -> anyhow::Result<()> {
         for node in &mut self.nodes {
             if node.stopped_until.is_some() {
                 node.stopped_until = Some(Instant::now());
+            }
+            if node.partitioned_until.is_some() {
+                node.partitioned_until = Some(Instant::now());
             }
             if node.restart_at.is_some() {
                 node.restart_at = Some(Instant::now());
@@ -324,6 +371,19 @@ pub async fn inject(
             nodes.signal(i, Signal::SIGSTOP);
             nodes.nodes[i].stopped_until = Some(Instant::now() + length);
             counts.stop_node += 1;
+        }
+        // half-open partition: the node's proxy blackholes its traffic (sockets stay open), most
+        // often past heartbeat_timeout (the node must fence itself), sometimes not
+        58..=64 if node_fault_ok && nodes.can_partition() => {
+            let i = healthy[rng.gen_range(0..healthy.len())];
+            let longest = nodes.heartbeat_timeout + Duration::from_secs(3);
+            let length = Duration::from_millis(rng.gen_range(300..longest.as_millis() as u64));
+            println!("fault: partition node {} for {length:?}", i + 1);
+            if let Some(proxy) = &nodes.nodes[i].proxy {
+                proxy.blackhole();
+            }
+            nodes.nodes[i].partitioned_until = Some(Instant::now() + length);
+            counts.partition += 1;
         }
         50..=64 if !healthy.is_empty() => {
             let i = healthy[rng.gen_range(0..healthy.len())];

@@ -8,12 +8,17 @@
 //!   soak:        chaos --duration 10m --rate 40 --max-task-secs 0.3 --fault-every 2s
 //!   failover:    chaos --duration 60s --pg-failover-every 15s   (a primary and a standby)
 //!
+//! Each node talks to PostgreSQL through its own proxy (`proxy.rs`), which the `partition` fault
+//! blackholes for a while (sockets open, nothing forwarded); not with `--pg-failover-every` (the
+//! nodes need the multi-host URL) or `--no-partition`.
+//!
 //! Owns only what it starts (its cluster directory, its PostgreSQL, its nodes): it must never
 //! signal any other process.
 
 mod check;
 mod faults;
 mod postgres;
+mod proxy;
 
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
@@ -56,6 +61,10 @@ struct Args {
     /// Never restart PostgreSQL.
     #[arg(long)]
     no_pg_restart: bool,
+    /// No `partition` fault: the nodes connect to PostgreSQL directly, not through a proxy each
+    /// (with `--pg-failover-every` they always do: the proxies forward to one server).
+    #[arg(long)]
+    no_partition: bool,
     /// Run PostgreSQL as a primary with a synchronous streaming standby, the nodes on a
     /// multi-host URL, and fail over to the standby this often (the `pg_failover` fault: kill
     /// the primary, promote the standby, rebuild the old primary as its standby).
@@ -148,7 +157,16 @@ async fn run_on(
     };
     let exec_log = dir.join("executions.log");
     std::fs::write(&exec_log, b"")?;
-    let mut nodes = Nodes::new(exe, &url, dir, args.nodes, args.heartbeat_timeout)?;
+    // a proxy per node (the `partition` fault) unless the nodes need the multi-host URL
+    let partitions = args.pg_failover_every.is_none() && !args.no_partition;
+    let mut nodes = Nodes::new(
+        exe,
+        &url,
+        dir,
+        args.nodes,
+        args.heartbeat_timeout,
+        partitions,
+    )?;
     nodes.start_all()?;
     nodes.wait_ready(Duration::from_secs(30)).await?;
 

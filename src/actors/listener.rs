@@ -3,8 +3,9 @@
 //! typed messages for the Dispatcher, Scheduler and Membership.
 //!
 //! Notifications are hints: the connection is checked with a bounded query every
-//! `listener_check_interval`; on any loss it reconnects with back-off, LISTENs again and asks
-//! every actor to resync from the tables (notifications sent while disconnected are gone).
+//! `listener_check_interval`; on any loss it reconnects with back-off (each connect bounded by
+//! `db::connect_budget`: a half-open partition accepts and never answers), LISTENs again and
+//! asks every actor to resync from the tables (notifications sent while disconnected are gone).
 //! Must never act on a notification's payload beyond routing it.
 
 use std::sync::Arc;
@@ -67,10 +68,18 @@ impl Listener {
         let purpose = self.node.session_purpose("listener");
         let tx = self.tx.clone();
         let channels = [group_channel(self.node.group_id), WORKER_CHANNEL.to_owned()];
+        // bounded: a connection accepted but never answered (a half-open partition) would
+        // otherwise leave the listener connecting, hence deaf, for good
+        let budget = db::connect_budget(&url);
         let fut = async move {
-            let (client, ended) = db::connect_listening(&url, &purpose, tx).await?;
-            db::listen(&client, &channels, "subscribing to notifications").await?;
-            Ok::<_, DbError>((client, ended))
+            let connect = async {
+                let (client, ended) = db::connect_listening(&url, &purpose, tx).await?;
+                db::listen(&client, &channels, "subscribing to notifications").await?;
+                Ok::<_, DbError>((client, ended))
+            };
+            tokio::time::timeout(budget, connect)
+                .await
+                .map_err(|_| DbError::Timeout("connecting the listener"))?
         };
         ctx.spawn(fut.into_actor(self).map(|result, act, ctx| {
             act.connecting = false;

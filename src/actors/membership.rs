@@ -6,7 +6,9 @@
 //! Each beat also carries the host's load and available memory; while memory is under the
 //! configured floor (`min_free_memory`) the Dispatcher is told to claim nothing.
 //!
-//! On a lost connection it reconnects and takes the lock again. It also keeps the node's standing
+//! On a lost connection it reconnects (within `db::connect_budget`) and takes the lock again; the
+//! first heartbeat after the coordinator declared the node dead announces it again (`peer`, in
+//! `queries::heartbeat`), so a healed partition is watched at once. It also keeps the node's standing
 //! (`NodeContext::standing`): when no heartbeat has succeeded for `heartbeat_timeout` (cut off,
 //! or the whole process was stopped) the node fences itself — the Dispatcher kills every running
 //! process and claims nothing until a heartbeat succeeds again, and the Coordinator steps down.
@@ -110,7 +112,13 @@ impl Membership {
         let fut = async move {
             let client = match client {
                 Some(c) if !c.is_closed() => c,
-                _ => Arc::new(reconnect(&node).await?),
+                // bounded: a connection accepted but never answered (a half-open partition)
+                // would otherwise keep this round, hence every later beat, waiting
+                _ => Arc::new(
+                    tokio::time::timeout(db::connect_budget(&node.database_url), reconnect(&node))
+                        .await
+                        .map_err(|_| DbError::Timeout("reconnecting for the heartbeat"))??,
+                ),
             };
             let running = i32::try_from(node.running().len()).unwrap_or(i32::MAX);
             let lease = node.config.heartbeat_timeout;

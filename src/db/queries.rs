@@ -392,7 +392,16 @@ pub async fn register_worker(
         )
         .await
         .map_err(DbError::query("registering the node"))?;
-    // The group's coordinator starts watching this node's liveness lock at once.
+    announce_peer(client, group_id).await?;
+    Ok(WorkerControl {
+        stop: row.get(0),
+        max_task_count: row.get(1),
+    })
+}
+
+/// Notifies the group that this node is live (`peer`): its coordinator runs a round at once and
+/// starts watching the node's liveness lock and heartbeat deadline.
+async fn announce_peer(client: &Client, group_id: i32) -> Result<(), DbError> {
     client
         .query_typed(
             "SELECT pg_notify(long_task.channel($1), $2)",
@@ -403,10 +412,7 @@ pub async fn register_worker(
         )
         .await
         .map_err(DbError::query("announcing the node"))?;
-    Ok(WorkerControl {
-        stop: row.get(0),
-        max_task_count: row.get(1),
-    })
+    Ok(())
 }
 
 /// Takes this node's liveness lock on its session; false when another live session holds it.
@@ -430,7 +436,10 @@ pub struct HostReport {
 }
 
 /// Records a heartbeat (with the host's load and memory when sampled) and reads back the live
-/// settings.
+/// settings. A heartbeat that makes the row active again (the coordinator had declared the node
+/// dead: it was cut off, then the partition healed, with no restart and so no registration)
+/// announces the node (`peer`), or a coordinator with no other live node would neither watch it
+/// nor time its next heartbeat deadline until its 30 s lone round.
 pub async fn heartbeat(
     client: &Client,
     worker_id: i64,
@@ -447,15 +456,16 @@ pub async fn heartbeat(
     let low = host.map(|h| h.low_memory);
     let row = client
         .query_typed(
-            "UPDATE long_task.worker
+            "UPDATE long_task.worker w
                 SET heartbeat_at = now(), task_count = $2,
                     locked_until = now() + make_interval(secs => $3), active = true,
-                    load1 = coalesce($4, load1), free_memory = coalesce($5, free_memory),
-                    total_memory = coalesce($6, total_memory),
-                    min_free_memory = coalesce($7, min_free_memory),
-                    low_memory = coalesce($8, low_memory)
-              WHERE id = $1
-          RETURNING stop, max_task_count",
+                    load1 = coalesce($4, w.load1), free_memory = coalesce($5, w.free_memory),
+                    total_memory = coalesce($6, w.total_memory),
+                    min_free_memory = coalesce($7, w.min_free_memory),
+                    low_memory = coalesce($8, w.low_memory)
+               FROM (SELECT id, active FROM long_task.worker WHERE id = $1) prev
+              WHERE w.id = $1 AND prev.id = w.id
+          RETURNING w.stop, w.max_task_count, NOT prev.active, w.group_id",
             &[
                 (&worker_id, Type::INT8),
                 (&running, Type::INT4),
@@ -472,10 +482,15 @@ pub async fn heartbeat(
         .into_iter()
         .next();
     match row {
-        Some(row) => Ok(WorkerControl {
-            stop: row.get(0),
-            max_task_count: row.get(1),
-        }),
+        Some(row) => {
+            if row.get::<_, bool>(2) {
+                announce_peer(client, row.get(3)).await?;
+            }
+            Ok(WorkerControl {
+                stop: row.get(0),
+                max_task_count: row.get(1),
+            })
+        }
         // The row was deleted by an operator: treat as "drain then exit".
         None => Ok(WorkerControl {
             stop: 2,

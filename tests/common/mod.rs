@@ -211,6 +211,9 @@ pub mod browser;
 pub mod cli;
 pub mod http;
 pub mod node;
+/// The chaos harness's partition proxy (one source for both: test-only code stays out of the library).
+#[path = "../../chaos-tests/proxy.rs"]
+pub mod proxy;
 pub mod roles;
 pub mod schema;
 pub mod standby;
