@@ -17,7 +17,7 @@ mod support;
 
 use std::time::{Duration, Instant};
 
-use support::{connect, env_usize, fresh_db, summary, BenchServer};
+use support::{connect, consume_and_ack, env_usize, fresh_db, summary, BenchServer};
 
 const CONFIGS: [(&str, &str); 3] = [
     ("no limits", ""),
@@ -50,32 +50,9 @@ async fn drain(url: &str, setup: &str, n: usize) -> f64 {
     let mut consumers = Vec::new();
     for _ in 0..4 {
         let url = url.to_owned();
-        consumers.push(tokio::spawn(async move {
-            let c = connect(&url).await;
-            let consume = c
-                .prepare("SELECT id FROM long_task.consume(100)")
-                .await
-                .expect("prepare");
-            let ack = c
-                .prepare("SELECT count(*) FROM long_task.ack_many($1)")
-                .await
-                .expect("prepare");
-            let mut done = 0usize;
-            loop {
-                let ids: Vec<i64> = c
-                    .query(&consume, &[])
-                    .await
-                    .expect("consume")
-                    .iter()
-                    .map(|r| r.get(0))
-                    .collect();
-                if ids.is_empty() {
-                    return done;
-                }
-                done += ids.len();
-                c.query_one(&ack, &[&ids]).await.expect("ack");
-            }
-        }));
+        consumers.push(tokio::spawn(
+            async move { consume_and_ack(&url, 100, 0).await },
+        ));
     }
     let mut total = 0;
     for c in consumers {

@@ -21,7 +21,7 @@ use tokio_postgres::Client;
 
 mod support;
 
-use support::{connect, env_usize, BenchServer};
+use support::{connect, consume_and_ack, env_usize, BenchServer};
 
 async fn fresh_db(admin_url: &str, name: &str) -> String {
     let sync_off = std::env::var("QUEUE_BENCH_SYNC_COMMIT").as_deref() == Ok("off");
@@ -52,41 +52,9 @@ async fn consumer_api(url: &str, n: usize) {
     let n_consumers = env_usize("QUEUE_BENCH_CONSUMERS", 4);
     for _ in 0..n_consumers {
         let url = url.to_owned();
+        // 1 s without work: the publisher is done
         consumers.push(tokio::spawn(async move {
-            let c = connect(&url).await;
-            // prepared once, as a consumer in any language would (one round trip per call)
-            let consume = c
-                .prepare("SELECT id FROM long_task.consume(100)")
-                .await
-                .expect("prepare consume");
-            let ack = c
-                .prepare("SELECT count(*) FROM long_task.ack_many($1)")
-                .await
-                .expect("prepare ack");
-            let mut done = 0usize;
-            let mut idle = 0;
-            loop {
-                let ids: Vec<i64> = c
-                    .query(&consume, &[])
-                    .await
-                    .expect("consume")
-                    .iter()
-                    .map(|r| r.get(0))
-                    .collect();
-                if ids.is_empty() {
-                    idle += 1;
-                    if idle > 200 {
-                        break; // 1 s without work: the publisher is done
-                    }
-                    tokio::time::sleep(Duration::from_millis(5)).await;
-                    continue;
-                }
-                idle = 0;
-                // the batch consumer's ack: one statement for the whole batch
-                c.execute(&ack, &[&ids]).await.expect("ack");
-                done += ids.len();
-            }
-            done
+            consume_and_ack(&url, 100, 200).await
         }));
     }
     publisher.await.expect("publisher");

@@ -113,3 +113,40 @@ pub fn summary(name: &str, mut v: Vec<std::time::Duration>) -> String {
         v.len()
     )
 }
+
+/// A batch consumer as one in any language would write it (statements prepared once, one round
+/// trip per call): `consume(batch)`, then one `ack_many` for the whole batch, until the queue
+/// has been empty for `idle_polls` polls 5 ms apart (0: the first empty answer ends it).
+/// Returns how many tasks it acknowledged.
+pub async fn consume_and_ack(url: &str, batch: i32, idle_polls: usize) -> usize {
+    let c = connect(url).await;
+    let consume = c
+        .prepare(&format!("SELECT id FROM long_task.consume({batch})"))
+        .await
+        .expect("prepare consume");
+    let ack = c
+        .prepare("SELECT count(*) FROM long_task.ack_many($1)")
+        .await
+        .expect("prepare ack");
+    let (mut done, mut idle) = (0usize, 0usize);
+    loop {
+        let ids: Vec<i64> = c
+            .query(&consume, &[])
+            .await
+            .expect("consume")
+            .iter()
+            .map(|r| r.get(0))
+            .collect();
+        if ids.is_empty() {
+            idle += 1;
+            if idle > idle_polls {
+                return done;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+            continue;
+        }
+        idle = 0;
+        c.execute(&ack, &[&ids]).await.expect("ack");
+        done += ids.len();
+    }
+}
