@@ -9,8 +9,8 @@
 //!   coordinator sends every `coordinator_interval` for the nodes beyond `watch_sessions`);
 //! - idle transactions/s of the whole fleet (`pg_stat_database.xact_commit`, 10 s, nothing queued);
 //! - SIGKILL failover p50/p99: a follower running one long task is killed, time until that task
-//!   runs again on another node (database polled every 5 ms); `FLEET_KILLS` trials, the victims
-//!   taken in turn, each split into watched (the coordinator had a watcher session on it) and
+//!   runs again on another node (database polled every 5 ms); `FLEET_KILLS` trials, victims
+//!   taken in turn from the polled and the watched nodes (when there are both), each split into watched (the coordinator had a watcher session on it) and
 //!   polled (its liveness lock read from `pg_locks` every `coordinator_interval`);
 //! - sessions: per node (min–max over the followers) and on the coordinator's node, and in
 //!   total, from `pg_stat_activity` by `application_name` (`pgtaskd w<id> …`), after the
@@ -283,66 +283,76 @@ impl Fleet {
         out
     }
 
-    /// Gives worker `victim` one long task (every other node takes nothing meanwhile); returns it.
-    async fn load(&self, victim: i64) -> (i64, Uuid) {
-        self.client
-            .batch_execute(
-                "UPDATE long_task.task SET state_id = 'AC' WHERE state_id IN ('AE', 'AW');
-                 UPDATE long_task.worker SET max_task_count = 0",
-            )
-            .await
-            .expect("reset");
-        self.wait("drain", async |c| {
-            c.query_one(
-                "SELECT count(*) FROM long_task.task WHERE state_id LIKE 'A%'",
-                &[],
-            )
-            .await
-            .map(|r| r.get::<_, i64>(0) == 0)
-            .unwrap_or(false)
-        })
-        .await;
-        self.client
-            .execute(
-                "UPDATE long_task.worker SET max_task_count = 1 WHERE id = $1",
-                &[&victim],
-            )
-            .await
-            .expect("limit");
-        let id: i64 = self
-            .client
-            .query_one(
-                "INSERT INTO long_task.task (group_id, state_id, command)
-                 VALUES (0, 'AW', '{sleep,1000}') RETURNING id",
-                &[],
-            )
-            .await
-            .expect("queue")
-            .get(0);
-        let mut run = None;
-        self.wait("the victim's claim", async |c| {
-            match c
-                .query_one(
-                    "SELECT run_id FROM long_task.task
-                      WHERE id = $1 AND state_id = 'AE' AND worker_id = $2",
-                    &[&id, &victim],
+    /// Gives worker `victim` one long task (every other node may take nothing meanwhile) and
+    /// returns it with its run and the worker that claimed it: a node that had not yet heard
+    /// of its limit of 0 may take it first, and then that node is the victim (never the
+    /// coordinator: then it is tried again).
+    async fn load(&self, victim: i64, coordinator: i64) -> (i64, Uuid, i64) {
+        loop {
+            self.client
+                .batch_execute(
+                    "UPDATE long_task.task SET state_id = 'AC' WHERE state_id IN ('AE', 'AW');
+                     UPDATE long_task.worker SET max_task_count = 0",
                 )
                 .await
-            {
-                Ok(r) => {
-                    run = r.get::<_, Option<Uuid>>(0);
-                    true
+                .expect("reset");
+            self.wait("drain", async |c| {
+                c.query_one(
+                    "SELECT count(*) FROM long_task.task WHERE state_id LIKE 'A%'",
+                    &[],
+                )
+                .await
+                .map(|r| r.get::<_, i64>(0) == 0)
+                .unwrap_or(false)
+            })
+            .await;
+            tokio::time::sleep(Duration::from_millis(200)).await;
+            self.client
+                .execute(
+                    "UPDATE long_task.worker SET max_task_count = 1 WHERE id = $1",
+                    &[&victim],
+                )
+                .await
+                .expect("limit");
+            let id: i64 = self
+                .client
+                .query_one(
+                    "INSERT INTO long_task.task (group_id, state_id, command)
+                     VALUES (0, 'AW', '{sleep,1000}') RETURNING id",
+                    &[],
+                )
+                .await
+                .expect("queue")
+                .get(0);
+            let mut claimed = None;
+            self.wait("a claim", async |c| {
+                match c
+                    .query_one(
+                        "SELECT run_id, worker_id FROM long_task.task
+                          WHERE id = $1 AND state_id = 'AE'",
+                        &[&id],
+                    )
+                    .await
+                {
+                    Ok(r) => {
+                        claimed = r.get::<_, Option<Uuid>>(0).zip(r.get::<_, Option<i64>>(1));
+                        claimed.is_some()
+                    }
+                    Err(_) => false,
                 }
-                Err(_) => false,
+            })
+            .await;
+            let slots = self.slots_per_node as i32;
+            self.client
+                .execute("UPDATE long_task.worker SET max_task_count = $1", &[&slots])
+                .await
+                .expect("limit");
+            if let Some((run, worker)) = claimed {
+                if worker != coordinator {
+                    return (id, run, worker);
+                }
             }
-        })
-        .await;
-        let slots = self.slots_per_node as i32;
-        self.client
-            .execute("UPDATE long_task.worker SET max_task_count = $1", &[&slots])
-            .await
-            .expect("limit");
-        (id, run.expect("a run id"))
+        }
     }
 
     /// Server time of one poll of every node's liveness lock (the coordinator's query for the
@@ -392,6 +402,14 @@ impl Fleet {
             .get(0);
         // the bench's own two reads and two clears
         (b - a - 2).max(0) as f64 / secs as f64
+    }
+}
+
+impl Drop for Fleet {
+    fn drop(&mut self) {
+        for i in 0..self.nodes.len() {
+            self.kill(i);
+        }
     }
 }
 
@@ -446,9 +464,27 @@ async fn measure(server: &BenchServer, n: usize, slots: usize, tasks: i64, kills
         .filter(|&i| fleet.nodes[i].worker != coordinator)
         .collect();
     for trial in 0..if victims.is_empty() { 0 } else { kills } {
-        let i = victims[trial % victims.len()];
-        let victim = fleet.nodes[i].worker;
-        let (task, run) = fleet.load(victim).await;
+        // Watched and polled victims in turn (when the fleet has both), each class in turn.
+        let (_, names) = fleet.sessions().await;
+        let prefix = format!("pgtaskd w{coordinator} watch w");
+        let watched_now: Vec<i64> = names
+            .iter()
+            .filter_map(|a| a.strip_prefix(&prefix))
+            .filter_map(|w| w.parse().ok())
+            .collect();
+        let class: Vec<usize> = victims
+            .iter()
+            .copied()
+            .filter(|&i| watched_now.contains(&fleet.nodes[i].worker) == (trial % 2 == 1))
+            .collect();
+        let pick = if class.is_empty() { &victims } else { &class };
+        let i = pick[(trial / 2) % pick.len()];
+        let (task, run, victim) = fleet.load(fleet.nodes[i].worker, coordinator).await;
+        let i = fleet
+            .nodes
+            .iter()
+            .position(|n| n.worker == victim)
+            .expect("the victim's node");
         let (_, names) = fleet.sessions().await;
         let has_watcher = names
             .iter()
