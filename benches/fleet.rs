@@ -16,9 +16,10 @@
 //!   total, from `pg_stat_activity` by `application_name` (`pgtaskd w<id> …`), after the
 //!   throughput run (pools warm).
 //!
-//! Prints the table; asserts nothing about timings. Debug build (shared machine):
+//! Prints the table; asserts nothing about timings. Build it, then run the binary:
 //!
-//!   cargo build --bench fleet && target/debug/deps/fleet-<hash>
+//!   cargo build --release --bench fleet && target/release/deps/fleet-<hash>
+//!   cargo build --bench fleet && target/debug/deps/fleet-<hash>     (debug)
 //!   FLEET_NODES=1,4,16,32 FLEET_SLOTS=32 FLEET_TASKS=2000 FLEET_KILLS=20 FLEET_WATCH_SESSIONS=8
 //!
 //! Uses `DATABASE_URL` as an admin URL when set (max_connections must cover the fleet: about
