@@ -74,6 +74,11 @@ pub struct NodeConfig {
     /// liveness lock comes free or a heartbeat deadline passes, else every `heartbeat_timeout`).
     #[serde(with = "humantime_serde")]
     pub coordinator_interval: Duration,
+    /// At most this many dedicated watcher sessions on the coordinator, each parked in a request
+    /// for one live node's liveness lock (a kill is noticed at once); the group's other live nodes
+    /// are checked by one `pg_locks` read every `coordinator_interval` (docs/clustering.md,
+    /// "Sessions"). 0: poll every node.
+    pub watch_sessions: usize,
     /// Where the node keeps local state (the outcome spool), scoped by installation and worker id
     /// (default: `$XDG_STATE_HOME/pgtaskd`, else `~/.local/state/pgtaskd`, else `/var/tmp/pgtaskd`).
     pub state_dir: Option<PathBuf>,
@@ -162,6 +167,7 @@ impl Default for NodeConfig {
             shutdown_grace: Duration::from_secs(30),
             listener_check_interval: Duration::from_secs(10),
             coordinator_interval: Duration::from_millis(250),
+            watch_sessions: 8,
             state_dir: None,
             tail_lines: 20,
             tail_bytes: 8 * 1024,

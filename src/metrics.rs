@@ -25,6 +25,7 @@ struct Metrics {
     tasks_finished: IntCounterVec,
     dispatch_latency: HistogramVec,
     run_duration: HistogramVec,
+    coordinator_rounds: HistogramVec,
     queue_depth: GaugeVec,
     oldest_waiting: GaugeVec,
     group_paused: GaugeVec,
@@ -50,6 +51,9 @@ struct Metrics {
 
 const LATENCY_BUCKETS: &[f64] = &[
     0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0,
+];
+const ROUND_BUCKETS: &[f64] = &[
+    0.0005, 0.001, 0.002, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 5.0,
 ];
 const DURATION_BUCKETS: &[f64] = &[
     0.01, 0.05, 0.1, 0.5, 1.0, 5.0, 10.0, 30.0, 60.0, 300.0, 900.0, 3600.0, 14400.0,
@@ -110,6 +114,14 @@ impl Metrics {
                 )
                 .buckets(DURATION_BUCKETS.to_vec()),
                 &["group", "state"]
+            )?),
+            coordinator_rounds: reg!(HistogramVec::new(
+                HistogramOpts::new(
+                    "pgtaskd_coordinator_round_seconds",
+                    "Wall time of this node's coordinator rounds (long_task.coordinate), by group."
+                )
+                .buckets(ROUND_BUCKETS.to_vec()),
+                &["group"]
             )?),
             queue_depth: reg!(GaugeVec::new(
                 Opts::new(
@@ -256,6 +268,15 @@ pub fn task_started(group_id: i32, waited: Option<f64>) {
                 .with_label_values(&[&group])
                 .observe(w.max(0.0));
         }
+    }
+}
+
+/// A coordinator round of `group_id` took `seconds` (the call of `long_task.coordinate`).
+pub fn coordinator_round(group_id: i32, seconds: f64) {
+    if let Some(m) = metrics() {
+        m.coordinator_rounds
+            .with_label_values(&[&group_id.to_string()])
+            .observe(seconds);
     }
 }
 

@@ -10,9 +10,13 @@
 //! (`long_task.become_coordinator`) and runs rounds of `long_task.coordinate`: dead nodes
 //! (liveness lock free, or heartbeat stale: sessions terminated first) have their tasks handed
 //! back, every write under the term. A round runs when a watcher sees a node's liveness lock come
-//! free (one blocked session per live node: a crash is noticed at once), just after the earliest
+//! free (one blocked session per live node, up to `watch_sessions`: a crash is noticed at once),
+//! when the poll of the live nodes beyond that cap (one `pg_locks` read every
+//! `coordinator_interval`, only while there are such nodes) finds one's lock free, just after the earliest
 //! heartbeat deadline (a hung node), and at least every `heartbeat_timeout` (30 s for a lone
-//! node) — never in a tight poll, so an idle cluster costs a query every few seconds. Once a
+//! node) — so an idle cluster of up to `watch_sessions + 1` nodes costs a query every few seconds,
+//! and a larger one a cheap `pg_locks` read every `coordinator_interval` besides (the
+//! coordinator's sessions stay bounded: docs/clustering.md, "Sessions"). Once a
 //! minute it also writes the group's queue-depth sample for the console (`long_task.sample_queue`,
 //! under the term). The Scheduler ticks only under the term.
 //!
@@ -182,6 +186,11 @@ async fn campaign(
 
     let (freed_tx, mut freed_rx) = mpsc::unbounded_channel::<i64>();
     let mut watchers = Watchers::default();
+    // The live nodes beyond `watch_sessions`: their liveness locks are read from `pg_locks`
+    // every `coordinator_interval` instead of each costing a session.
+    let mut polled: Vec<i64> = Vec::new();
+    let mut poll = tokio::time::interval(cfg.coordinator_interval);
+    poll.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut round_at = tokio::time::Instant::now();
     let mut sample_at = tokio::time::Instant::now();
     loop {
@@ -209,17 +218,31 @@ async fn campaign(
             Some(()) = poked.recv() => {
                 debug!(term, "a node joined the group");
             }
+            _ = poll.tick(), if !polled.is_empty() => {
+                let held = bounded(
+                    round_limit,
+                    "polling the liveness locks",
+                    cluster::liveness_locks_held(&client, &polled),
+                )
+                .await?;
+                if held >= polled.len() {
+                    continue;
+                }
+                info!(term, polled = polled.len(), held, "a polled node's liveness lock is free");
+            }
         }
         if !node.may_coordinate() {
             warn!(term, "own heartbeat is late: stepping down as coordinator");
             return Ok(());
         }
+        let started = std::time::Instant::now();
         let round = bounded(
             round_limit,
             "the coordinator round",
             cluster::coordinate(&client, group, me, term, cfg.heartbeat_timeout),
         )
         .await?;
+        crate::metrics::coordinator_round(group, started.elapsed().as_secs_f64());
         for action in &round.actions {
             if action.is_deposed() {
                 warn!(term, detail = ?action.detail, "no longer the coordinator");
@@ -238,7 +261,7 @@ async fn campaign(
         if !round.reconnecting.is_empty() {
             debug!(term, nodes = ?round.reconnecting, "nodes not back since the server restarted or failed over");
         }
-        watchers.keep(node, &round.live, &freed_tx);
+        polled = watchers.keep(node, &round.live, cfg.watch_sessions, &freed_tx);
         let deadlines: Vec<(i64, f64)> = round
             .live
             .iter()
@@ -274,31 +297,43 @@ fn next_round_in(cfg: &crate::config::NodeConfig, live: &[(i64, f64)]) -> Durati
     Duration::from_secs_f64(earliest).max(cfg.coordinator_interval)
 }
 
-/// One watcher per live node of the group: a task blocked on a dedicated session in a shared
-/// request for the node's liveness lock, which the server grants the moment the node's session
-/// ends. Death by crash or kill is thus noticed at once, with no query while nothing happens.
+/// Up to `watch_sessions` watchers, one per watched live node of the group: a task blocked on a
+/// dedicated session in a shared request for the node's liveness lock, which the server grants
+/// the moment the node's session ends. Death by crash or kill is thus noticed at once, with no
+/// query while nothing happens. The live nodes beyond the cap are polled (`pg_locks`, every
+/// `coordinator_interval`), so the coordinator's sessions stay bounded however large the fleet.
 #[derive(Default)]
 struct Watchers {
     tasks: HashMap<i64, tokio::task::JoinHandle<()>>,
 }
 
 impl Watchers {
-    /// Watches exactly the given live nodes (a watcher that ended, e.g. on a lost connection, is
-    /// started again).
+    /// Watches at most `cap` of the given live nodes — those already watched first, so a watcher
+    /// lives as long as its node (one that ended, e.g. on a lost connection, is started again) —
+    /// and returns the live nodes left to poll.
     fn keep(
         &mut self,
         node: &NodeContext,
         live: &[(i64, f64)],
+        cap: usize,
         freed: &mpsc::UnboundedSender<i64>,
-    ) {
+    ) -> Vec<i64> {
+        let (watched, polled) = split_watched(
+            self.tasks
+                .iter()
+                .filter(|(_, task)| !task.is_finished())
+                .map(|(w, _)| *w),
+            live,
+            cap,
+        );
         self.tasks.retain(|worker, task| {
-            let keep = !task.is_finished() && live.iter().any(|&(w, _)| w == *worker);
+            let keep = !task.is_finished() && watched.contains(worker);
             if !keep {
                 task.abort();
             }
             keep
         });
-        for &(worker, _) in live {
+        for worker in watched {
             self.tasks.entry(worker).or_insert_with(|| {
                 let url = node.database_url.clone();
                 let purpose = node.session_purpose(&format!("watch w{worker}"));
@@ -313,7 +348,33 @@ impl Watchers {
                 })
             });
         }
+        polled
     }
+}
+
+/// Which live nodes get a watcher session (at most `cap`: those watched now first, then in the
+/// round's order) and which are polled (the rest).
+fn split_watched(
+    watching: impl Iterator<Item = i64>,
+    live: &[(i64, f64)],
+    cap: usize,
+) -> (Vec<i64>, Vec<i64>) {
+    let watching: Vec<i64> = watching.collect();
+    let (mut watched, rest): (Vec<i64>, Vec<i64>) = live
+        .iter()
+        .map(|&(w, _)| w)
+        .partition(|w| watching.contains(w));
+    // more watched than the cap: the surplus is polled, never dropped
+    let mut polled = watched.split_off(cap.min(watched.len()));
+    let room = cap - watched.len();
+    for (i, w) in rest.into_iter().enumerate() {
+        if i < room {
+            watched.push(w);
+        } else {
+            polled.push(w);
+        }
+    }
+    (watched, polled)
 }
 
 impl Drop for Watchers {
@@ -374,6 +435,29 @@ mod tests {
             coordinator_interval: Duration::from_millis(250),
             ..NodeConfig::default()
         }
+    }
+
+    #[test]
+    fn watchers_are_capped_and_kept_for_the_nodes_they_watch() {
+        let live: Vec<(i64, f64)> = (1..=6).map(|w| (w, 1.0)).collect();
+        // a cold start: the first `cap` in the round's order, the rest polled
+        assert_eq!(
+            split_watched([].into_iter(), &live, 2),
+            (vec![1, 2], vec![3, 4, 5, 6])
+        );
+        // nodes already watched keep their watcher; a dead one's (9) is not counted
+        assert_eq!(
+            split_watched([5, 9].into_iter(), &live, 2),
+            (vec![5, 1], vec![2, 3, 4, 6])
+        );
+        // more watched than the cap: the surplus is polled, never dropped
+        assert_eq!(
+            split_watched([4, 5, 6].into_iter(), &live, 2),
+            (vec![4, 5], vec![6, 1, 2, 3])
+        );
+        // cap 0 polls everyone; a cap above the fleet watches everyone
+        assert_eq!(split_watched([].into_iter(), &live, 0).0, Vec::<i64>::new());
+        assert_eq!(split_watched([].into_iter(), &live, 8).1, Vec::<i64>::new());
     }
 
     #[test]

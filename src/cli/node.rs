@@ -56,6 +56,10 @@ pub struct NodeArgs {
     /// Least time between two coordinator rounds (e.g. 250ms).
     #[arg(long, env = "PGTASKD_COORDINATOR_INTERVAL", value_parser = humantime::parse_duration)]
     pub coordinator_interval: Option<std::time::Duration>,
+    /// Most dedicated watcher sessions of the coordinator (one per watched node; the others are
+    /// polled every coordinator interval; default 8).
+    #[arg(long, env = "PGTASKD_WATCH_SESSIONS")]
+    pub watch_sessions: Option<usize>,
     /// Local state directory (the outcome spool).
     #[arg(long, env = "PGTASKD_STATE_DIR")]
     pub state_dir: Option<PathBuf>,
@@ -129,6 +133,7 @@ impl NodeArgs {
         set!(output_capture_bytes, self.output_capture_bytes);
         set!(output_capture_keep, self.output_capture_keep);
         set!(coordinator_interval, self.coordinator_interval);
+        set!(watch_sessions, self.watch_sessions);
         if let Some(dir) = self.state_dir.clone() {
             cfg.state_dir = Some(dir);
         }

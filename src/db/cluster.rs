@@ -170,3 +170,18 @@ pub async fn watch_liveness_lock(client: &Client, worker_id: i64) -> Result<(), 
         .map_err(DbError::query("watching a node's liveness lock"))?;
     Ok(())
 }
+
+/// How many of `workers` hold their liveness lock now (one read of `pg_locks`): the coordinator's
+/// check of the live nodes it has no watcher session for. Fewer than `workers.len()` means one of
+/// them died (or lost its session) and a round is due.
+pub async fn liveness_locks_held(client: &Client, workers: &[i64]) -> Result<usize, DbError> {
+    let row = client
+        .query_one(
+            "SELECT count(*) FROM long_task.advisory_holders(long_task.ns_node()) h
+              WHERE h.key = ANY($1::bigint[])",
+            &[&workers],
+        )
+        .await
+        .map_err(DbError::query("reading the polled nodes' liveness locks"))?;
+    Ok(usize::try_from(row.get::<_, i64>(0)).unwrap_or(0))
+}
