@@ -13,6 +13,8 @@ CREATE OR REPLACE FUNCTION long_task.take_fair(
 RETURNS TABLE (task_id bigint, lsc timestamptz, concurrency_key text)
 LANGUAGE plpgsql AS $$
 DECLARE
+    -- the live slots, read once like take_ready does (not on every probe)
+    slots smallint[] := long_task.ready_live_slots();
     best integer;
     k record;
     e record;
@@ -25,7 +27,7 @@ DECLARE
     deleted integer;
 BEGIN
     SELECT r.priority INTO best FROM long_task.ready r
-     WHERE r.group_id = p_group_id AND r.slot = ANY (long_task.ready_live_slots())
+     WHERE r.group_id = p_group_id AND r.slot = ANY (slots)
      ORDER BY r.priority LIMIT 1;
     IF best IS NULL THEN
         RETURN;
@@ -41,7 +43,7 @@ BEGIN
               INTO e
               FROM long_task.ready r
              WHERE r.group_id = p_group_id AND r.concurrency_key = k.key
-               AND r.slot = ANY (long_task.ready_live_slots())
+               AND r.slot = ANY (slots)
                AND CASE WHEN p_worker_id IS NOT NULL
                         THEN (r.worker_id IS NULL OR r.worker_id = p_worker_id)
                              AND ((r.has_command OR r.topic IS NULL) AND p_commands OR r.topic = ANY (p_topics))
@@ -81,7 +83,7 @@ BEGIN
         IF NOT progress THEN
             -- this priority is done: the next one, every key again
             SELECT r.priority INTO best FROM long_task.ready r
-             WHERE r.group_id = p_group_id AND r.slot = ANY (long_task.ready_live_slots())
+             WHERE r.group_id = p_group_id AND r.slot = ANY (slots)
                AND r.priority > best
              ORDER BY r.priority LIMIT 1;
             EXIT WHEN best IS NULL;

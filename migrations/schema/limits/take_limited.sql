@@ -28,6 +28,9 @@ DECLARE
     per_sec double precision;
     by_tokens boolean := false;
     keyed boolean;
+    -- takes turns across keys (group_settings.fair_share; a group with key_limit rows only has
+    -- no settings row)
+    fair boolean;
     keys text[];
     lefts integer[];
     blocked text[];
@@ -70,8 +73,9 @@ BEGIN
             by_tokens := true;
         END IF;
     END IF;
+    fair := coalesce(s.fair_share, false);
     keyed := s.key_limit IS NOT NULL OR EXISTS (SELECT 1 FROM long_task.key_limit kl WHERE kl.group_id = p_group_id);
-    IF allow > 0 AND NOT keyed AND coalesce(s.fair_share, false) THEN
+    IF allow > 0 AND NOT keyed AND fair THEN
         RETURN QUERY SELECT r.task_id, r.lsc, r.concurrency_key
                        FROM long_task.take_fair(allow, p_group_id, p_worker_id, p_topics, p_commands, p_pattern, '{}') r;
         GET DIAGNOSTICS got = ROW_COUNT;
@@ -94,10 +98,10 @@ BEGIN
             asked := allow - got;
             seen := 0;
             FOR e IN SELECT * FROM long_task.take_fair(asked, p_group_id, p_worker_id, p_topics, p_commands,
-                                                       p_pattern, blocked) WHERE coalesce(s.fair_share, false)
+                                                       p_pattern, blocked) WHERE fair
                      UNION ALL
                      SELECT * FROM long_task.take_ready(asked, p_group_id, p_worker_id, p_topics, p_commands,
-                                                        p_pattern, blocked) WHERE NOT coalesce(s.fair_share, false) LOOP
+                                                        p_pattern, blocked) WHERE NOT fair LOOP
                 seen := seen + 1;
                 IF e.concurrency_key IS NOT NULL THEN
                     k := array_position(keys, e.concurrency_key);
@@ -156,25 +160,21 @@ BEGIN
             EXIT WHEN seen < asked OR got >= allow;
         END LOOP;
     END IF;
-    IF s.rate_limit IS NOT NULL THEN
-        INSERT INTO long_task.rate_bucket AS b (group_id, key, tokens, refilled_at, starved)
-        VALUES (p_group_id, '', tokens - got, at, by_tokens AND got >= allow)
-        ON CONFLICT (group_id, key) DO UPDATE
-           SET tokens = excluded.tokens, refilled_at = excluded.refilled_at, starved = excluded.starved;
-        IF by_tokens AND got >= allow THEN
-            PERFORM pg_notify(long_task.channel(p_group_id), 'sched');
-        END IF;
+    -- the buckets this call used: the group's (key '') and those of the keys with a rate of
+    -- their own that it met; a starved one asks the coordinator's scheduler for a wake
+    INSERT INTO long_task.rate_bucket AS b (group_id, key, tokens, refilled_at, starved)
+    SELECT p_group_id, u.key, u.left_tokens, at, u.empty
+      FROM (SELECT ''::text AS key, tokens - got AS left_tokens, by_tokens AND got >= allow AS empty
+             WHERE s.rate_limit IS NOT NULL
+            UNION ALL
+            SELECT k.key, k.had - k.used, k.empty
+              FROM unnest(keys[1:cardinality(krates)], krates, ktokens, kused, kstarved)
+                   AS k(key, rate, had, used, empty)
+             WHERE k.rate IS NOT NULL) u
+    ON CONFLICT (group_id, key) DO UPDATE
+       SET tokens = excluded.tokens, refilled_at = excluded.refilled_at, starved = excluded.starved;
+    IF (s.rate_limit IS NOT NULL AND by_tokens AND got >= allow) OR true = ANY (kstarved) THEN
+        PERFORM pg_notify(long_task.channel(p_group_id), 'sched');
     END IF;
-    -- the buckets of keys with a rate of their own that this call met
-    FOR i IN 1 .. coalesce(cardinality(krates), 0) LOOP
-        CONTINUE WHEN krates[i] IS NULL;
-        INSERT INTO long_task.rate_bucket AS b (group_id, key, tokens, refilled_at, starved)
-        VALUES (p_group_id, keys[i], ktokens[i] - kused[i], at, kstarved[i])
-        ON CONFLICT (group_id, key) DO UPDATE
-           SET tokens = excluded.tokens, refilled_at = excluded.refilled_at, starved = excluded.starved;
-        IF kstarved[i] THEN
-            PERFORM pg_notify(long_task.channel(p_group_id), 'sched');
-        END IF;
-    END LOOP;
 END
 $$;
