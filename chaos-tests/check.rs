@@ -202,40 +202,14 @@ pub async fn run(
 
     // No limit exceeded: the most attempts that overlapped, overall and per key, from task_run
     // (a lost node's run ends there when it was handed back, so it counts until then).
-    let history = client
-        .query(
-            "SELECT r.started, r.finished, t.concurrency_key FROM long_task.task_run r
-               JOIN long_task.task t ON t.id = r.task_id WHERE r.started IS NOT NULL",
-            &[],
-        )
-        .await?;
-    let mut events = Vec::with_capacity(history.len() * 2);
-    for row in &history {
-        let key: Option<String> = row.get(2);
-        let started: chrono::DateTime<chrono::Utc> = row.get(0);
-        let finished: Option<chrono::DateTime<chrono::Utc>> = row.get(1);
-        events.push((started, 1i64, key.clone()));
-        events.push((finished.unwrap_or(started), -1, key));
-    }
-    events.sort_by(|a, b| a.0.cmp(&b.0).then(a.1.cmp(&b.1)));
-    let (mut now, mut most_running) = (0i64, 0usize);
-    let mut per_key: HashMap<String, (i64, usize)> = HashMap::new();
-    for (_, delta, key) in events {
-        now += delta;
-        most_running = most_running.max(now.max(0) as usize);
-        if let Some(key) = key {
-            let k = per_key.entry(key).or_default();
-            k.0 += delta;
-            k.1 = k.1.max(k.0.max(0) as usize);
-        }
-    }
+    let (most_running, per_key) = super::overlap::most_overlapping(&client).await?;
     if let Some(max) = limits.max_running.filter(|max| most_running > *max) {
         violate(format!(
             "{most_running} runs overlapped: the group limit is {max}"
         ));
     }
     if let Some(max) = limits.key_limit {
-        for (key, (_, most)) in &per_key {
+        for (key, most) in &per_key {
             if *most > max {
                 violate(format!(
                     "{most} runs of key {key} overlapped: the key limit is {max}"

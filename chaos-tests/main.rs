@@ -17,6 +17,7 @@
 
 mod check;
 mod faults;
+mod overlap;
 mod postgres;
 mod proxy;
 

@@ -6,48 +6,12 @@
 
 mod common;
 
-use std::collections::HashMap;
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
 use common::migrated_db;
 use common::node::{wait_node_ready, NodeProcess};
 use tokio_postgres::Client;
-
-/// The most runs that overlapped, overall and per key, from task_run (an end at the same
-/// instant as a start counts first).
-async fn max_overlap(client: &Client) -> (usize, HashMap<String, usize>) {
-    let rows = client
-        .query(
-            "SELECT r.started, r.finished, t.concurrency_key FROM long_task.task_run r
-               JOIN long_task.task t ON t.id = r.task_id",
-            &[],
-        )
-        .await
-        .expect("history");
-    let mut events: Vec<(DateTime<Utc>, i32, Option<String>)> = Vec::new();
-    for row in rows {
-        let key: Option<String> = row.get(2);
-        events.push((row.get(0), 1, key.clone()));
-        events.push((row.get(1), -1, key));
-    }
-    events.sort_by(|a, b| a.0.cmp(&b.0).then(a.1.cmp(&b.1)));
-    let (mut now, mut most) = (0i64, 0usize);
-    let mut per_key: HashMap<String, (i64, usize)> = HashMap::new();
-    for (_, delta, key) in events {
-        now += delta as i64;
-        most = most.max(now as usize);
-        if let Some(key) = key {
-            let entry = per_key.entry(key).or_default();
-            entry.0 += delta as i64;
-            entry.1 = entry.1.max(entry.0 as usize);
-        }
-    }
-    (
-        most,
-        per_key.into_iter().map(|(k, (_, m))| (k, m)).collect(),
-    )
-}
 
 async fn wait_all_done(client: &Client, total: i64, limit: Duration) {
     let done = common::node::wait_until(limit, || async {
@@ -101,7 +65,9 @@ async fn group_and_key_limits_hold_across_four_nodes() {
             .expect("queue");
     }
     wait_all_done(&client, 1000, Duration::from_secs(120)).await;
-    let (most, per_key) = max_overlap(&client).await;
+    let (most, per_key) = common::overlap::most_overlapping(&client)
+        .await
+        .expect("history");
     eprintln!("most running at once: {most}, per key: {per_key:?}");
     assert!(most <= 5, "{most} ran at once (limit 5)");
     assert_eq!(per_key.len(), 3);

@@ -214,6 +214,10 @@ pub mod node;
 /// The chaos harness's partition proxy (one source for both: test-only code stays out of the library).
 #[path = "../../chaos-tests/proxy.rs"]
 pub mod proxy;
+
+/// The chaos checker's overlap of runs (the check that concurrency limits held).
+#[path = "../../chaos-tests/overlap.rs"]
+pub mod overlap;
 pub mod roles;
 pub mod schema;
 pub mod standby;
