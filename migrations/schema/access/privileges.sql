@@ -175,7 +175,7 @@ BEGIN
     GRANT UPDATE (stop, max_task_count) ON long_task.worker TO pgtaskd_operator;
     GRANT INSERT, UPDATE, DELETE ON long_task.group_settings, long_task.key_limit TO pgtaskd_operator;
     GRANT EXECUTE ON FUNCTION long_task.worker_notify, long_task.group_settings_notify,
-                              long_task.key_limit_notify,
+                              long_task.key_limit_notify, long_task.ns_pause,
                               long_task.pause_group, long_task.resume_group,
                               -- SECURITY DEFINER: it re-queues runs through hand_back, which
                               -- the operator may not call itself

@@ -27,6 +27,8 @@ DECLARE
     got integer;
     g long_task.group_settings%ROWTYPE;
 BEGIN
+    -- a pause waits for this claim, and this claim for a pause being committed (ns_pause)
+    PERFORM pg_advisory_xact_lock_shared(long_task.ns_pause(), p_group_id);
     SELECT * INTO g FROM long_task.group_settings s WHERE s.group_id = p_group_id;
     -- a paused group starts nothing (long_task.pause_group); its ring entries stay for later
     IF coalesce(g.paused, false) THEN

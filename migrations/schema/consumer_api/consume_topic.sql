@@ -27,6 +27,7 @@ BEGIN
         IF allowed IS NOT NULL THEN
             PERFORM long_task.check_group_access(p_group_id, session_user);
         END IF;
+        PERFORM pg_advisory_xact_lock_shared(long_task.ns_pause(), p_group_id);
         IF EXISTS (SELECT 1 FROM long_task.group_settings s WHERE s.group_id = p_group_id AND s.paused) THEN
             RETURN;
         END IF;

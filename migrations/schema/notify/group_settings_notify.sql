@@ -3,6 +3,10 @@
 CREATE OR REPLACE FUNCTION long_task.group_settings_notify() RETURNS trigger
 LANGUAGE plpgsql AS $$
 BEGIN
+    -- a pause waits for the group's claims in flight (they hold ns_pause shared)
+    IF NEW.paused AND (TG_OP = 'INSERT' OR NOT OLD.paused) THEN
+        PERFORM pg_advisory_xact_lock(long_task.ns_pause(), NEW.group_id);
+    END IF;
     IF NOT NEW.paused AND (TG_OP = 'UPDATE' AND OLD.paused)
        -- a limit changed (raised, or removed): more may start
        OR TG_OP = 'UPDATE' AND (NEW.max_running, NEW.key_limit, NEW.rate_limit, NEW.rate_interval)

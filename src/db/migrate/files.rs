@@ -100,6 +100,7 @@ pub const SCHEMA_FILES: &[SchemaFile] = schema_files![
     "state_machine/task_deps_before_insert.sql",
     "notify/task_after_write.sql",
     "notify/worker_notify.sql",
+    "control/ns_pause.sql",
     "notify/group_settings_notify.sql",
     "notify/key_limit_notify.sql",
     // concurrency and rate limits: what a limited claim may take
