@@ -1,6 +1,6 @@
 //! The harness's hands: the node processes it owns (start, kill, stop/continue, restart), their
-//! partition proxies (`proxy.rs`: one per node, the `partition` fault), the task feeder, and the
-//! fault injector. Every signal goes to a pid this harness spawned.
+//! partition proxies (`proxy.rs`: one per node, a port per server; the `partition` fault), the
+//! task feeder, and the fault injector. Every signal goes to a pid this harness spawned.
 
 use std::fs::OpenOptions;
 use std::path::{Path, PathBuf};
@@ -66,7 +66,7 @@ struct Node {
     stopped_until: Option<Instant>,
     /// Killed; restart at this time.
     restart_at: Option<Instant>,
-    /// Its proxy to PostgreSQL (none with a multi-host URL: the nodes connect directly).
+    /// Its proxy to PostgreSQL, a port per server (none with `--no-partition`).
     proxy: Option<Proxy>,
     /// Partitioned (its proxy blackholed) until then.
     partitioned_until: Option<Instant>,

@@ -8,9 +8,12 @@
 //!   soak:        chaos --duration 10m --rate 40 --max-task-secs 0.3 --fault-every 2s
 //!   failover:    chaos --duration 60s --pg-failover-every 15s   (a primary and a standby)
 //!
-//! Each node talks to PostgreSQL through its own proxy (`proxy.rs`), which the `partition` fault
-//! blackholes for a while (sockets open, nothing forwarded); not with `--pg-failover-every` (the
-//! nodes need the multi-host URL) or `--no-partition`.
+//!   soak with every fault (30 min, README):
+//!                chaos --duration 30m --pg-failover-every 60s --fault-every 3s
+//!
+//! Each node talks to PostgreSQL through its own proxy (`proxy.rs`: a port per server, so with a
+//! standby the node's multi-host URL still names both), which the `partition` fault blackholes
+//! for a while (sockets open, nothing forwarded); not with `--no-partition`.
 //!
 //! Owns only what it starts (its cluster directory, its PostgreSQL, its nodes): it must never
 //! signal any other process.
@@ -62,8 +65,7 @@ struct Args {
     /// Never restart PostgreSQL.
     #[arg(long)]
     no_pg_restart: bool,
-    /// No `partition` fault: the nodes connect to PostgreSQL directly, not through a proxy each
-    /// (with `--pg-failover-every` they always do: the proxies forward to one server).
+    /// No `partition` fault: the nodes connect to PostgreSQL directly, not through a proxy each.
     #[arg(long)]
     no_partition: bool,
     /// Run PostgreSQL as a primary with a synchronous streaming standby, the nodes on a
@@ -158,8 +160,8 @@ async fn run_on(
     };
     let exec_log = dir.join("executions.log");
     std::fs::write(&exec_log, b"")?;
-    // a proxy per node (the `partition` fault) unless the nodes need the multi-host URL
-    let partitions = args.pg_failover_every.is_none() && !args.no_partition;
+    // a proxy per node (the `partition` fault), a port per server of the multi-host URL
+    let partitions = !args.no_partition;
     let mut nodes = Nodes::new(
         exe,
         &url,

@@ -1,19 +1,22 @@
 //! A TCP proxy that can cut a half-open network partition: one listener on 127.0.0.1 (a free
-//! port) forwarding every connection to one upstream address (the harness's PostgreSQL).
-//! `blackhole()` stops forwarding in both directions without closing a socket — bytes already
-//! read are held, nothing more is read, so the kernels' buffers fill and both peers see a
-//! silent, open connection, as behind a dead middlebox; new connections are accepted and
-//! stalled. `heal()` resumes every held connection where it stopped (what was sent meanwhile
-//! arrives late; an end, e.g. of a session the server terminated, arrives after its data).
+//! port) per upstream address (the harness's PostgreSQL, or each server of a primary/standby
+//! pair), all behind one cut switch. `blackhole()` stops forwarding in both directions on every
+//! listener without closing a socket — bytes already read are held, nothing more is read, so the
+//! kernels' buffers fill and both peers see a silent, open connection, as behind a dead
+//! middlebox; new connections are accepted and stalled. `heal()` resumes every held connection
+//! where it stopped (what was sent meanwhile arrives late; an end, e.g. of a session the server
+//! terminated, arrives after its data). With several upstreams a node's multi-host URL is
+//! rewritten host by host (`url`), so a node behind the proxy still follows a failover and a
+//! partition still cuts it from every server at once.
 //!
 //! TCP keepalives and `tcp_user_timeout` cannot see this cut: each peer's socket ends at the
 //! proxy, whose kernel answers probes and acknowledges data. Only the node's own timeouts
 //! (bounded queries and connects, the heartbeat age) notice it.
 //!
-//! Used by the chaos binary (`chaos-tests/main.rs`) and the integration tests (`tests/common/`,
-//! through a `#[path]` module), so it depends on nothing but tokio and std. It runs on its own
-//! thread and runtime, so a caller that blocks (a test waiting for a process) does not stall
-//! it. Dropping the proxy closes every connection it holds.
+//! Used by the chaos binary (`chaos-tests/main.rs`), the integration tests (`tests/common/`,
+//! through a `#[path]` module) and the failover bench, so it depends on nothing but tokio and
+//! std. It runs on its own thread and runtime, so a caller that blocks (a test waiting for a
+//! process) does not stall it. Dropping the proxy closes every connection it holds.
 
 #![allow(dead_code)]
 
@@ -24,10 +27,10 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::watch;
 
-/// One proxy: a listening port, its upstream, the cut switch.
+/// One proxy: a listening port per upstream, one cut switch for all.
 pub struct Proxy {
-    addr: SocketAddr,
-    upstream: SocketAddr,
+    /// (listening address, upstream it forwards to), in the order given.
+    routes: Vec<(SocketAddr, SocketAddr)>,
     cut: Arc<watch::Sender<bool>>,
     shutdown: Option<tokio::sync::oneshot::Sender<()>>,
     thread: Option<std::thread::JoinHandle<()>>,
@@ -36,9 +39,19 @@ pub struct Proxy {
 impl Proxy {
     /// Listens on 127.0.0.1 (a free port) and forwards to `upstream`, healed.
     pub fn start(upstream: SocketAddr) -> std::io::Result<Proxy> {
-        let listener = StdListener::bind("127.0.0.1:0")?;
-        listener.set_nonblocking(true)?;
-        let addr = listener.local_addr()?;
+        Proxy::start_many(&[upstream])
+    }
+
+    /// One listener (a free port on 127.0.0.1) per upstream, all healed and cut together.
+    pub fn start_many(upstreams: &[SocketAddr]) -> std::io::Result<Proxy> {
+        let mut listeners = Vec::with_capacity(upstreams.len());
+        let mut routes = Vec::with_capacity(upstreams.len());
+        for &upstream in upstreams {
+            let listener = StdListener::bind("127.0.0.1:0")?;
+            listener.set_nonblocking(true)?;
+            routes.push((listener.local_addr()?, upstream));
+            listeners.push((listener, upstream));
+        }
         let (cut, _) = watch::channel(false);
         let cut = Arc::new(cut);
         let (shutdown, stopped) = tokio::sync::oneshot::channel::<()>();
@@ -46,43 +59,50 @@ impl Proxy {
             .enable_all()
             .build()?;
         let state = cut.clone();
+        let name = routes.first().map_or(0, |(addr, _)| addr.port());
         let thread = std::thread::Builder::new()
-            .name(format!("proxy-{}", addr.port()))
+            .name(format!("proxy-{name}"))
             .spawn(move || {
                 runtime.block_on(async move {
-                    let Ok(listener) = TcpListener::from_std(listener) else {
-                        return;
-                    };
-                    tokio::select! {
-                        _ = accept_loop(listener, upstream, state) => {}
-                        _ = stopped => {}
+                    let mut loops = tokio::task::JoinSet::new();
+                    for (listener, upstream) in listeners {
+                        let Ok(listener) = TcpListener::from_std(listener) else {
+                            return;
+                        };
+                        loops.spawn(accept_loop(listener, upstream, state.clone()));
                     }
+                    let _ = stopped.await;
+                    loops.abort_all();
                 });
                 // dropping the runtime drops every connection task, closing their sockets
             })?;
         Ok(Proxy {
-            addr,
-            upstream,
+            routes,
             cut,
             shutdown: Some(shutdown),
             thread: Some(thread),
         })
     }
 
-    /// A proxy for the host and port of a `postgresql://user@host:port/db` URL (one host).
+    /// A proxy for every `host:port` of a `postgresql://user@host:port[,host:port…]/db` URL.
     pub fn for_url(url: &str) -> std::io::Result<Proxy> {
-        Proxy::start(upstream_of(url)?)
+        Proxy::start_many(&upstreams_of(url)?)
     }
 
-    /// The port clients connect to.
+    /// The port clients connect to (the first upstream's).
     pub fn port(&self) -> u16 {
-        self.addr.port()
+        self.routes[0].0.port()
     }
 
-    /// `url` (which names the upstream's port) pointed at this proxy instead.
+    /// `url` (which names the upstreams' `host:port`s) pointed at this proxy instead, host by
+    /// host.
     pub fn url(&self, url: &str) -> String {
-        let upstream = format!("{}:{}", self.upstream.ip(), self.upstream.port());
-        url.replacen(&upstream, &format!("127.0.0.1:{}", self.port()), 1)
+        let mut url = url.to_owned();
+        for (listen, upstream) in &self.routes {
+            let upstream = format!("{}:{}", upstream.ip(), upstream.port());
+            url = url.replacen(&upstream, &format!("127.0.0.1:{}", listen.port()), 1);
+        }
+        url
     }
 
     /// Cuts the partition: nothing is forwarded either way, no socket is closed, new
@@ -112,17 +132,18 @@ impl Drop for Proxy {
     }
 }
 
-/// The `host:port` of a one-host `postgresql://` URL, resolved (127.0.0.1 in the harness).
-pub fn upstream_of(url: &str) -> std::io::Result<SocketAddr> {
+/// The `host:port`s of a `postgresql://` URL (one or several hosts), resolved (127.0.0.1 in the
+/// harness).
+pub fn upstreams_of(url: &str) -> std::io::Result<Vec<SocketAddr>> {
     use std::net::ToSocketAddrs;
     let invalid = || std::io::Error::new(std::io::ErrorKind::InvalidInput, url.to_owned());
     let rest = url.split_once("://").ok_or_else(invalid)?.1;
     let authority = rest.split(['/', '?']).next().ok_or_else(invalid)?;
-    let host_port = authority.rsplit('@').next().ok_or_else(invalid)?;
-    if host_port.contains(',') {
-        return Err(invalid());
-    }
-    host_port.to_socket_addrs()?.next().ok_or_else(invalid)
+    let hosts = authority.rsplit('@').next().ok_or_else(invalid)?;
+    hosts
+        .split(',')
+        .map(|host_port| host_port.to_socket_addrs()?.next().ok_or_else(invalid))
+        .collect()
 }
 
 async fn accept_loop(listener: TcpListener, upstream: SocketAddr, cut: Arc<watch::Sender<bool>>) {

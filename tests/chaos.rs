@@ -58,7 +58,8 @@ fn a_short_chaos_run_keeps_every_invariant() {
 
 /// The same faults on a primary with a synchronous standby, failing over to it every 12 s
 /// (`pg_failover`: the primary killed, the standby promoted, the old primary rebuilt as its
-/// standby): the nodes follow on their multi-host URL and every invariant still holds.
+/// standby): the nodes follow on their multi-host URL (through their partition proxies, a port
+/// per server, so `partition` faults mix in) and every invariant still holds.
 #[test]
 fn a_short_chaos_run_with_postgresql_failovers_keeps_every_invariant() {
     let summary = chaos_run("failover", &["--pg-failover-every", "12s"]);

@@ -390,3 +390,56 @@ async fn a_cut_off_coordinator_is_replaced_never_writes_under_its_term_and_rejoi
         ms(elected), ms(beating), ms(wake)
     );
 }
+
+/// With a multi-host URL (a primary and its standby) the proxy forwards each host through a port
+/// of its own and one cut stalls them all: a node behind it follows a failover and is still cut
+/// from every server by one partition. Both hosts here are the test server, so each port proves
+/// its own route.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_cut_stalls_every_host_of_a_multi_host_url() {
+    let db = common::TestDb::new().await;
+    let upstream = db
+        .url
+        .split("://")
+        .nth(1)
+        .and_then(|r| r.split(['/', '?']).next());
+    let host = upstream
+        .and_then(|a| a.rsplit('@').next())
+        .expect("host:port");
+    let multi = db.url.replacen(host, &format!("{host},{host}"), 1);
+    let proxy = Proxy::for_url(&multi).expect("proxy");
+    let proxied = proxy.url(&multi);
+    let ports: Vec<&str> = proxied
+        .split("://")
+        .nth(1)
+        .and_then(|r| r.split(['/', '?']).next())
+        .and_then(|a| a.rsplit('@').next())
+        .expect("hosts")
+        .split(',')
+        .collect();
+    assert_eq!(ports.len(), 2, "{proxied}");
+    assert_ne!(ports[0], ports[1], "a port per host: {proxied}");
+    assert!(!ports.contains(&host), "no host left unproxied: {proxied}");
+
+    let mut clients = Vec::new();
+    for port in &ports {
+        let url = proxied.replacen(&ports.join(","), port, 1);
+        let client = pgtaskd::db::connect_dedicated(&url, "partition test")
+            .await
+            .expect("connect through the proxy");
+        clients.push(client);
+    }
+    proxy.blackhole();
+    for (client, port) in clients.iter().zip(&ports) {
+        let stalled =
+            tokio::time::timeout(Duration::from_millis(500), client.simple_query("SELECT 1")).await;
+        assert!(stalled.is_err(), "{port} answered during the cut");
+    }
+    proxy.heal();
+    for (client, port) in clients.iter().zip(&ports) {
+        tokio::time::timeout(LONG, client.simple_query("SELECT 1"))
+            .await
+            .unwrap_or_else(|_| panic!("{port} still stalled after the heal"))
+            .expect("query after the heal");
+    }
+}
