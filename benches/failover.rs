@@ -1,14 +1,19 @@
-//! Failover drill: a private PostgreSQL and three real nodes; each repeat SIGKILLs the coordinator,
-//! SIGKILLs a node running tasks, and SIGSTOPs a node running tasks, and measures (database polled
-//! every 5 ms, from the signal):
+//! Failover drill: a private PostgreSQL and three real nodes, each behind its own partition proxy
+//! (`chaos-tests/proxy.rs`); each repeat SIGKILLs the coordinator, SIGKILLs a node running tasks,
+//! SIGSTOPs a node running tasks, cuts a node running tasks off (a half-open partition: sockets
+//! open, nothing forwarded) and cuts the coordinator off, and measures (database polled every
+//! 5 ms, from the fault):
 //! - time to a new coordinator (a higher term held by another node),
-//! - time until every orphaned task runs again on a survivor (new run_id, another worker).
+//! - time until every orphaned task runs again on a survivor (new run_id, another worker),
+//! - after a partition's heal, time until the node beats again.
 //!
 //! Prints p50/p99/max per fault; asserts nothing about timings.
 //!
 //!   CARGO_TARGET_DIR=... cargo bench --bench failover
 //!   FAILOVER_REPEATS=20 FAILOVER_HEARTBEAT_TIMEOUT=5s cargo bench --bench failover
 
+#[path = "../chaos-tests/proxy.rs"]
+mod proxy;
 mod support;
 
 use std::process::{Child, Command, Stdio};
@@ -17,6 +22,7 @@ use std::time::{Duration, Instant};
 use nix::sys::signal::{kill, Signal};
 use nix::unistd::Pid;
 use pgtaskd::pgcluster::{create_database, PgCluster};
+use proxy::Proxy;
 use support::summary;
 use tokio_postgres::Client;
 use uuid::Uuid;
@@ -29,13 +35,16 @@ struct Drill {
     client: Client,
     heartbeat_timeout: Duration,
     children: Vec<Option<Child>>,
+    /// Node `w`'s proxy is `proxies[w - 1]`.
+    proxies: Vec<Proxy>,
 }
 
 impl Drill {
     fn spawn(&mut self, worker: i64) {
         let interval = (self.heartbeat_timeout / 5).max(Duration::from_millis(100));
+        let url = self.proxies[(worker - 1) as usize].url(&self.url);
         let child = Command::new(env!("CARGO_BIN_EXE_pgtaskd"))
-            .args(["node", "--database-url", &self.url])
+            .args(["node", "--database-url", &url])
             .args(["--worker-id", &worker.to_string(), "--max-tasks", "0"])
             .args([
                 "--heartbeat-interval",
@@ -147,6 +156,40 @@ impl Drill {
             .expect("limit");
     }
 
+    /// Time until another node than `victim` holds a higher term than `term`.
+    async fn new_coordinator(&self, victim: i64, term: i64) -> Duration {
+        self.wait("new coordinator", async |c| {
+            c.query_one(
+                "SELECT worker_id, term FROM long_task.coordinator WHERE group_id = 0",
+                &[],
+            )
+            .await
+            .map(|r| r.get::<_, i64>(0) != victim && r.get::<_, i64>(1) > term)
+            .unwrap_or(false)
+        })
+        .await
+    }
+
+    /// Time until `worker` writes a heartbeat newer than now.
+    async fn beating_again(&self, worker: i64) -> Duration {
+        let since: std::time::SystemTime = self
+            .client
+            .query_one("SELECT clock_timestamp()", &[])
+            .await
+            .expect("clock")
+            .get(0);
+        self.wait("heartbeat after the heal", async |c| {
+            c.query_one(
+                "SELECT heartbeat_at > $2 AND active FROM long_task.worker WHERE id = $1",
+                &[&worker, &since],
+            )
+            .await
+            .map(|r| r.get::<_, bool>(0))
+            .unwrap_or(false)
+        })
+        .await
+    }
+
     async fn runs_of(&self, worker: i64) -> Vec<(i64, Uuid)> {
         self.client
             .query(
@@ -214,11 +257,15 @@ async fn main() {
     pgtaskd::db::migrate::migrate(&mut admin)
         .await
         .expect("migrate");
+    let proxies = (0..NODES)
+        .map(|_| Proxy::for_url(&url).expect("partition proxy"))
+        .collect();
     let mut drill = Drill {
         url,
         client: admin,
         heartbeat_timeout,
         children: (0..NODES).map(|_| None).collect(),
+        proxies,
     };
     for w in 1..=NODES {
         drill.spawn(w);
@@ -230,6 +277,8 @@ async fn main() {
 
     let (mut coord_new, mut coord_tasks, mut kill_tasks, mut stop_tasks) =
         (Vec::new(), Vec::new(), Vec::new(), Vec::new());
+    let (mut cut_tasks, mut cut_heal, mut cut_coord_new, mut cut_coord_tasks) =
+        (Vec::new(), Vec::new(), Vec::new(), Vec::new());
     for _ in 0..repeats {
         // 1. SIGKILL the coordinator.
         drill.fill().await;
@@ -237,18 +286,7 @@ async fn main() {
         let runs = drill.runs_of(victim).await;
         let t0 = Instant::now();
         drill.signal(victim, Signal::SIGKILL);
-        let elected = drill
-            .wait("new coordinator", async |c| {
-                c.query_one(
-                    "SELECT worker_id, term FROM long_task.coordinator WHERE group_id = 0",
-                    &[],
-                )
-                .await
-                .map(|r| r.get::<_, i64>(0) != victim && r.get::<_, i64>(1) > term)
-                .unwrap_or(false)
-            })
-            .await;
-        coord_new.push(elected);
+        coord_new.push(drill.new_coordinator(victim, term).await);
         drill.rerun_time(victim, &runs).await;
         coord_tasks.push(t0.elapsed());
         drill.reap(victim);
@@ -282,6 +320,32 @@ async fn main() {
         stop_tasks.push(t0.elapsed());
         drill.signal(victim, Signal::SIGCONT);
         drill.wait_all_ready().await;
+
+        // 4. Cut a node running tasks off (half-open: its sockets stay open, nothing passes).
+        drill.fill().await;
+        let (coordinator, _) = drill.coordinator().await;
+        let victim = (1..=NODES).find(|w| *w != coordinator).expect("a follower");
+        let runs = drill.runs_of(victim).await;
+        let t0 = Instant::now();
+        drill.proxies[(victim - 1) as usize].blackhole();
+        drill.rerun_time(victim, &runs).await;
+        cut_tasks.push(t0.elapsed());
+        drill.proxies[(victim - 1) as usize].heal();
+        cut_heal.push(drill.beating_again(victim).await);
+        drill.wait_all_ready().await;
+
+        // 5. Cut the coordinator off.
+        drill.fill().await;
+        let (victim, term) = drill.coordinator().await;
+        let runs = drill.runs_of(victim).await;
+        let t0 = Instant::now();
+        drill.proxies[(victim - 1) as usize].blackhole();
+        cut_coord_new.push(drill.new_coordinator(victim, term).await);
+        drill.rerun_time(victim, &runs).await;
+        cut_coord_tasks.push(t0.elapsed());
+        drill.proxies[(victim - 1) as usize].heal();
+        drill.beating_again(victim).await;
+        drill.wait_all_ready().await;
     }
     println!(
         "{}",
@@ -301,6 +365,25 @@ async fn main() {
     println!(
         "{}",
         summary("SIGSTOP node -> its tasks running again", stop_tasks)
+    );
+    println!(
+        "{}",
+        summary("partition node -> its tasks running again", cut_tasks)
+    );
+    println!(
+        "{}",
+        summary("partition healed -> node beating again", cut_heal)
+    );
+    println!(
+        "{}",
+        summary("partition coordinator -> new coordinator", cut_coord_new)
+    );
+    println!(
+        "{}",
+        summary(
+            "partition coordinator -> its tasks running again",
+            cut_coord_tasks
+        )
     );
 
     let _ = drill
