@@ -184,7 +184,9 @@ pub enum Action {
     Hang(u8),
     /// A fault: cut off from the database; it keeps running.
     Partition(u8),
-    /// The server's keepalives end a cut-off node's sessions (`db::connect`).
+    /// The server's keepalives end a cut-off node's sessions (`db::connect`) — when the cut is
+    /// a clean one. Behind a half-open middlebox (the chaos proxy) they never do: only a
+    /// coordinator's `terminate_node_sessions` ends them, so this is not a progress step.
     SessionsDropped(u8),
     /// SIGCONT.
     Resume(u8),
@@ -198,7 +200,8 @@ pub enum Action {
 impl Action {
     /// The steps the system takes by itself and eventually (fairness): everything but faults,
     /// recoveries and the scheduler's tick (which changes only history). `SessionsDropped` is
-    /// progress: the server's keepalives end a silent client's sessions within seconds.
+    /// not progress either: a half-open cut keeps a silent client's sessions open for good, so
+    /// every task must reach a final state without the server ever dropping them.
     pub fn is_progress(&self) -> bool {
         !matches!(
             self,
@@ -208,6 +211,7 @@ impl Action {
                 | Action::Crash(_)
                 | Action::Hang(_)
                 | Action::Partition(_)
+                | Action::SessionsDropped(_)
                 | Action::Resume(_)
                 | Action::Heal(_)
                 | Action::Restart(_)
