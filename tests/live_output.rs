@@ -245,6 +245,91 @@ async fn wait_returns_the_documented_codes() {
     assert!(text(&out.stderr).contains("no task with id 424242"));
 }
 
+/// The backends of `pgtaskd wait`/`logs -f` followers now connected (application_name
+/// `pgtaskd cli …`).
+async fn follower_backends(client: &Client, purpose: &str) -> Vec<i32> {
+    client
+        .query(
+            "SELECT pid FROM pg_stat_activity
+              WHERE datname = current_database() AND application_name = $1",
+            &[&format!("pgtaskd {purpose}")],
+        )
+        .await
+        .expect("pg_stat_activity")
+        .iter()
+        .map(|r| r.get(0))
+        .collect()
+}
+
+/// A follower outlives its connection (a failover, a restart, a terminated backend): `wait` and
+/// `logs -f` connect again, LISTEN again and still end with the task's code.
+#[tokio::test]
+async fn wait_and_logs_follow_through_a_lost_connection() {
+    let (db, client) = migrated_db().await;
+    // no node: the task waits until the test cancels it
+    let id = queue(&client, &["true"]).await;
+    let waiting = {
+        let (url, id) = (db.url.clone(), id.to_string());
+        tokio::spawn(async move { pgtaskd_async(&url, &["wait", &id]).await })
+    };
+    let following = {
+        let (url, id) = (db.url.clone(), id.to_string());
+        tokio::spawn(async move { pgtaskd_async(&url, &["logs", "-f", &id]).await })
+    };
+    let both = async || {
+        let mut pids = follower_backends(&client, "cli wait").await;
+        pids.extend(follower_backends(&client, "cli logs").await);
+        pids
+    };
+    let started = std::time::Instant::now();
+    let first = loop {
+        let pids = both().await;
+        if pids.len() == 2 {
+            break pids;
+        }
+        assert!(
+            started.elapsed() < LONG,
+            "both followers connected: {pids:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    client
+        .execute(
+            "SELECT pg_terminate_backend(pid) FROM unnest($1::int[]) pid",
+            &[&first],
+        )
+        .await
+        .expect("terminate the followers' backends");
+    let terminated = std::time::Instant::now();
+    loop {
+        let again = both().await;
+        if again.len() == 2 && again.iter().all(|pid| !first.contains(pid)) {
+            break;
+        }
+        assert!(
+            terminated.elapsed() < LONG,
+            "both followers connected again: {again:?} (were {first:?})"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    client
+        .execute(
+            "UPDATE long_task.task SET state_id = 'AC' WHERE id = $1",
+            &[&id],
+        )
+        .await
+        .expect("cancel");
+    for (verb, out) in [("wait", waiting), ("logs -f", following)] {
+        let out = out.await.expect("follower ran");
+        assert_eq!(
+            code(&out),
+            125,
+            "{verb} ends with the cancel's code: {}",
+            text(&out.stderr)
+        );
+    }
+}
+
 #[tokio::test]
 async fn submit_wait_and_follow() {
     let (db, client) = migrated_db().await;

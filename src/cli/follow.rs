@@ -1,7 +1,8 @@
 //! Verbs that follow tasks until they end: `wait ID…`, `logs -f ID`, and `submit --wait`. Each
 //! listens (`pgtaskd::db::follow::Follower`) before its first read, reads again when a
 //! notification names one of its tasks (and at least every 5 s), and exits with the code of the
-//! tasks' end (`task_exit_code`, documented in `pgtaskd --help`). Must never build SQL.
+//! tasks' end (`task_exit_code`, documented in `pgtaskd --help`); a lost connection (a failover)
+//! is taken again by the follower. Must never build SQL.
 
 use std::collections::BTreeMap;
 use std::io::Write as _;
@@ -12,7 +13,7 @@ use serde_json::json;
 use tokio::time::Instant;
 
 use pgtaskd::db::codes::{TaskState, DONE_CHANNEL, OUTPUT_CHANNEL};
-use pgtaskd::db::follow::{self, Follower, OutputCursor, TaskStatus, Woke, REREAD};
+use pgtaskd::db::follow::{Follower, OutputCursor, TaskStatus, Woke, REREAD};
 
 use super::output::{exit, print_json, Failure};
 use super::ClientArgs;
@@ -120,7 +121,7 @@ pub async fn wait_on(
     let mut done: BTreeMap<i64, TaskStatus> = BTreeMap::new();
     let mut first_read = true;
     loop {
-        let read = follow::statuses(follower.client(), &pending).await?;
+        let read = follower.statuses(&pending).await?;
         for id in &pending {
             match read.iter().find(|s| s.id == *id) {
                 None if first_read => return Err(Failure::not_found(*id)),
@@ -195,8 +196,7 @@ pub async fn follow_output(follower: &mut Follower, id: i64) -> anyhow::Result<(
     // whether the last text printed on each stream ended a line
     let (mut out_open, mut err_open) = (false, false);
     loop {
-        let (view, advances) = match follow::read_output(follower.client(), id, &mut cursor).await?
-        {
+        let (view, advances) = match follower.read_output(id, &mut cursor).await? {
             Some(read) => read,
             None if first_read => return Err(Failure::not_found(id)),
             None => {

@@ -3,6 +3,11 @@
 //! tells it when to read again (`DONE_CHANNEL`, `OUTPUT_CHANNEL`), and the cursor that turns two
 //! reads of a bounded tail into the text printed since.
 //!
+//! A follower outlives its connection: when a read or the listening connection fails because
+//! the connection is gone (a PostgreSQL failover or restart, a terminated backend), it connects
+//! again — LISTEN first, then the read again, so nothing is missed — for up to
+//! `RECONNECT_BUDGET`, and only then gives up.
+//!
 //! Must never write anything: a follower only reads and listens.
 
 use std::time::Duration;
@@ -237,6 +242,9 @@ pub fn new_text<'a>(old: &str, new: &'a str) -> (&'a str, bool) {
 
 /// A connection that listens on the followers' channels and reads.
 pub struct Follower {
+    url: String,
+    purpose: String,
+    channels: Vec<String>,
     client: Client,
     notices: mpsc::UnboundedReceiver<Notice>,
     _ended: oneshot::Receiver<String>,
@@ -258,15 +266,67 @@ impl Follower {
         let (client, ended) = connect_listening(url, purpose, tx).await?;
         listen(&client, channels, "listening for task changes").await?;
         Ok(Follower {
+            url: url.to_owned(),
+            purpose: purpose.to_owned(),
+            channels: channels.iter().map(|c| (*c).to_owned()).collect(),
             client,
             notices,
             _ended: ended,
         })
     }
 
-    /// The connection, for reads.
+    /// The connection, for reads (its own `statuses` and `read_output` reconnect when it is
+    /// lost).
     pub fn client(&self) -> &Client {
         &self.client
+    }
+
+    /// `statuses` on this connection, connecting again when it was lost.
+    pub async fn statuses(&mut self, ids: &[i64]) -> Result<Vec<TaskStatus>, DbError> {
+        loop {
+            match statuses(&self.client, ids).await {
+                Err(_) if self.client.is_closed() => self.reconnect().await?,
+                done => return done,
+            }
+        }
+    }
+
+    /// `read_output` on this connection, connecting again when it was lost (the cursor moves
+    /// only once every query of a read succeeded).
+    pub async fn read_output(
+        &mut self,
+        id: i64,
+        cursor: &mut OutputCursor,
+    ) -> Result<Option<(OutputView, Vec<Advance>)>, DbError> {
+        loop {
+            match read_output(&self.client, id, cursor).await {
+                Err(_) if self.client.is_closed() => self.reconnect().await?,
+                done => return done,
+            }
+        }
+    }
+
+    /// Connects again (LISTEN before anything is read), retrying with back-off for up to
+    /// `RECONNECT_BUDGET`: a promoted standby or a restarted server takes seconds to accept.
+    pub async fn reconnect(&mut self) -> Result<(), DbError> {
+        let give_up = Instant::now() + RECONNECT_BUDGET;
+        let mut pause = Duration::from_millis(100);
+        let channels: Vec<&str> = self.channels.iter().map(String::as_str).collect();
+        loop {
+            match Follower::connect(&self.url, &self.purpose, &channels).await {
+                Ok(again) => {
+                    tracing::info!(purpose = %self.purpose, "follower reconnected");
+                    *self = again;
+                    return Ok(());
+                }
+                Err(e) if Instant::now() + pause >= give_up => return Err(e),
+                Err(e) => {
+                    tracing::debug!(error = %e, "follower reconnecting");
+                    tokio::time::sleep(pause).await;
+                    pause = (pause * 2).min(Duration::from_secs(2));
+                }
+            }
+        }
     }
 
     /// Waits until a notification names one of the tasks `follows` accepts (or says `*`), or
@@ -289,7 +349,9 @@ impl Follower {
                 None => self.notices.recv().await,
             };
             let Some(notice) = notice else {
-                return Err(DbError::Unexpected("the listening connection closed"));
+                // the connection is gone: back, anything may have changed meanwhile
+                self.reconnect().await?;
+                return Ok(Woke::Notified);
             };
             if concerns(&notice) {
                 while self.notices.try_recv().is_ok() {}
@@ -302,6 +364,10 @@ impl Follower {
 /// How long a follower without a deadline waits at most between two reads (notifications are
 /// hints: a read now and then costs little and bounds what a lost one could delay).
 pub const REREAD: Duration = Duration::from_secs(5);
+
+/// How long a follower tries to connect again after losing its connection before it gives up
+/// (a failover to a standby takes about a second, a restart a few).
+pub const RECONNECT_BUDGET: Duration = Duration::from_secs(60);
 
 #[cfg(test)]
 mod tests {

@@ -172,7 +172,7 @@ async fn pump(mut follower: Follower, id: i64, first: OutputView, tx: mpsc::Send
             },
             _ = tx.closed() => return,
         }
-        (view, advances) = match follow::read_output(follower.client(), id, &mut cursor).await {
+        (view, advances) = match follower.read_output(id, &mut cursor).await {
             Ok(Some(read)) => read,
             Ok(None) => {
                 let _ = tx
