@@ -112,6 +112,25 @@ impl Drill {
             )
             .await
             .expect("reset");
+        // Every node must know its limit is 0 before the tasks below are queued, or one that
+        // missed the notification (a healed partition's listener still reconnecting) claims
+        // another node's share: a heartbeat after the update reads the new limit back.
+        let since: std::time::SystemTime = self
+            .client
+            .query_one("SELECT clock_timestamp()", &[])
+            .await
+            .expect("clock")
+            .get(0);
+        self.wait("every node saw its limit", async |c| {
+            c.query_one(
+                "SELECT count(*) FROM long_task.worker WHERE active AND heartbeat_at > $1",
+                &[&since],
+            )
+            .await
+            .map(|r| r.get::<_, i64>(0) == NODES)
+            .unwrap_or(false)
+        })
+        .await;
         self.wait("drain", async |c| {
             c.query_one(
                 "SELECT count(*) FROM long_task.task WHERE state_id LIKE 'A%'",

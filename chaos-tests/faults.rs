@@ -14,6 +14,9 @@ use rand::Rng;
 use tokio_postgres::Client;
 
 use super::postgres::Postgres;
+
+/// Each node's `--max-tasks`.
+pub const NODE_MAX_TASKS: usize = 4;
 use super::proxy::Proxy;
 
 /// How many faults of each kind were injected.
@@ -143,7 +146,7 @@ impl Nodes {
             .arg("--worker-id")
             .arg(worker_id.to_string())
             .arg("--max-tasks")
-            .arg("4")
+            .arg(NODE_MAX_TASKS.to_string())
             .arg("--heartbeat-interval")
             .arg(humantime::format_duration(interval).to_string())
             .arg("--heartbeat-timeout")

@@ -173,6 +173,7 @@ async fn run_on(
     nodes.start_all()?;
     nodes.wait_ready(Duration::from_secs(30)).await?;
 
+    warn_if_over_capacity(args);
     let feeder = faults::spawn_feeder(url.clone(), exec_log.clone(), args.rate, args.max_task_secs);
     let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
     let mut counts = Counts::default();
@@ -236,6 +237,39 @@ async fn run_on(
         report.violations.len()
     );
     Ok(report.violations.len())
+}
+
+/// Says so when the offered load needs most of the slots the limits leave: faults take slots
+/// away, so a backlog then builds up that `--settle` may not drain, and the check reports tasks
+/// not final although nothing was lost (a run to redo with a lower `--rate` or
+/// `--max-task-secs`, not a failure of the system).
+fn warn_if_over_capacity(args: &Args) {
+    let slots = [
+        (args.nodes * faults::NODE_MAX_TASKS) as f64,
+        if args.max_running > 0 {
+            args.max_running as f64
+        } else {
+            f64::INFINITY
+        },
+        if args.key_limit > 0 {
+            3.0 * args.key_limit as f64 // the feeder's three keys
+        } else {
+            f64::INFINITY
+        },
+    ]
+    .into_iter()
+    .fold(f64::INFINITY, f64::min);
+    // tasks sleep uniformly up to max_task_secs: the mean is half of it
+    let busy = args.rate as f64 * args.max_task_secs / 2.0;
+    if busy > 0.6 * slots {
+        println!(
+            "chaos: warning: {} tasks/s of {:.2} s on average keep {busy:.1} slots busy of {slots} \
+             the limits leave; with faults a backlog builds up that --settle may not drain \
+             (lower --rate or --max-task-secs)",
+            args.rate,
+            args.max_task_secs / 2.0
+        );
+    }
 }
 
 /// Resolves on SIGINT or SIGTERM, naming it.
