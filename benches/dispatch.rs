@@ -10,8 +10,10 @@
 //! Knobs: `BENCH_TASKS` (5000), `BENCH_SAMPLES` (300), `BENCH_IDLE_SECS` (30), `DATABASE_URL`
 //! (admin URL of an existing server; a fresh database `pgtaskd_bench_<pid>` is made and dropped),
 //! `BENCH_NODE_CONFIG` (a config file for the node, e.g. one with `allowed_programs`, to measure
-//! what its checks cost), `BENCH_LIMITS=1` (group 0 gets every concurrency and rate limit, set
-//! too high to bind: what the limited claim path costs).
+//! what its checks cost), `BENCH_LIMITS=1` (group 0 gets what a user would set, none of it
+//! binding: max_running 10000, key_limit 1000, key overrides `k1` 500 and `k9%` 200; the
+//! throughput tasks carry 100 keys either way), `BENCH_LIMITS=rate` (the same and a rate_limit
+//! of 1,000,000/s): what the limited claim path costs. Compare with interleaved runs.
 
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
@@ -317,8 +319,8 @@ async fn measure_throughput(client: &Client, tasks: usize) -> Result<Throughput>
         .context("cannot prepare the throughput poll")?;
     client
         .execute(
-            "INSERT INTO long_task.task (group_id, state_id, command) \
-             SELECT 0, 'AW', '{/bin/true}' FROM generate_series(1, $1::bigint)",
+            "INSERT INTO long_task.task (group_id, state_id, command, concurrency_key) \
+             SELECT 0, 'AW', '{/bin/true}', 'k' || (i % 100) FROM generate_series(1, $1::bigint) i",
             &[&n],
         )
         .await
@@ -463,16 +465,24 @@ async fn run(knobs: &Knobs, url: &str, admin_url: &str, db: &str) -> Result<()> 
         .await
         .context("cannot migrate the bench database")?;
     let admin = connect(admin_url).await?;
-    if std::env::var("BENCH_LIMITS").is_ok_and(|v| v == "1") {
-        // every limit configured, none binding: what the limited claim path costs
+    let limits = std::env::var("BENCH_LIMITS").unwrap_or_default();
+    if limits == "1" || limits == "rate" {
+        // what a user would set, none of it binding here (16 run at most, 100 keys): a group
+        // limit, a default per-key limit and two overrides; `rate` adds a rate far above ours
         client
-            .batch_execute(
+            .batch_execute(&format!(
                 "INSERT INTO long_task.group_settings (group_id, max_running, key_limit, rate_limit)
-                 VALUES (0, 1000000, 1000000, 1000000)",
-            )
+                 VALUES (0, 10000, 1000, {});
+                 INSERT INTO long_task.key_limit (group_id, key_pattern, max_running)
+                 VALUES (0, 'k1', 500), (0, 'k9%', 200)",
+                if limits == "rate" { "1000000" } else { "NULL" }
+            ))
             .await
             .context("configuring the limits")?;
-        eprintln!("bench: group 0 has max_running, key_limit and rate_limit (not binding)");
+        eprintln!(
+            "bench: group 0 has max_running 10000, key_limit 1000, overrides k1 500 and k9% 200{} (not binding)",
+            if limits == "rate" { ", rate_limit 1000000/s" } else { "" }
+        );
     }
 
     let mut node = NodeGuard::start(url)?;

@@ -1,35 +1,52 @@
 //! Limits benchmark (issue 13's figures): what the concurrency and rate limits cost on the claim
 //! path when configured but not binding, and what a fair-share claim costs with many keys
-//! waiting. SQL consumers only (no node: the dispatch bench's `BENCH_LIMITS=1` covers node
-//! processes). Prints figures, asserts none.
+//! waiting. Prints figures, asserts none.
 //!
-//! 1. throughput A/B, interleaved rounds: N keyed consumer tasks (100 keys) drained by 4
-//!    consumers doing consume(100) + ack_many, with (a) no limits, (b) max_running, key_limit and
-//!    rate_limit too high to bind, (c) the same and fair_share;
-//! 2. claim latency with `LIMITS_BENCH_KEYS` (10,000) distinct keys waiting (2 tasks each) and
+//! 1. consumer API, throughput A/B in interleaved rounds: N keyed consumer tasks (100 keys)
+//!    drained by 4 consumers doing consume(100) + ack_many, in each configuration of `CONFIGS`;
+//! 2. an embedded node with a no-op handler (max_tasks 256), interleaved rounds: N keyed
+//!    handler tasks inserted at once -> all CS, with no limits and with the limits;
+//! 3. claim latency with `LIMITS_BENCH_KEYS` (10,000) distinct keys waiting (2 tasks each) and
 //!    fair share on: 500 consume(4) calls, each timed (its ack untimed).
 //!
+//! The limits a user would set, none of them binding here (at most 400 tasks run at once, over
+//! 100 keys): a group limit well above that, a default per-key limit and two overrides; the
+//! rate configuration adds a rate far above the bench's.
+//!
 //! Run: `cargo bench --bench limits`. Knobs: `LIMITS_BENCH_TASKS` (20000), `LIMITS_BENCH_ROUNDS`
-//! (3), `LIMITS_BENCH_KEYS` (10000), `DATABASE_URL` (an admin URL instead of the throw-away
-//! cluster).
+//! (3), `LIMITS_BENCH_KEYS` (10000), `LIMITS_BENCH_ONLY=consumer,handler,latency` (any of them),
+//! `DATABASE_URL` (an admin URL instead of the throw-away cluster).
 
 mod support;
 
 use std::time::{Duration, Instant};
 
+use pgtaskd::config::NodeConfig;
+use pgtaskd::embedded::Node;
 use support::{connect, consume_and_ack, env_usize, fresh_db, summary, BenchServer};
 
-const CONFIGS: [(&str, &str); 3] = [
+/// The limits: max_running, key_limit and two key overrides (one key, one pattern).
+const LIMITS: &str = "INSERT INTO long_task.group_settings (group_id, max_running, key_limit)
+     VALUES (0, 10000, 1000);
+     INSERT INTO long_task.key_limit (group_id, key_pattern, max_running)
+     VALUES (0, 'k1', 500), (0, 'k9%', 200)";
+
+const CONFIGS: [(&str, &str); 4] = [
     ("no limits", ""),
+    ("limits, not binding", LIMITS),
     (
-        "limits, not binding",
+        "limits + rate, not binding",
         "INSERT INTO long_task.group_settings (group_id, max_running, key_limit, rate_limit)
-         VALUES (0, 1000000, 1000000, 1000000)",
+         VALUES (0, 10000, 1000, 1000000);
+         INSERT INTO long_task.key_limit (group_id, key_pattern, max_running)
+         VALUES (0, 'k1', 500), (0, 'k9%', 200)",
     ),
     (
         "limits + fair share, not binding",
-        "INSERT INTO long_task.group_settings (group_id, max_running, key_limit, rate_limit, fair_share)
-         VALUES (0, 1000000, 1000000, 1000000, true)",
+        "INSERT INTO long_task.group_settings (group_id, max_running, key_limit, fair_share)
+         VALUES (0, 10000, 1000, true);
+         INSERT INTO long_task.key_limit (group_id, key_pattern, max_running)
+         VALUES (0, 'k1', 500), (0, 'k9%', 200)",
     ),
 ];
 
@@ -104,43 +121,122 @@ async fn fair_claim_latency(url: &str, keys: usize) -> Vec<Duration> {
     times
 }
 
+/// An embedded node with a no-op handler drains `n` keyed tasks inserted at once; tasks/s.
+async fn handler_drain(url: &str, setup: &str, n: usize) -> f64 {
+    let client = connect(url).await;
+    if !setup.is_empty() {
+        client.batch_execute(setup).await.expect("limits");
+    }
+    let config = NodeConfig {
+        database_url: Some(url.to_owned()),
+        max_tasks: 256,
+        pool_size: Some(8),
+        ..NodeConfig::default()
+    };
+    let mut node = Node::new(config);
+    node.handler("noop", |_task| async move { Ok::<_, String>(()) });
+    let running = tokio::task::spawn_blocking(move || node.start())
+        .await
+        .expect("join")
+        .expect("node");
+    let started = Instant::now();
+    client
+        .execute(
+            "INSERT INTO long_task.task (group_id, state_id, topic, concurrency_key)
+             SELECT 0, 'AW', 'noop', 'k' || (i % 100) FROM generate_series(1, $1::int) i",
+            &[&(n as i32)],
+        )
+        .await
+        .expect("queue");
+    loop {
+        let done: i64 = client
+            .query_one(
+                "SELECT count(*) FROM long_task.task WHERE topic = 'noop' AND state_id = 'CS'",
+                &[],
+            )
+            .await
+            .expect("count")
+            .get(0);
+        if done as usize >= n {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let rate = n as f64 / started.elapsed().as_secs_f64();
+    tokio::task::spawn_blocking(move || running.stop())
+        .await
+        .expect("join")
+        .expect("stop");
+    rate
+}
+
+fn median(v: &[f64]) -> f64 {
+    let mut v = v.to_vec();
+    v.sort_by(|a, b| a.total_cmp(b));
+    v[v.len() / 2]
+}
+
+/// Each configuration's median and its difference to the first's (no limits).
+fn report(part: &str, configs: &[&str], rates: &[Vec<f64>]) {
+    let base = median(&rates[0]);
+    for (name, r) in configs.iter().zip(rates) {
+        let m = median(r);
+        println!(
+            "{part}, {name:<34} median {m:>6.0} tasks/s ({:+.1} % vs no limits; rounds {:?})",
+            (m / base - 1.0) * 100.0,
+            r.iter().map(|r| r.round()).collect::<Vec<_>>()
+        );
+    }
+}
+
 #[tokio::main]
 async fn main() {
     let server = BenchServer::start();
     let n = env_usize("LIMITS_BENCH_TASKS", 20_000);
     let rounds = env_usize("LIMITS_BENCH_ROUNDS", 3);
-    let mut rates: Vec<Vec<f64>> = vec![Vec::new(); CONFIGS.len()];
-    for round in 0..rounds {
-        for (i, (name, setup)) in CONFIGS.iter().enumerate() {
-            let url = fresh_db(&server.admin_url, "pgtaskd_bench_limits", false).await;
-            let rate = drain(&url, setup, n).await;
-            eprintln!("bench: round {round}: {name}: {rate:.0} tasks/s");
-            rates[i].push(rate);
+    let only = std::env::var("LIMITS_BENCH_ONLY").unwrap_or_default();
+    let runs = |part: &str| only.is_empty() || only.split(',').any(|p| p.trim() == part);
+    if runs("consumer") {
+        let mut rates: Vec<Vec<f64>> = vec![Vec::new(); CONFIGS.len()];
+        for round in 0..rounds {
+            for (i, (name, setup)) in CONFIGS.iter().enumerate() {
+                let url = fresh_db(&server.admin_url, "pgtaskd_bench_limits", false).await;
+                let rate = drain(&url, setup, n).await;
+                eprintln!("bench: round {round}: consumer API, {name}: {rate:.0} tasks/s");
+                rates[i].push(rate);
+            }
         }
+        let names: Vec<&str> = CONFIGS.iter().map(|c| c.0).collect();
+        report(&format!("consumer API, {n} keyed tasks"), &names, &rates);
     }
-    for (i, (name, _)) in CONFIGS.iter().enumerate() {
-        let mut v = rates[i].clone();
-        v.sort_by(|a, b| a.total_cmp(b));
-        let median = v[v.len() / 2];
-        let base = {
-            let mut b = rates[0].clone();
-            b.sort_by(|a, b| a.total_cmp(b));
-            b[b.len() / 2]
-        };
-        println!(
-            "consumer API, {n} keyed tasks, {name:<34} median {median:>6.0} tasks/s ({:+.1} % vs no limits; rounds {:?})",
-            (median / base - 1.0) * 100.0,
-            rates[i].iter().map(|r| r.round()).collect::<Vec<_>>()
+    if runs("handler") {
+        let configs = [CONFIGS[0], CONFIGS[1]];
+        let mut rates: Vec<Vec<f64>> = vec![Vec::new(); configs.len()];
+        for round in 0..rounds {
+            for (i, (name, setup)) in configs.iter().enumerate() {
+                let url = fresh_db(&server.admin_url, "pgtaskd_bench_limits", false).await;
+                let rate = handler_drain(&url, setup, n).await;
+                eprintln!("bench: round {round}: no-op handler, {name}: {rate:.0} tasks/s");
+                rates[i].push(rate);
+            }
+        }
+        let names: Vec<&str> = configs.iter().map(|c| c.0).collect();
+        report(
+            &format!("embedded node, no-op handler, {n} keyed tasks"),
+            &names,
+            &rates,
         );
     }
-    let keys = env_usize("LIMITS_BENCH_KEYS", 10_000);
-    let url = fresh_db(&server.admin_url, "pgtaskd_bench_limits", false).await;
-    let times = fair_claim_latency(&url, keys).await;
-    println!(
-        "{}",
-        summary(
-            &format!("fair-share consume(4), {keys} keys waiting"),
-            times
-        )
-    );
+    if runs("latency") {
+        let keys = env_usize("LIMITS_BENCH_KEYS", 10_000);
+        let url = fresh_db(&server.admin_url, "pgtaskd_bench_limits", false).await;
+        let times = fair_claim_latency(&url, keys).await;
+        println!(
+            "{}",
+            summary(
+                &format!("fair-share consume(4), {keys} keys waiting"),
+                times
+            )
+        );
+    }
 }

@@ -392,3 +392,168 @@ async fn a_keys_own_rate_limit_spaces_only_that_key() {
         .get(0);
     assert!(starved, "the empty bucket asks the scheduler for a wake");
 }
+
+/// The keys of what one consume(n) took, sorted.
+async fn consume_keys(client: &Client, n: i32) -> Vec<String> {
+    client
+        .query(
+            "SELECT t.concurrency_key FROM long_task.consume($1) c
+               JOIN long_task.task t ON t.id = c.id ORDER BY 1",
+            &[&n],
+        )
+        .await
+        .expect("consume")
+        .iter()
+        .map(|r| r.get(0))
+        .collect()
+}
+
+/// A claim that no key can take to its limit takes its entries straight (no count per key);
+/// one that a running key could take past its limit counts each key. Both sides of that line,
+/// with and without fair share.
+#[tokio::test]
+async fn a_key_near_its_limit_is_counted_however_far_the_others_are() {
+    for fair in [false, true] {
+        let (_db, client) = migrated_db().await;
+        client
+            .batch_execute(&format!(
+                "INSERT INTO long_task.group_settings (group_id, key_limit, fair_share) VALUES (0, 10, {fair});
+                 INSERT INTO long_task.key_limit VALUES (0, 'b', 20);
+                 INSERT INTO long_task.task (group_id, state_id, topic, concurrency_key)
+                 SELECT 0, 'AW', 't', 'a' FROM generate_series(1, 14);"
+            ))
+            .await
+            .expect("setup");
+        // 6 of a run, then 2 more: 8 running, and a claim of 2 cannot take a past 10
+        assert_eq!(consume_keys(&client, 6).await.len(), 6, "fair {fair}");
+        assert_eq!(consume_keys(&client, 2).await, ["a", "a"], "fair {fair}");
+        client
+            .batch_execute(
+                "INSERT INTO long_task.task (group_id, state_id, topic, concurrency_key)
+                 SELECT 0, 'AW', 't', 'b' FROM generate_series(1, 5)",
+            )
+            .await
+            .expect("b");
+        // a has 2 starts left, fewer than the claim asks for: 2 of a, then b (the a entries
+        // passed over stay queued)
+        let next = consume_keys(&client, 5).await;
+        assert_eq!(next, ["a", "a", "b", "b", "b"], "fair {fair}");
+        // a is at its limit: only b's are left to take
+        let more = consume_keys(&client, 10).await;
+        assert_eq!(more, ["b", "b"], "fair {fair}");
+        let states: Vec<(String, String, i64)> = client
+            .query(
+                "SELECT concurrency_key, state_id, count(*) FROM long_task.task GROUP BY 1, 2 ORDER BY 1, 2",
+                &[],
+            )
+            .await
+            .expect("states")
+            .iter()
+            .map(|r| (r.get(0), r.get(1), r.get(2)))
+            .collect();
+        assert_eq!(
+            states,
+            [
+                ("a".to_string(), "AE".to_string(), 10),
+                ("a".to_string(), "AW".to_string(), 4),
+                ("b".to_string(), "AE".to_string(), 5)
+            ],
+            "fair {fair}"
+        );
+        let queued: i64 = client
+            .query_one(
+                "SELECT count(*) FROM long_task.ready r JOIN long_task.task t ON t.id = r.task_id
+                  WHERE t.state_id = 'AW' AND r.lsc = t.last_state_change",
+                &[],
+            )
+            .await
+            .expect("ring")
+            .get(0);
+        assert_eq!(
+            queued, 4,
+            "fair {fair}: the waiting a's are still on the ring"
+        );
+    }
+}
+
+/// A fair-share claim finds a key's head across the ring's live slots (one statement per slot):
+/// a key's better entry in a newer slot comes before its older one.
+#[tokio::test]
+async fn a_fair_claim_takes_a_keys_best_entry_across_slots() {
+    let (_db, client) = migrated_db().await;
+    client
+        .batch_execute(
+            "INSERT INTO long_task.group_settings (group_id, fair_share) VALUES (0, true);
+             INSERT INTO long_task.task (group_id, state_id, topic, concurrency_key, priority, params)
+             VALUES (0, 'AW', 't', 'a', 5, '{\"n\": \"old\"}');
+             SELECT long_task.rotate_ready();",
+        )
+        .await
+        .expect("setup");
+    let slots: i64 = client
+        .query_one(
+            "SELECT cardinality(long_task.ready_live_slots())::bigint",
+            &[],
+        )
+        .await
+        .expect("slots")
+        .get(0);
+    assert_eq!(slots, 2, "the first slot was sealed");
+    client
+        .batch_execute(
+            "INSERT INTO long_task.task (group_id, state_id, topic, concurrency_key, priority, params)
+             VALUES (0, 'AW', 't', 'a', 0, '{\"n\": \"new\"}')",
+        )
+        .await
+        .expect("second");
+    let taken: Vec<String> = client
+        .query("SELECT params->>'n' FROM long_task.consume(1)", &[])
+        .await
+        .expect("consume")
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
+    assert_eq!(taken, ["new"]);
+    let rest: Vec<String> = client
+        .query("SELECT params->>'n' FROM long_task.consume(5)", &[])
+        .await
+        .expect("consume")
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
+    assert_eq!(rest, ["old"]);
+}
+
+/// A consume across groups while a group is limited goes group by group; when no coordinator
+/// turned the ring for 5 s the consume turns it itself, and emptying a slot then must not meet
+/// the consume's own list of groups (it used to: "cannot TRUNCATE ready_0 because it is being
+/// used by active queries in this session").
+#[tokio::test]
+async fn a_consume_across_groups_may_turn_the_ring_while_limits_are_set() {
+    let (_db, client) = migrated_db().await;
+    client
+        .batch_execute(
+            "INSERT INTO long_task.group_settings (group_id, max_running) VALUES (1, 100);
+             INSERT INTO long_task.task (group_id, state_id, topic)
+             SELECT g, 'AW', 't' FROM generate_series(0, 1) g, generate_series(1, 3);
+             SELECT long_task.rotate_ready();
+             -- the ring looks unturned for longer than 5 s, with a sealed slot to empty
+             SELECT setval('long_task.ready_rotated_at', 1);",
+        )
+        .await
+        .expect("setup");
+    let groups: Vec<i32> = client
+        .query("SELECT group_id FROM long_task.consume(10) ORDER BY 1", &[])
+        .await
+        .expect("consume")
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
+    assert_eq!(groups, [0, 0, 0, 1, 1, 1]);
+    let head: i64 = client
+        .query_one("SELECT last_value FROM long_task.ready_head", &[])
+        .await
+        .expect("head")
+        .get(0);
+    assert_eq!(head, 1, "the consume turned the ring");
+}

@@ -106,7 +106,7 @@ pub fn summary(name: &str, mut v: Vec<std::time::Duration>) -> String {
     v.sort();
     let pick = |q: f64| v[((v.len() as f64 - 1.0) * q).round() as usize];
     format!(
-        "{name:<44} p50 {:>6.0} ms  p99 {:>6.0} ms  max {:>6.0} ms  (n={})",
+        "{name:<44} p50 {:>6.1} ms  p99 {:>6.1} ms  max {:>6.1} ms  (n={})",
         pick(0.5).as_secs_f64() * 1e3,
         pick(0.99).as_secs_f64() * 1e3,
         v.last().copied().unwrap_or_default().as_secs_f64() * 1e3,

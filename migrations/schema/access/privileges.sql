@@ -137,7 +137,7 @@ BEGIN
                     -- the ready ring's entries (the limits view counts the waiting ones)
                     long_task.ready
        TO pgtaskd_reader;
-    GRANT EXECUTE ON FUNCTION long_task.accessible_groups, long_task.channel, long_task.key_limit_of,
+    GRANT EXECUTE ON FUNCTION long_task.accessible_groups, long_task.channel, long_task.key_limits, long_task.key_limit_of,
                               long_task.legal_next_states, long_task.default_max_attempts,
                               long_task.lease_seconds
        TO pgtaskd_reader;

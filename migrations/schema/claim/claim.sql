@@ -25,6 +25,7 @@ DECLARE
     lscs timestamptz[];
     keys text[];
     got integer;
+    plan_mode text := current_setting('plan_cache_mode');
     g long_task.group_settings%ROWTYPE;
 BEGIN
     -- a pause waits for this claim, and this claim for a pause being committed (ns_pause)
@@ -46,6 +47,9 @@ BEGIN
         SELECT array_agg(r.task_id), array_agg(r.lsc), array_agg(r.concurrency_key) INTO ids, lscs, keys
           FROM long_task.take_limited(want, p_group_id, p_worker_id, p_topics, p_commands, NULL) r;
         EXIT WHEN ids IS NULL;
+        -- a generic plan, made once per session: a custom plan for each claim's arrays would
+        -- cost more to make than the statement costs to run (its shape never changes)
+        PERFORM set_config('plan_cache_mode', 'force_generic_plan', true);
         RETURN QUERY
         WITH cand AS MATERIALIZED (
             -- each candidate's row by primary key, locked, its state tested outside the lookup
@@ -83,6 +87,7 @@ BEGIN
           FROM upd u
          ORDER BY array_position(ids, u.id);
         GET DIAGNOSTICS got = ROW_COUNT;
+        PERFORM set_config('plan_cache_mode', plan_mode, true);
         -- the ring had no more for us
         EXIT WHEN cardinality(ids) < want;
         want := want - got;

@@ -20,8 +20,10 @@ DECLARE
     lscs timestamptz[];
     keys text[];
     got integer;
+    plan_mode text := current_setting('plan_cache_mode');
     allowed integer[] := long_task.accessible_groups(session_user);
     g integer;
+    groups integer[];
 BEGIN
     IF p_group_id IS NOT NULL THEN
         IF allowed IS NOT NULL THEN
@@ -34,10 +36,22 @@ BEGIN
     ELSIF allowed IS NOT NULL OR EXISTS (SELECT 1 FROM long_task.group_settings s WHERE s.paused)
           OR long_task.limits_configured() THEN
         -- the ring would hand out entries of groups the role may not use, that are paused or
-        -- whose limits bind: take group by group instead (each call checks its group as above)
-        FOR g IN SELECT x.g FROM unnest(coalesce(allowed, ARRAY(SELECT DISTINCT r.group_id FROM long_task.ready r))) x(g)
-                  WHERE NOT EXISTS (SELECT 1 FROM long_task.group_settings s WHERE s.group_id = x.g AND s.paused)
-                  ORDER BY 1 LOOP
+        -- whose limits bind: take group by group instead (each call checks its group as above).
+        -- The groups with entries on the ring are found by skipping from one group to the next
+        -- on its index (a probe per group, not a read of every entry), and listed before the
+        -- first call (an open query on the ring would keep a rotation from emptying a slot).
+        groups := coalesce(allowed, ARRAY(
+            WITH RECURSIVE rg(g) AS (
+                (SELECT r.group_id FROM long_task.ready r ORDER BY r.group_id LIMIT 1)
+                UNION ALL
+                SELECT (SELECT r.group_id FROM long_task.ready r WHERE r.group_id > rg.g
+                         ORDER BY r.group_id LIMIT 1)
+                  FROM rg WHERE rg.g IS NOT NULL)
+            SELECT rg.g FROM rg WHERE rg.g IS NOT NULL));
+        groups := ARRAY(SELECT x.g FROM unnest(groups) x(g)
+                         WHERE NOT EXISTS (SELECT 1 FROM long_task.group_settings s WHERE s.group_id = x.g AND s.paused)
+                         ORDER BY 1);
+        FOREACH g IN ARRAY groups LOOP
             EXIT WHEN want <= 0;
             RETURN QUERY SELECT * FROM long_task.consume_topic(p_pattern, want, g);
             GET DIAGNOSTICS got = ROW_COUNT;
@@ -51,6 +65,9 @@ BEGIN
         SELECT array_agg(r.task_id), array_agg(r.lsc), array_agg(r.concurrency_key) INTO ids, lscs, keys
           FROM long_task.take_limited(want, p_group_id, NULL, NULL, NULL, p_pattern) r;
         EXIT WHEN ids IS NULL;
+        -- a generic plan, made once per session: a custom plan for each claim's arrays would
+        -- cost more to make than the statement costs to run (its shape never changes)
+        PERFORM set_config('plan_cache_mode', 'force_generic_plan', true);
         RETURN QUERY
         WITH cand AS MATERIALIZED (
             -- each candidate's row by primary key, locked, its state tested outside the lookup
@@ -88,6 +105,7 @@ BEGIN
           FROM upd u
          ORDER BY array_position(ids, u.id);
         GET DIAGNOSTICS got = ROW_COUNT;
+        PERFORM set_config('plan_cache_mode', plan_mode, true);
         EXIT WHEN cardinality(ids) < want;
         want := want - got;
     END LOOP;

@@ -9,8 +9,14 @@
 --   max_running - running, and at most the tokens in the group's bucket (refilled at rate_limit
 --   per rate_interval, holding at most rate_limit: the burst), and of each key at most its
 --   limit's worth and its own bucket's tokens (long_task.key_limit rows with a rate),
--- passing over entries of keys at their limit (long_task.key_limit_of) without taking them. An
--- entry whose key reaches its limit within this call goes back onto the ring. The caller claims
+-- passing over entries of keys at their limit (long_task.key_limits) without taking them. An
+-- entry whose key reaches its limit within this call goes back onto the ring. What it costs
+-- (docs/queue.md, "Limits"): while no key can reach its limit within the call (the lowest limit
+-- any key can have leaves at least the call's worth, and no running key is closer to its limit
+-- than that; no key has a rate of its own) the entries come straight off the ring, the keys at
+-- their limit passed over; else each round's entries are counted per key, the keys met for the
+-- first time looked up all at once and the entries over a limit put back in one statement.
+-- The caller claims
 -- the tasks in the same transaction (their AE is what the next claim counts). A claim cut short
 -- by an empty bucket marks it starved and asks the coordinator's scheduler ('sched') to wake the
 -- group when the next token is due (long_task.rate_wake); the end of a run of a limited group
@@ -34,7 +40,6 @@ DECLARE
     keys text[];
     lefts integer[];
     blocked text[];
-    e record;
     k integer;
     got integer := 0;
     asked integer;
@@ -43,11 +48,21 @@ DECLARE
     at timestamptz;
     -- per key met: its rate (NULL: none), the tokens in its bucket now, and those taken
     krates integer[] := '{}';
-    kpersec double precision[] := '{}';
+    kints interval[] := '{}';
+    -- the lowest concurrency limit of any key (NULL: none), whether any key has a rate
+    kmin integer;
+    krated boolean;
+    -- the entries came straight, nothing to count per key
+    straight boolean := false;
     ktokens double precision[] := '{}';
     kused integer[] := '{}';
     kstarved boolean[] := '{}';
-    kr record;
+    -- a round's candidates, and those that go back onto the ring
+    c_ids bigint[];
+    c_lscs timestamptz[];
+    c_keys text[];
+    back_ids bigint[];
+    back_lscs timestamptz[];
 BEGIN
     IF p_group_id IS NULL OR NOT long_task.group_limited(p_group_id) THEN
         RETURN QUERY SELECT r.task_id, r.lsc, r.concurrency_key
@@ -84,62 +99,84 @@ BEGIN
                        FROM long_task.take_ready(allow, p_group_id, p_worker_id, p_topics, p_commands, p_pattern) r;
         GET DIAGNOSTICS got = ROW_COUNT;
     ELSIF allow > 0 THEN
-        -- the starts left for each key met (running keys with a limit first)
-        SELECT coalesce(array_agg(x.key), '{}'), coalesce(array_agg(x.lim - x.n), '{}') INTO keys, lefts
-          FROM (SELECT t.concurrency_key AS key, count(*)::integer AS n,
-                       long_task.key_limit_of(p_group_id, t.concurrency_key) AS lim
+        -- the lowest concurrency limit a key can have, and whether any key has a rate of its own
+        SELECT least(min(kl.max_running), s.key_limit), coalesce(bool_or(kl.rate_limit IS NOT NULL), false)
+          INTO kmin, krated
+          FROM long_task.key_limit kl WHERE kl.group_id = p_group_id;
+        -- the keys met, each with the starts left to it (NULL: its concurrency is not limited),
+        -- its rate (NULL: none of its own), the tokens in its bucket now and those taken: first
+        -- the running keys that have a limit and might reach it in this call (more than kmin -
+        -- allow running: any other has at least allow starts left), in one statement
+        SELECT coalesce(array_agg(l.key), '{}'), coalesce(array_agg(l.max_running - r.n), '{}'),
+               coalesce(array_agg(l.rate_limit), '{}'), coalesce(array_agg(l.rate_interval), '{}')
+          INTO keys, lefts, krates, kints
+          FROM (SELECT t.concurrency_key AS key, count(*)::integer AS n
                   FROM long_task.task t
                  WHERE t.group_id = p_group_id AND t.state_id IN ('AE', 'AC') AND t.attempt > 0
                    AND t.concurrency_key IS NOT NULL
-                 GROUP BY t.concurrency_key) x
-         WHERE x.lim IS NOT NULL;
+                 GROUP BY t.concurrency_key
+                HAVING count(*) > kmin - allow) r
+         CROSS JOIN LATERAL long_task.key_limits(p_group_id, ARRAY[r.key]) l
+         WHERE l.max_running IS NOT NULL;
         blocked := ARRAY(SELECT u.k FROM unnest(keys, lefts) u(k, l) WHERE u.l <= 0);
-        LOOP
+        IF NOT krated AND (kmin IS NULL OR kmin >= allow)
+           AND NOT EXISTS (SELECT 1 FROM unnest(lefts) u(l) WHERE u.l > 0 AND u.l < allow) THEN
+            -- no key can reach its limit in this call (the limits do not bind): the entries come
+            -- straight, passing over the keys at their limit
+            RETURN QUERY SELECT * FROM long_task.take_fair(allow, p_group_id, p_worker_id, p_topics, p_commands,
+                                                           p_pattern, blocked) WHERE fair
+                         UNION ALL
+                         SELECT * FROM long_task.take_ready(allow, p_group_id, p_worker_id, p_topics, p_commands,
+                                                            p_pattern, blocked) WHERE NOT fair;
+            GET DIAGNOSTICS got = ROW_COUNT;
+            straight := true;
+        END IF;
+        WHILE NOT straight AND got < allow LOOP
             asked := allow - got;
-            seen := 0;
-            FOR e IN SELECT * FROM long_task.take_fair(asked, p_group_id, p_worker_id, p_topics, p_commands,
-                                                       p_pattern, blocked) WHERE fair
-                     UNION ALL
-                     SELECT * FROM long_task.take_ready(asked, p_group_id, p_worker_id, p_topics, p_commands,
-                                                        p_pattern, blocked) WHERE NOT fair LOOP
-                seen := seen + 1;
-                IF e.concurrency_key IS NOT NULL THEN
-                    k := array_position(keys, e.concurrency_key);
-                    IF k IS NULL THEN
-                        keys := keys || e.concurrency_key;
-                        lefts := lefts || coalesce(long_task.key_limit_of(p_group_id, e.concurrency_key), 2147483647);
-                        k := cardinality(keys);
-                    END IF;
-                    IF cardinality(krates) < k THEN
-                        -- the key's rate, met for the first time in this call (running keys
-                        -- were listed above without it)
-                        FOR i IN cardinality(krates) + 1 .. k LOOP
-                            SELECT * INTO kr FROM long_task.key_rate_of(p_group_id, keys[i]);
-                            krates := krates || kr.rate_limit;
-                            kpersec := kpersec || (kr.rate_limit / extract(epoch FROM kr.rate_interval))::double precision;
-                            ktokens := ktokens || CASE WHEN kr.rate_limit IS NOT NULL THEN coalesce(
-                                (SELECT least(kr.rate_limit, b.tokens + kr.rate_limit / extract(epoch FROM kr.rate_interval)
-                                                             * greatest(extract(epoch FROM at - b.refilled_at), 0))
-                                   FROM long_task.rate_bucket b WHERE b.group_id = p_group_id AND b.key = keys[i]),
-                                kr.rate_limit) END;
-                            kused := kused || 0;
-                            kstarved := kstarved || false;
-                        END LOOP;
-                    END IF;
+            -- the candidates, in claim order (or in turns)
+            SELECT coalesce(array_agg(c.task_id), '{}'), coalesce(array_agg(c.lsc), '{}'),
+                   coalesce(array_agg(c.concurrency_key), '{}')
+              INTO c_ids, c_lscs, c_keys
+              FROM (SELECT * FROM long_task.take_fair(asked, p_group_id, p_worker_id, p_topics, p_commands,
+                                                      p_pattern, blocked) WHERE fair
+                    UNION ALL
+                    SELECT * FROM long_task.take_ready(asked, p_group_id, p_worker_id, p_topics, p_commands,
+                                                       p_pattern, blocked) WHERE NOT fair) c;
+            seen := cardinality(c_ids);
+            EXIT WHEN seen = 0;
+            -- the keys met for the first time in this call, all at once
+            SELECT keys || coalesce(array_agg(l.key), '{}'), lefts || coalesce(array_agg(l.max_running), '{}'),
+                   krates || coalesce(array_agg(l.rate_limit), '{}'),
+                   kints || coalesce(array_agg(l.rate_interval), '{}')
+              INTO keys, lefts, krates, kints
+              FROM long_task.key_limits(p_group_id, ARRAY(
+                       SELECT u.k FROM unnest(c_keys) u(k) WHERE NOT u.k = ANY (keys))) l;
+            IF cardinality(ktokens) < cardinality(keys) THEN
+                -- the buckets of the new keys with a rate of their own
+                SELECT ktokens || array_agg(CASE WHEN u.rate IS NOT NULL THEN coalesce(
+                           (SELECT least(u.rate, b.tokens + u.rate / extract(epoch FROM u.per)
+                                                 * greatest(extract(epoch FROM at - b.refilled_at), 0))
+                              FROM long_task.rate_bucket b WHERE b.group_id = p_group_id AND b.key = u.key),
+                           u.rate) END ORDER BY u.o)
+                  INTO ktokens
+                  FROM unnest(keys[cardinality(ktokens) + 1:], krates[cardinality(ktokens) + 1:],
+                              kints[cardinality(ktokens) + 1:]) WITH ORDINALITY AS u(key, rate, per, o);
+                kused := kused || array_fill(0, ARRAY[cardinality(keys) - cardinality(kused)]);
+                kstarved := kstarved || array_fill(false, ARRAY[cardinality(keys) - cardinality(kstarved)]);
+            END IF;
+            back_ids := '{}'; back_lscs := '{}';
+            FOR i IN 1 .. seen LOOP
+                IF c_keys[i] IS NOT NULL THEN
+                    k := array_position(keys, c_keys[i]);
                     IF krates[k] IS NOT NULL AND ktokens[k] - kused[k] < 1 THEN
                         -- its bucket is empty: back onto the ring, and the key sits out
                         kstarved[k] := true;
                         lefts[k] := 0;
                     END IF;
                     IF lefts[k] <= 0 THEN
-                        -- its key reached its limit in this call: back onto the ring (from the row,
-                        -- if it still waits as the entry says; else the entry was stale anyway)
-                        INSERT INTO long_task.ready (slot, group_id, priority, lsc, task_id, topic, has_command,
-                                                     worker_id, concurrency_key)
-                        SELECT long_task.ready_insert_slot(), t.group_id, t.priority, t.last_state_change, t.id,
-                               t.topic, t.command IS NOT NULL, t.worker_id, t.concurrency_key
-                          FROM long_task.task t
-                         WHERE t.id = e.task_id AND t.state_id = 'AW' AND t.last_state_change = e.lsc;
+                        -- its key reached its limit in this call: back onto the ring (below)
+                        back_ids := back_ids || c_ids[i];
+                        back_lscs := back_lscs || c_lscs[i];
                         CONTINUE;
                     END IF;
                     lefts[k] := lefts[k] - 1;
@@ -148,27 +185,41 @@ BEGIN
                         lefts[k] := 0;
                     END IF;
                     IF lefts[k] = 0 THEN
-                        blocked := blocked || e.concurrency_key;
+                        blocked := blocked || c_keys[i];
                     END IF;
                 END IF;
-                task_id := e.task_id;
-                lsc := e.lsc;
-                concurrency_key := e.concurrency_key;
+                task_id := c_ids[i];
+                lsc := c_lscs[i];
+                concurrency_key := c_keys[i];
                 RETURN NEXT;
                 got := got + 1;
             END LOOP;
+            IF cardinality(back_ids) > 0 THEN
+                -- entries of keys at their limit go back onto the ring (from the row, if it
+                -- still waits as the entry says; else the entry was stale anyway)
+                INSERT INTO long_task.ready (slot, group_id, priority, lsc, task_id, topic, has_command,
+                                             worker_id, concurrency_key)
+                SELECT long_task.ready_insert_slot(), t.group_id, t.priority, t.last_state_change, t.id,
+                       t.topic, t.command IS NOT NULL, t.worker_id, t.concurrency_key
+                  FROM unnest(back_ids, back_lscs) AS b(id, lsc)
+                  JOIN long_task.task t ON t.id = b.id
+                 WHERE t.state_id = 'AW' AND t.last_state_change = b.lsc;
+            END IF;
             EXIT WHEN seen < asked OR got >= allow;
         END LOOP;
     END IF;
     -- the buckets this call used: the group's (key '') and those of the keys with a rate of
     -- their own that it met; a starved one asks the coordinator's scheduler for a wake
+    IF s.rate_limit IS NULL AND cardinality(array_remove(krates, NULL)) = 0 THEN
+        RETURN;
+    END IF;
     INSERT INTO long_task.rate_bucket AS b (group_id, key, tokens, refilled_at, starved)
     SELECT p_group_id, u.key, u.left_tokens, at, u.empty
       FROM (SELECT ''::text AS key, tokens - got AS left_tokens, by_tokens AND got >= allow AS empty
              WHERE s.rate_limit IS NOT NULL
             UNION ALL
             SELECT k.key, k.had - k.used, k.empty
-              FROM unnest(keys[1:cardinality(krates)], krates, ktokens, kused, kstarved)
+              FROM unnest(keys[1:cardinality(ktokens)], krates, ktokens, kused, kstarved)
                    AS k(key, rate, had, used, empty)
              WHERE k.rate IS NOT NULL) u
     ON CONFLICT (group_id, key) DO UPDATE

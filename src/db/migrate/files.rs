@@ -107,6 +107,7 @@ pub const SCHEMA_FILES: &[SchemaFile] = schema_files![
     "limits/ns_limit.sql",
     "limits/limits_configured.sql",
     "limits/group_limited.sql",
+    "limits/key_limits.sql",
     "limits/key_limit_of.sql",
     "limits/key_rate_of.sql",
     "limits/take_fair.sql",
