@@ -64,13 +64,24 @@ BEGIN
     -- claim of one row), and its nested loop is quadratic for a batch of thousands of outcomes.
     IF TG_OP = 'UPDATE' THEN
         -- (a claim ends no task: no join to plan)
-        IF EXISTS (SELECT 1 FROM new_rows n WHERE n.state_id IN ('CS', 'CF', 'CC')) THEN
+        IF NOT EXISTS (SELECT 1 FROM new_rows n WHERE n.state_id IN ('CS', 'CF', 'CC')) THEN
+            NULL;
+        ELSIF NOT EXISTS (SELECT 1 FROM old_rows o WHERE o.state_id IN ('CS', 'CF', 'CC')) THEN
+            -- no row was final before (an outcome, a cancel): every final row just ended, and
+            -- there is no join to plan
+            SELECT array_agg(n.id) FILTER (WHERE n.state_id = 'CS'),
+                   array_agg(n.id) FILTER (WHERE n.state_id IN ('CF', 'CC'))
+              INTO done, failed
+              FROM new_rows n;
+        ELSE
             EXECUTE $q$
             SELECT array_agg(n.id) FILTER (WHERE n.state_id = 'CS'),
                    array_agg(n.id) FILTER (WHERE n.state_id IN ('CF', 'CC'))
               FROM new_rows n JOIN old_rows o ON o.id = n.id
              WHERE n.state_id <> o.state_id AND n.state_id IN ('CS', 'CF', 'CC')
             $q$ INTO done, failed;
+        END IF;
+        IF done IS NOT NULL OR failed IS NOT NULL THEN
             ended := coalesce(done, '{}') || coalesce(failed, '{}');
         END IF;
     ELSE
