@@ -13,8 +13,13 @@
 -- A node's own writes (long_task.node_write: claims, consumes, outcomes) send no ctl and no
 -- schedule 'sched'. The joins of old_rows and new_rows are planned per statement (EXECUTE) and
 -- skipped when they cannot find anything.
+-- SET enable_seqscan = off, jit = off: PL/pgSQL plans its statements once per session and keeps
+-- them; planned while long_task.task was small (a fresh database, a node started on an empty
+-- queue), a lookup of rows by id would stay a scan of the whole table, once per call, however
+-- large the table grew. Off, the plan takes the indexes at any size (and a plan costed past
+-- jit_above_cost by the disabled paths is not JIT-compiled at every call).
 CREATE OR REPLACE FUNCTION long_task.task_after_write() RETURNS trigger
-LANGUAGE plpgsql AS $$
+LANGUAGE plpgsql SET enable_seqscan = off SET jit = off AS $$
 DECLARE
     r record;
     node_write boolean := coalesce(current_setting('long_task.node_write', true), '') = 'on';
