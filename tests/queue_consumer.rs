@@ -1,5 +1,6 @@
 //! The SQL consumer API against the database (no node): publish, publish_bulk, consume,
-//! consume_topic, ack, ack_many, nack, lease expiry, unique tasks, and two concurrent consumers.
+//! consume_topic, ack, ack_many, nack, lease expiry, unique tasks, two concurrent consumers, and
+//! plans of the hot paths that stay on the indexes once the table has grown.
 
 mod common;
 
@@ -463,5 +464,96 @@ async fn a_lease_is_the_task_timeout_else_the_group_lease_else_60_s() {
             (group_lease, 7.0),
             (default_lease, 60.0)
         ]
+    );
+}
+
+/// One task through each hot path: a consumer's consume and ack_many (complete_runs), and a
+/// node's claim and outcome (finish_runs).
+async fn one_round(client: &Client) {
+    client
+        .execute("SELECT long_task.publish('plans')", &[])
+        .await
+        .expect("publish");
+    let ids: Vec<i64> = client
+        .query("SELECT id FROM long_task.consume(10)", &[])
+        .await
+        .expect("consume")
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
+    assert_eq!(ids.len(), 1, "one task consumed");
+    client
+        .execute("SELECT long_task.ack_many($1)", &[&ids])
+        .await
+        .expect("ack_many");
+    client
+        .execute(
+            "INSERT INTO long_task.task (state_id, command) VALUES ('AW', '{true}')",
+            &[],
+        )
+        .await
+        .expect("insert");
+    let row = client
+        .query_one("SELECT id, run_id FROM long_task.claim(1, 0, 10)", &[])
+        .await
+        .expect("claim");
+    let (id, run_id): (i64, Uuid) = (row.get(0), row.get(1));
+    let state: String = client
+        .query_one(
+            "SELECT state_id::text FROM long_task.finish_runs(ARRAY[$1::bigint], ARRAY[$2::uuid], ARRAY['CS'],
+                     ARRAY[NULL::text], ARRAY[0], ARRAY[NULL::int], ARRAY[''], ARRAY[''])",
+            &[&id, &run_id],
+        )
+        .await
+        .expect("finish_runs")
+        .get(0);
+    assert_eq!(state, "CS");
+}
+
+/// PL/pgSQL keeps a session's plans: those made while long_task.task held a handful of rows (a
+/// fresh database, a node started on an empty queue) must still take the indexes once the table
+/// has grown, or every claim, consume and outcome batch reads the whole table.
+#[tokio::test]
+async fn plans_made_on_a_small_table_use_the_indexes_once_it_has_grown() {
+    let (_db, client) = migrated_db().await;
+    // no autovacuum: an ANALYZE meanwhile would have the plans made again on the grown table
+    client
+        .batch_execute("ALTER TABLE long_task.task SET (autovacuum_enabled = false)")
+        .await
+        .expect("autovacuum off");
+    // the session's plans are made here, on a table of a few rows
+    one_round(&client).await;
+    one_round(&client).await;
+    // history: 20,000 finished tasks (a fixture, not state changes: no triggers)
+    client
+        .batch_execute(
+            "SET session_replication_role = replica;
+             INSERT INTO long_task.task (state_id, command, attempt, max_attempts, finished)
+             SELECT 'CS', '{true}', 1, 1, now() FROM generate_series(1, 20000);
+             SET session_replication_role = origin;",
+        )
+        .await
+        .expect("history");
+    // the scans this session has not reported yet, read twice in one transaction (a session
+    // reports them only between transactions): the difference is the round's
+    let seq_scans =
+        "SELECT seq_scan FROM pg_stat_xact_user_tables WHERE relid = 'long_task.task'::regclass";
+    client.batch_execute("BEGIN").await.expect("begin");
+    let before: i64 = client
+        .query_one(seq_scans, &[])
+        .await
+        .expect("stats")
+        .get(0);
+    one_round(&client).await;
+    let after: i64 = client
+        .query_one(seq_scans, &[])
+        .await
+        .expect("stats")
+        .get(0);
+    client.batch_execute("COMMIT").await.expect("commit");
+    assert_eq!(
+        after - before,
+        0,
+        "a consume, an ack, a claim and an outcome read long_task.task by sequential scans"
     );
 }

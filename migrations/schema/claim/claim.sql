@@ -12,13 +12,18 @@
 -- Each row also says how to start the process: the task's env, the group's run_as user, and
 -- each resource limit of the task, else of its group (NULL: none from the database; the node's
 -- own config bounds all three).
+-- SET enable_seqscan = off, jit = off: PL/pgSQL plans its statements once per session and keeps
+-- them; planned while long_task.task was small (a fresh database, a node started on an empty
+-- queue), a lookup of rows by id would stay a scan of the whole table, once per call, however
+-- large the table grew. Off, the plan takes the indexes at any size (and a plan costed past
+-- jit_above_cost by the disabled paths is not JIT-compiled at every call).
 CREATE OR REPLACE FUNCTION long_task.claim(p_worker_id bigint, p_group_id integer, n integer,
                                            p_topics text[], p_commands boolean)
 RETURNS TABLE (id bigint, run_id uuid, command varchar[], cwd varchar, timeout double precision,
                attempt integer, topic text, params jsonb, max_attempts integer, env jsonb,
                run_as text, limit_memory bigint, limit_cpu_seconds bigint, limit_open_files bigint,
                limit_processes bigint)
-LANGUAGE plpgsql AS $$
+LANGUAGE plpgsql SET enable_seqscan = off SET jit = off AS $$
 DECLARE
     want integer := n;
     ids bigint[];

@@ -10,10 +10,15 @@
 -- (group_settings.paused) gives nothing; while any group is paused or limited, NULL means each
 -- group with ready entries that is not paused, in turn. A group's concurrency and rate limits
 -- bound what is taken (long_task.take_limited).
+-- SET enable_seqscan = off, jit = off: PL/pgSQL plans its statements once per session and keeps
+-- them; planned while long_task.task was small (a fresh database, a node started on an empty
+-- queue), a lookup of rows by id would stay a scan of the whole table, once per call, however
+-- large the table grew. Off, the plan takes the indexes at any size (and a plan costed past
+-- jit_above_cost by the disabled paths is not JIT-compiled at every call).
 CREATE OR REPLACE FUNCTION long_task.consume_topic(p_pattern text, n integer, p_group_id integer DEFAULT NULL)
 RETURNS TABLE (id bigint, run_id uuid, topic text, params jsonb, attempt integer, max_attempts integer,
                lease_until timestamptz, group_id integer)
-LANGUAGE plpgsql AS $$
+LANGUAGE plpgsql SET enable_seqscan = off SET jit = off AS $$
 DECLARE
     want integer := n;
     ids bigint[];

@@ -13,8 +13,13 @@
 -- A node's own writes (long_task.node_write: claims, consumes, outcomes) send no ctl and no
 -- schedule 'sched'. The joins of old_rows and new_rows are planned per statement (EXECUTE) and
 -- skipped when they cannot find anything.
+-- SET enable_seqscan = off, jit = off: PL/pgSQL plans its statements once per session and keeps
+-- them; planned while long_task.task was small (a fresh database, a node started on an empty
+-- queue), a lookup of rows by id would stay a scan of the whole table, once per call, however
+-- large the table grew. Off, the plan takes the indexes at any size (and a plan costed past
+-- jit_above_cost by the disabled paths is not JIT-compiled at every call).
 CREATE OR REPLACE FUNCTION long_task.task_after_write() RETURNS trigger
-LANGUAGE plpgsql AS $$
+LANGUAGE plpgsql SET enable_seqscan = off SET jit = off AS $$
 DECLARE
     r record;
     node_write boolean := coalesce(current_setting('long_task.node_write', true), '') = 'on';
@@ -64,13 +69,24 @@ BEGIN
     -- claim of one row), and its nested loop is quadratic for a batch of thousands of outcomes.
     IF TG_OP = 'UPDATE' THEN
         -- (a claim ends no task: no join to plan)
-        IF EXISTS (SELECT 1 FROM new_rows n WHERE n.state_id IN ('CS', 'CF', 'CC')) THEN
+        IF NOT EXISTS (SELECT 1 FROM new_rows n WHERE n.state_id IN ('CS', 'CF', 'CC')) THEN
+            NULL;
+        ELSIF NOT EXISTS (SELECT 1 FROM old_rows o WHERE o.state_id IN ('CS', 'CF', 'CC')) THEN
+            -- no row was final before (an outcome, a cancel): every final row just ended, and
+            -- there is no join to plan
+            SELECT array_agg(n.id) FILTER (WHERE n.state_id = 'CS'),
+                   array_agg(n.id) FILTER (WHERE n.state_id IN ('CF', 'CC'))
+              INTO done, failed
+              FROM new_rows n;
+        ELSE
             EXECUTE $q$
             SELECT array_agg(n.id) FILTER (WHERE n.state_id = 'CS'),
                    array_agg(n.id) FILTER (WHERE n.state_id IN ('CF', 'CC'))
               FROM new_rows n JOIN old_rows o ON o.id = n.id
              WHERE n.state_id <> o.state_id AND n.state_id IN ('CS', 'CF', 'CC')
             $q$ INTO done, failed;
+        END IF;
+        IF done IS NOT NULL OR failed IS NOT NULL THEN
             ended := coalesce(done, '{}') || coalesce(failed, '{}');
         END IF;
     ELSE

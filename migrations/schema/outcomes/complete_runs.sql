@@ -6,12 +6,17 @@
 -- until the end of the transaction, and a concurrent cancel is seen, so the update needs no state
 -- test of its own), and the history rows take the attempt's old values from the update's
 -- RETURNING. Returns the rows written with their new state.
+-- SET enable_seqscan = off, jit = off: PL/pgSQL plans its statements once per session and keeps
+-- them; planned while long_task.task was small (a fresh database, a node started on an empty
+-- queue), a lookup of rows by id would stay a scan of the whole table, once per call, however
+-- large the table grew. Off, the plan takes the indexes at any size (and a plan costed past
+-- jit_above_cost by the disabled paths is not JIT-compiled at every call).
 CREATE OR REPLACE FUNCTION long_task.complete_runs(
     p_ids bigint[], p_run_ids uuid[], p_states text[], p_errors text[],
     p_exit_codes integer[], p_exit_signals integer[], p_stdout text[], p_stderr text[],
     p_results jsonb[], p_retry_at timestamptz[])
 RETURNS TABLE (id bigint, state_id char(2))
-LANGUAGE plpgsql AS $$
+LANGUAGE plpgsql SET enable_seqscan = off SET jit = off AS $$
 BEGIN
     PERFORM set_config('long_task.node_write', 'on', true);
     RETURN QUERY
