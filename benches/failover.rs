@@ -17,7 +17,7 @@ mod proxy;
 mod support;
 
 use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
+use std::time::{Duration, Instant, SystemTime};
 
 use nix::sys::signal::{kill, Signal};
 use nix::unistd::Pid;
@@ -91,6 +91,32 @@ impl Drill {
         }
     }
 
+    /// Time until `sql` (a count) returns `want`.
+    async fn wait_count(
+        &self,
+        what: &str,
+        sql: &str,
+        params: &[&(dyn tokio_postgres::types::ToSql + Sync)],
+        want: i64,
+    ) -> Duration {
+        self.wait(what, async |c| {
+            c.query_one(sql, params)
+                .await
+                .map(|r| r.get::<_, i64>(0) == want)
+                .unwrap_or(false)
+        })
+        .await
+    }
+
+    /// The database's clock now.
+    async fn db_now(&self) -> SystemTime {
+        self.client
+            .query_one("SELECT clock_timestamp()", &[])
+            .await
+            .expect("clock")
+            .get(0)
+    }
+
     async fn coordinator(&self) -> (i64, i64) {
         let row = self
             .client
@@ -115,31 +141,20 @@ impl Drill {
         // Every node must know its limit is 0 before the tasks below are queued, or one that
         // missed the notification (a healed partition's listener still reconnecting) claims
         // another node's share: a heartbeat after the update reads the new limit back.
-        let since: std::time::SystemTime = self
-            .client
-            .query_one("SELECT clock_timestamp()", &[])
-            .await
-            .expect("clock")
-            .get(0);
-        self.wait("every node saw its limit", async |c| {
-            c.query_one(
-                "SELECT count(*) FROM long_task.worker WHERE active AND heartbeat_at > $1",
-                &[&since],
-            )
-            .await
-            .map(|r| r.get::<_, i64>(0) == NODES)
-            .unwrap_or(false)
-        })
+        let since = self.db_now().await;
+        self.wait_count(
+            "every node saw its limit",
+            "SELECT count(*) FROM long_task.worker WHERE active AND heartbeat_at > $1",
+            &[&since],
+            NODES,
+        )
         .await;
-        self.wait("drain", async |c| {
-            c.query_one(
-                "SELECT count(*) FROM long_task.task WHERE state_id LIKE 'A%'",
-                &[],
-            )
-            .await
-            .map(|r| r.get::<_, i64>(0) == 0)
-            .unwrap_or(false)
-        })
+        self.wait_count(
+            "drain",
+            "SELECT count(*) FROM long_task.task WHERE state_id LIKE 'A%'",
+            &[],
+            0,
+        )
         .await;
         for w in 1..=NODES {
             self.client
@@ -157,15 +172,12 @@ impl Drill {
                 )
                 .await
                 .expect("queue");
-            self.wait("tasks claimed", async |c| {
-                c.query_one(
-                    "SELECT count(*) FROM long_task.task WHERE state_id = 'AE' AND worker_id = $1",
-                    &[&w],
-                )
-                .await
-                .map(|r| r.get::<_, i64>(0) == TASKS_PER_NODE)
-                .unwrap_or(false)
-            })
+            self.wait_count(
+                "tasks claimed",
+                "SELECT count(*) FROM long_task.task WHERE state_id = 'AE' AND worker_id = $1",
+                &[&w],
+                TASKS_PER_NODE,
+            )
             .await;
         }
         // Room for the orphans on the survivors.
@@ -191,12 +203,7 @@ impl Drill {
 
     /// Time until `worker` writes a heartbeat newer than now.
     async fn beating_again(&self, worker: i64) -> Duration {
-        let since: std::time::SystemTime = self
-            .client
-            .query_one("SELECT clock_timestamp()", &[])
-            .await
-            .expect("clock")
-            .get(0);
+        let since = self.db_now().await;
         self.wait("heartbeat after the heal", async |c| {
             c.query_one(
                 "SELECT heartbeat_at > $2 AND active FROM long_task.worker WHERE id = $1",
@@ -226,29 +233,23 @@ impl Drill {
     async fn rerun_time(&self, victim: i64, runs: &[(i64, Uuid)]) -> Duration {
         let ids: Vec<i64> = runs.iter().map(|r| r.0).collect();
         let old: Vec<Uuid> = runs.iter().map(|r| r.1).collect();
-        self.wait("orphans running again", async |c| {
-            c.query_one(
-                "SELECT count(*) FROM long_task.task
-                  WHERE id = ANY($1) AND state_id = 'AE' AND worker_id <> $2 AND run_id <> ALL($3)",
-                &[&ids, &victim, &old],
-            )
-            .await
-            .map(|r| r.get::<_, i64>(0) == ids.len() as i64)
-            .unwrap_or(false)
-        })
+        self.wait_count(
+            "orphans running again",
+            "SELECT count(*) FROM long_task.task
+              WHERE id = ANY($1) AND state_id = 'AE' AND worker_id <> $2 AND run_id <> ALL($3)",
+            &[&ids, &victim, &old],
+            ids.len() as i64,
+        )
         .await
     }
 
     async fn wait_all_ready(&self) {
-        self.wait("nodes ready", async |c| {
-            c.query_one(
-                "SELECT count(*) FROM long_task.worker WHERE active AND heartbeat_at > now() - interval '1 second'",
-                &[],
-            )
-            .await
-            .map(|r| r.get::<_, i64>(0) == NODES)
-            .unwrap_or(false)
-        })
+        self.wait_count(
+            "nodes ready",
+            "SELECT count(*) FROM long_task.worker WHERE active AND heartbeat_at > now() - interval '1 second'",
+            &[],
+            NODES,
+        )
         .await;
     }
 }
