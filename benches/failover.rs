@@ -29,6 +29,8 @@ use uuid::Uuid;
 
 const NODES: i64 = 3;
 const TASKS_PER_NODE: i64 = 3;
+/// How long any step of the drill may take before it is reported as not happening.
+const WAIT_LIMIT: Duration = Duration::from_secs(60);
 
 struct Drill {
     url: String,
@@ -78,17 +80,7 @@ impl Drill {
     }
 
     async fn wait(&self, what: &str, mut cond: impl AsyncFnMut(&Client) -> bool) -> Duration {
-        let start = Instant::now();
-        loop {
-            if cond(&self.client).await {
-                return start.elapsed();
-            }
-            assert!(
-                start.elapsed() < Duration::from_secs(60),
-                "{what} did not happen"
-            );
-            tokio::time::sleep(Duration::from_millis(5)).await;
-        }
+        support::wait_until(what, WAIT_LIMIT, async || cond(&self.client).await).await
     }
 
     /// Time until `sql` (a count) returns `want`.
@@ -131,29 +123,16 @@ impl Drill {
 
     /// Cancels everything, then gives each node TASKS_PER_NODE long tasks (pinned by limits).
     async fn fill(&self) {
-        self.client
-            .batch_execute(
-                "UPDATE long_task.task SET state_id = 'AC' WHERE state_id IN ('AE', 'AW');
-                 UPDATE long_task.worker SET max_task_count = 0",
-            )
-            .await
-            .expect("reset");
+        support::reset_and_drain(&self.client, WAIT_LIMIT).await;
         // Every node must know its limit is 0 before the tasks below are queued, or one that
         // missed the notification (a healed partition's listener still reconnecting) claims
-        // another node's share: a heartbeat after the update reads the new limit back.
+        // another node's share: a heartbeat begun after the update reads the new limit back.
         let since = self.db_now().await;
         self.wait_count(
             "every node saw its limit",
             "SELECT count(*) FROM long_task.worker WHERE active AND heartbeat_at > $1",
             &[&since],
             NODES,
-        )
-        .await;
-        self.wait_count(
-            "drain",
-            "SELECT count(*) FROM long_task.task WHERE state_id LIKE 'A%'",
-            &[],
-            0,
         )
         .await;
         for w in 1..=NODES {

@@ -37,6 +37,9 @@ use support::{connect, env_usize, fresh_db, BenchServer};
 use tokio_postgres::Client;
 use uuid::Uuid;
 
+/// How long any step of the bench may take before it is reported as not happening.
+const WAIT_LIMIT: Duration = Duration::from_secs(120);
+
 struct Fleet {
     url: String,
     db: String,
@@ -89,17 +92,7 @@ impl Fleet {
     }
 
     async fn wait(&self, what: &str, mut cond: impl AsyncFnMut(&Client) -> bool) -> Duration {
-        let start = Instant::now();
-        loop {
-            if cond(&self.client).await {
-                return start.elapsed();
-            }
-            assert!(
-                start.elapsed() < Duration::from_secs(120),
-                "{what} did not happen"
-            );
-            tokio::time::sleep(Duration::from_millis(5)).await;
-        }
+        support::wait_until(what, WAIT_LIMIT, async || cond(&self.client).await).await
     }
 
     async fn count(&self, sql: &str, params: &[&(dyn tokio_postgres::types::ToSql + Sync)]) -> i64 {
@@ -290,23 +283,7 @@ impl Fleet {
     /// coordinator: then it is tried again).
     async fn load(&self, victim: i64, coordinator: i64) -> (i64, Uuid, i64) {
         loop {
-            self.client
-                .batch_execute(
-                    "UPDATE long_task.task SET state_id = 'AC' WHERE state_id IN ('AE', 'AW');
-                     UPDATE long_task.worker SET max_task_count = 0",
-                )
-                .await
-                .expect("reset");
-            self.wait("drain", async |c| {
-                c.query_one(
-                    "SELECT count(*) FROM long_task.task WHERE state_id LIKE 'A%'",
-                    &[],
-                )
-                .await
-                .map(|r| r.get::<_, i64>(0) == 0)
-                .unwrap_or(false)
-            })
-            .await;
+            support::reset_and_drain(&self.client, WAIT_LIMIT).await;
             tokio::time::sleep(Duration::from_millis(200)).await;
             self.client
                 .execute(

@@ -43,15 +43,8 @@ async fn connect_retrying(url: &str, limit: Duration) -> Client {
 }
 
 /// Polls `cond` every 5 ms; panics after a minute.
-async fn wait(what: &str, mut cond: impl AsyncFnMut() -> bool) {
-    let start = Instant::now();
-    while !cond().await {
-        assert!(
-            start.elapsed() < Duration::from_secs(60),
-            "{what} did not happen"
-        );
-        tokio::time::sleep(Duration::from_millis(5)).await;
-    }
+async fn wait(what: &str, cond: impl AsyncFnMut() -> bool) {
+    support::wait_until(what, Duration::from_secs(60), cond).await;
 }
 
 async fn nodes_back(client: &Client, since: DateTime<Utc>) -> bool {

@@ -101,6 +101,45 @@ pub fn env_duration(key: &str, default: std::time::Duration) -> std::time::Durat
     }
 }
 
+/// Polls `cond` every 5 ms until it holds and returns how long that took; panics naming `what`
+/// once `limit` has passed (a drill that never gets there has nothing to measure).
+pub async fn wait_until(
+    what: &str,
+    limit: std::time::Duration,
+    mut cond: impl AsyncFnMut() -> bool,
+) -> std::time::Duration {
+    let start = std::time::Instant::now();
+    while !cond().await {
+        assert!(start.elapsed() < limit, "{what} did not happen");
+        tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+    }
+    start.elapsed()
+}
+
+/// Ends a drill's round: cancels every waiting and running task, sets every node's
+/// `max_task_count` to 0 (so nothing new is claimed while the next round is set up), and waits
+/// until no task is active any more.
+pub async fn reset_and_drain(client: &Client, limit: std::time::Duration) {
+    client
+        .batch_execute(
+            "UPDATE long_task.task SET state_id = 'AC' WHERE state_id IN ('AE', 'AW');
+             UPDATE long_task.worker SET max_task_count = 0",
+        )
+        .await
+        .expect("reset");
+    wait_until("drain", limit, async || {
+        client
+            .query_one(
+                "SELECT count(*) FROM long_task.task WHERE state_id LIKE 'A%'",
+                &[],
+            )
+            .await
+            .map(|r| r.get::<_, i64>(0) == 0)
+            .unwrap_or(false)
+    })
+    .await;
+}
+
 /// `name  p50 … ms  p99 … ms  max … ms  (n=…)` of a non-empty set of durations.
 pub fn summary(name: &str, mut v: Vec<std::time::Duration>) -> String {
     v.sort();
