@@ -33,10 +33,8 @@ DECLARE
     t_id bigint[];
     t_lsc timestamptz[];
     t_key text[];
-    tids tid[];
     d_slot smallint[];
     d_tid tid[];
-    slot smallint;
     turn text[];
     h_slot smallint[];
     h_tid tid[];
@@ -234,16 +232,8 @@ BEGIN
             PERFORM set_config('plan_cache_mode', old_plan_mode, true);
         END IF;
         -- the turn's entries, one DELETE per slot; only those deleted here are taken
-        d_slot := '{}'; d_tid := '{}';
-        FOREACH slot IN ARRAY ARRAY(SELECT DISTINCT x FROM unnest(t_slot) x) LOOP
-            EXECUTE format(
-                'WITH d AS (DELETE FROM long_task.ready_%s r WHERE r.ctid = ANY ($1) RETURNING r.ctid)
-                 SELECT array_agg(d.ctid) FROM d', slot)
-              INTO tids
-              USING ARRAY(SELECT u.t FROM unnest(t_slot, t_tid) AS u(s, t) WHERE u.s = slot);
-            d_slot := d_slot || array_fill(slot, ARRAY[coalesce(cardinality(tids), 0)]);
-            d_tid := d_tid || coalesce(tids, '{}');
-        END LOOP;
+        SELECT d.deleted_slots, d.deleted_tids INTO d_slot, d_tid
+          FROM long_task.delete_ready_entries(t_slot, t_tid) d;
         IF cardinality(d_tid) > 0 THEN
             RETURN QUERY
                 SELECT u.i, u.l, u.k

@@ -44,12 +44,10 @@ DECLARE
     taken_id bigint[] := '{}';
     taken_lsc timestamptz[] := '{}';
     taken_key text[] := '{}';
-    tids tid[];
     deleted_slot smallint[] := '{}';
     deleted_tid tid[] := '{}';
     got integer := 0;
     exhausted boolean;
-    slot smallint;
     old_sort text := current_setting('enable_sort');
     old_bitmap text := current_setting('enable_bitmapscan');
 BEGIN
@@ -216,15 +214,8 @@ BEGIN
             cur := portals[k];
             CLOSE cur;
         END LOOP;
-        FOREACH slot IN ARRAY ARRAY(SELECT DISTINCT x FROM unnest(taken_slot) x) LOOP
-            EXECUTE format(
-                'WITH d AS (DELETE FROM long_task.ready_%s r WHERE r.ctid = ANY ($1) RETURNING r.ctid)
-                 SELECT array_agg(d.ctid) FROM d', slot)
-              INTO tids
-              USING ARRAY(SELECT u.t FROM unnest(taken_slot, taken_tid) AS u(s, t) WHERE u.s = slot);
-            deleted_slot := deleted_slot || array_fill(slot, ARRAY[coalesce(cardinality(tids), 0)]);
-            deleted_tid := deleted_tid || coalesce(tids, '{}');
-        END LOOP;
+        SELECT d.deleted_slots, d.deleted_tids INTO deleted_slot, deleted_tid
+          FROM long_task.delete_ready_entries(taken_slot, taken_tid) d;
         -- the entries this round deleted, in the order they were taken
         RETURN QUERY
             SELECT u.i, u.l, u.k
