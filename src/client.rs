@@ -68,7 +68,7 @@ impl Client {
     /// Publishes a task; returns its id (the existing task's id when its dedup key is taken).
     pub async fn submit(&self, task: &NewTask) -> Result<i64, ClientError> {
         let conn = self.pool.get().await.map_err(DbError::from)?;
-        self.submit_in(&*conn, task).await
+        self.submit_in(&**conn, task).await
     }
 
     /// Publishes a task inside the caller's transaction (or on any connection): it exists, and
@@ -100,13 +100,13 @@ impl Client {
     /// (its handler's token is cancelled). False when it is missing or already final.
     pub async fn cancel(&self, id: i64) -> Result<bool, ClientError> {
         let conn = self.pool.get().await.map_err(DbError::from)?;
-        Ok(tasks::cancel(&*conn, id).await?.is_done())
+        Ok(tasks::cancel(&**conn, id).await?.is_done())
     }
 
     /// Reads a task.
     pub async fn get(&self, id: i64) -> Result<Option<TaskInfo>, ClientError> {
         let conn = self.pool.get().await.map_err(DbError::from)?;
-        Ok(tasks::info(&*conn, id).await?)
+        Ok(tasks::info(&**conn, id).await?)
     }
 
     /// Waits until the task is final (CS, CF or CC), at most `limit`. Reads the row with a

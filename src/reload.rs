@@ -157,7 +157,7 @@ pub async fn reload(node: &NodeContext) -> Result<ReloadReport, ReloadError> {
         let limit = i32::try_from(new.max_tasks).unwrap_or(i32::MAX);
         let written = async {
             let conn = node.pool.get().await?;
-            queries::set_max_task_count(&*conn, node.worker_id, limit).await
+            queries::set_max_task_count(&**conn, node.worker_id, limit).await
         }
         .await;
         match written {

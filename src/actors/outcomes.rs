@@ -302,7 +302,7 @@ impl Outcomes {
         let node = self.node.clone();
         let fut = async move {
             let conn = node.pool.get().await.map_err(DbError::from)?;
-            replay_spool(&*conn, &spool).await
+            replay_spool(&**conn, &spool).await
         };
         ctx.spawn(fut.into_actor(self).map(|result, act, ctx| {
             act.replay_in_flight = false;
@@ -352,7 +352,7 @@ impl Outcomes {
         let fut = async move {
             let result = async {
                 let conn = node.pool.get().await?;
-                queries::hand_back(&*conn, node.worker_id, reason, Some(&runs)).await
+                queries::hand_back(&**conn, node.worker_id, reason, Some(&runs)).await
             }
             .await;
             (runs, result)

@@ -275,7 +275,7 @@ impl Supervisor {
 async fn finish_worker_row(node: &NodeContext) {
     let result = async {
         let conn = node.pool.get().await?;
-        let handed = queries::hand_back(&*conn, node.worker_id, "node stopped", None).await?;
+        let handed = queries::hand_back(&**conn, node.worker_id, "node stopped", None).await?;
         queries::mark_stopped(&conn, node.worker_id).await?;
         Ok::<_, crate::db::DbError>(handed)
     }

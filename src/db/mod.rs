@@ -15,6 +15,7 @@ pub mod detail;
 pub mod follow;
 pub mod migrate;
 pub mod overview;
+pub mod pool;
 pub mod queries;
 pub mod search;
 pub mod tasks;
@@ -22,16 +23,15 @@ pub mod tls;
 
 use std::time::Duration;
 
-use bb8_postgres::PostgresConnectionManager;
 use tokio_postgres::{AsyncMessage, Client};
 
 pub use tls::Connector;
 
-/// The shared connection pool.
-pub type Pool = bb8::Pool<PostgresConnectionManager<Connector>>;
+/// The shared connection pool (its connections keep the node's statements prepared: `pool`).
+pub type Pool = bb8::Pool<pool::Manager>;
 
 /// A connection of the pool.
-pub type PooledClient<'a> = bb8::PooledConnection<'a, PostgresConnectionManager<Connector>>;
+pub type PooledClient<'a> = bb8::PooledConnection<'a, pool::Manager>;
 
 /// Errors of talking to the database.
 #[derive(Debug, thiserror::Error)]
@@ -146,7 +146,7 @@ pub fn connect_budget(url: &str) -> Duration {
 /// Creates the shared pool. Connections are made lazily; a broken one is dropped when returned.
 pub fn create_pool(url: &str, purpose: &str, size: u32) -> Result<Pool, DbError> {
     let (cfg, connector) = connection_config(url, purpose)?;
-    let manager = PostgresConnectionManager::new(cfg, connector);
+    let manager = pool::Manager::new(cfg, connector);
     Ok(bb8::Pool::builder()
         .max_size(size)
         .min_idle(Some(0))

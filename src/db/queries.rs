@@ -112,17 +112,17 @@ pub struct WorkerControl {
     pub max_task_count: i32,
 }
 
-/// Runs a statement on a pooled connection in one round trip: parameters are sent with their
-/// types (`query_typed`), so there is no separate prepare (which would cost a round trip and, on
-/// the server, a transaction of its own).
+/// Runs one of the node's statements on a pooled connection, prepared once per connection
+/// (`pool::Connection::query_prepared`): after the first call, one round trip with nothing for
+/// the server to parse or plan.
 pub(super) async fn query(
     pool: &Pool,
     context: &'static str,
-    sql: &str,
+    sql: &'static str,
     params: &[(&(dyn ToSql + Sync), Type)],
 ) -> Result<Vec<Row>, DbError> {
     let conn = pool.get().await?;
-    conn.query_typed(sql, params)
+    conn.query_prepared(sql, params)
         .await
         .map_err(DbError::query(context))
 }
@@ -202,7 +202,12 @@ pub async fn finish_runs(
     outcomes: &[RunOutcome],
 ) -> Result<Vec<(i64, String)>, DbError> {
     let conn = pool.get().await?;
-    finish_runs_on(&*conn, outcomes).await
+    let columns = OutcomeColumns::of(outcomes);
+    let rows = conn
+        .query_prepared(COMPLETE_RUNS, &columns.params())
+        .await
+        .map_err(DbError::query("writing task outcomes"))?;
+    Ok(rows.iter().map(|r| (r.get(0), r.get(1))).collect())
 }
 
 /// `finish_runs` on a given connection (start-up replays the spool before the pool exists).
@@ -210,36 +215,60 @@ pub async fn finish_runs_on(
     client: &impl GenericClient,
     outcomes: &[RunOutcome],
 ) -> Result<Vec<(i64, String)>, DbError> {
-    let ids: Vec<i64> = outcomes.iter().map(|o| o.task_id).collect();
-    let run_ids: Vec<Uuid> = outcomes.iter().map(|o| o.run_id).collect();
-    let states: Vec<&str> = outcomes.iter().map(|o| o.state.code()).collect();
-    let errors: Vec<Option<&str>> = outcomes.iter().map(|o| o.error.as_deref()).collect();
-    let codes: Vec<Option<i32>> = outcomes.iter().map(|o| o.exit_code).collect();
-    let signals: Vec<Option<i32>> = outcomes.iter().map(|o| o.exit_signal).collect();
-    let stdout: Vec<Option<&str>> = outcomes.iter().map(|o| o.stdout_tail.as_deref()).collect();
-    let stderr: Vec<Option<&str>> = outcomes.iter().map(|o| o.stderr_tail.as_deref()).collect();
-    let results: Vec<Option<&serde_json::Value>> =
-        outcomes.iter().map(|o| o.result.as_ref()).collect();
-    // complete_runs: finish_runs plus results (and retry times, unused by nodes); a failure with
-    // attempts left goes back to AW with its back-off, every attempt lands in task_run.
+    let columns = OutcomeColumns::of(outcomes);
     let rows = client
-        .query_typed(
-        "SELECT id, state_id::text FROM long_task.complete_runs($1, $2, $3, $4, $5, $6, $7, $8, $9, NULL)",
-        &[
-            (&ids, Type::INT8_ARRAY),
-            (&run_ids, Type::UUID_ARRAY),
-            (&states, Type::TEXT_ARRAY),
-            (&errors, Type::TEXT_ARRAY),
-            (&codes, Type::INT4_ARRAY),
-            (&signals, Type::INT4_ARRAY),
-            (&stdout, Type::TEXT_ARRAY),
-            (&stderr, Type::TEXT_ARRAY),
-            (&results, Type::JSONB_ARRAY),
-        ],
-    )
-    .await
-    .map_err(DbError::query("writing task outcomes"))?;
+        .query_typed(COMPLETE_RUNS, &columns.params())
+        .await
+        .map_err(DbError::query("writing task outcomes"))?;
     Ok(rows.iter().map(|r| (r.get(0), r.get(1))).collect())
+}
+
+/// complete_runs: finish_runs plus results (and retry times, unused by nodes); a failure with
+/// attempts left goes back to AW with its back-off, every attempt lands in task_run.
+const COMPLETE_RUNS: &str =
+    "SELECT id, state_id::text FROM long_task.complete_runs($1, $2, $3, $4, $5, $6, $7, $8, $9, NULL)";
+
+/// A batch of outcomes as the columns `complete_runs` takes.
+struct OutcomeColumns<'a> {
+    ids: Vec<i64>,
+    run_ids: Vec<Uuid>,
+    states: Vec<&'a str>,
+    errors: Vec<Option<&'a str>>,
+    codes: Vec<Option<i32>>,
+    signals: Vec<Option<i32>>,
+    stdout: Vec<Option<&'a str>>,
+    stderr: Vec<Option<&'a str>>,
+    results: Vec<Option<&'a serde_json::Value>>,
+}
+
+impl<'a> OutcomeColumns<'a> {
+    fn of(outcomes: &'a [RunOutcome]) -> Self {
+        OutcomeColumns {
+            ids: outcomes.iter().map(|o| o.task_id).collect(),
+            run_ids: outcomes.iter().map(|o| o.run_id).collect(),
+            states: outcomes.iter().map(|o| o.state.code()).collect(),
+            errors: outcomes.iter().map(|o| o.error.as_deref()).collect(),
+            codes: outcomes.iter().map(|o| o.exit_code).collect(),
+            signals: outcomes.iter().map(|o| o.exit_signal).collect(),
+            stdout: outcomes.iter().map(|o| o.stdout_tail.as_deref()).collect(),
+            stderr: outcomes.iter().map(|o| o.stderr_tail.as_deref()).collect(),
+            results: outcomes.iter().map(|o| o.result.as_ref()).collect(),
+        }
+    }
+
+    fn params(&self) -> [(&(dyn ToSql + Sync), Type); 9] {
+        [
+            (&self.ids, Type::INT8_ARRAY),
+            (&self.run_ids, Type::UUID_ARRAY),
+            (&self.states, Type::TEXT_ARRAY),
+            (&self.errors, Type::TEXT_ARRAY),
+            (&self.codes, Type::INT4_ARRAY),
+            (&self.signals, Type::INT4_ARRAY),
+            (&self.stdout, Type::TEXT_ARRAY),
+            (&self.stderr, Type::TEXT_ARRAY),
+            (&self.results, Type::JSONB_ARRAY),
+        ]
+    }
 }
 
 /// Asks what to do with the runs this node has in hand.

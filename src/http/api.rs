@@ -54,7 +54,7 @@ async fn submit(state: web::Data<HttpState>, body: web::Bytes) -> Result<HttpRes
     let id = state
         .with_db(move |pool| async move {
             let client = conn(&pool).await?;
-            tasks::submit(&*client, &task).await.map_err(|e| match e {
+            tasks::submit(&**client, &task).await.map_err(|e| match e {
                 TaskError::Field(e) => {
                     ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, e.to_string())
                 }
@@ -77,7 +77,7 @@ async fn get(
     let row = state
         .with_db(move |pool| async move {
             let client = conn(&pool).await?;
-            tasks::get(&*client, id).await.map_err(db_error)
+            tasks::get(&**client, id).await.map_err(db_error)
         })
         .await?;
     match row {
@@ -132,7 +132,7 @@ async fn list(
     let rows = state
         .with_db(move |pool| async move {
             let client = conn(&pool).await?;
-            tasks::list(&*client, &filter).await.map_err(db_error)
+            tasks::list(&**client, &filter).await.map_err(db_error)
         })
         .await?;
     Ok(HttpResponse::Ok().json(rows))
@@ -163,7 +163,7 @@ async fn cancel(
     let result = state
         .with_db(move |pool| async move {
             let client = conn(&pool).await?;
-            tasks::cancel(&*client, id).await.map_err(db_error)
+            tasks::cancel(&**client, id).await.map_err(db_error)
         })
         .await?;
     transition_response(id, "cancel", result)
@@ -178,7 +178,7 @@ async fn requeue(
     let result = state
         .with_db(move |pool| async move {
             let client = conn(&pool).await?;
-            tasks::requeue(&*client, id).await.map_err(db_error)
+            tasks::requeue(&**client, id).await.map_err(db_error)
         })
         .await?;
     transition_response(id, "requeue", result)

@@ -120,7 +120,7 @@ async fn search_tasks(
     let page = state
         .with_db(move |pool| async move {
             let client = conn(&pool).await?;
-            search::search(&*client, &query).await.map_err(db_error)
+            search::search(&**client, &query).await.map_err(db_error)
         })
         .await?;
     Ok(HttpResponse::Ok().json(page))
@@ -140,7 +140,7 @@ async fn task_detail(
     let found = state
         .with_db(move |pool| async move {
             let client = conn(&pool).await?;
-            detail::task_detail(&*client, id).await.map_err(db_error)
+            detail::task_detail(&**client, id).await.map_err(db_error)
         })
         .await?;
     found
@@ -232,7 +232,7 @@ async fn set_priority(
     let change = state
         .with_db(move |pool| async move {
             let client = conn(&pool).await?;
-            admin::set_priority(&*client, id, priority)
+            admin::set_priority(&**client, id, priority)
                 .await
                 .map_err(db_error)
         })
@@ -248,7 +248,7 @@ async fn set_node(
     let change = state
         .with_db(move |pool| async move {
             let client = conn(&pool).await?;
-            admin::set_node(&*client, id, setting)
+            admin::set_node(&**client, id, setting)
                 .await
                 .map_err(db_error)
         })
@@ -321,7 +321,7 @@ async fn hand_over(
     let done = state
         .with_db(move |pool| async move {
             let client = conn(&pool).await?;
-            admin::hand_over_node(&*client, id, kill)
+            admin::hand_over_node(&**client, id, kill)
                 .await
                 .map_err(|e| match &e {
                     DbError::Query { source, .. }
