@@ -14,6 +14,7 @@ pub mod crons;
 pub mod detail;
 pub mod follow;
 pub mod migrate;
+pub mod outcomes;
 pub mod overview;
 pub mod pool;
 pub mod queries;
