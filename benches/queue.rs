@@ -34,7 +34,9 @@ async fn fresh_db(admin_url: &str, name: &str) -> String {
     if profiling() {
         connect(admin_url)
             .await
-            .batch_execute(&format!("ALTER DATABASE {name} SET track_functions = 'all'"))
+            .batch_execute(&format!(
+                "ALTER DATABASE {name} SET track_functions = 'all'"
+            ))
             .await
             .expect("track_functions");
     }
