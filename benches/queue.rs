@@ -11,7 +11,12 @@
 //! `QUEUE_BENCH_ONLY=consumer,handler,latency,claim` (any of them) runs only those parts;
 //! `QUEUE_BENCH_CONSUMERS` (default 4) sets the number of SQL consumers;
 //! `QUEUE_BENCH_PROCESSED=N` measures claim latency once more after N more tasks went through
-//! the consumer API (a queue's real history: dead index entries, not inserted final rows).
+//! the consumer API (a queue's real history: dead index entries, not inserted final rows);
+//! `QUEUE_BENCH_PROFILE=1` turns `track_functions = all` on for the bench databases and prints,
+//! after each part, the functions' self time per task (`pg_stat_user_functions`);
+//! `QUEUE_BENCH_OVERLAY=a.sql,b.sql` runs those files in each bench database after it is
+//! migrated (a schema file of another version, to compare two versions of a function with one
+//! binary: the database keeps this binary's checksums, so the node accepts it).
 
 use std::time::{Duration, Instant};
 
@@ -25,7 +30,57 @@ use support::{connect, consume_and_ack, env_usize, BenchServer};
 
 async fn fresh_db(admin_url: &str, name: &str) -> String {
     let sync_off = std::env::var("QUEUE_BENCH_SYNC_COMMIT").as_deref() == Ok("off");
-    support::fresh_db(admin_url, name, sync_off).await
+    let url = support::fresh_db(admin_url, name, sync_off).await;
+    if profiling() {
+        connect(admin_url)
+            .await
+            .batch_execute(&format!(
+                "ALTER DATABASE {name} SET track_functions = 'all'"
+            ))
+            .await
+            .expect("track_functions");
+    }
+    let overlay = std::env::var("QUEUE_BENCH_OVERLAY").unwrap_or_default();
+    let client = connect(&url).await;
+    for file in overlay.split(',').map(str::trim).filter(|f| !f.is_empty()) {
+        let sql = std::fs::read_to_string(file).unwrap_or_else(|e| panic!("{file}: {e}"));
+        client
+            .batch_execute(&sql)
+            .await
+            .unwrap_or_else(|e| panic!("overlay {file}: {e}"));
+    }
+    url
+}
+
+fn profiling() -> bool {
+    std::env::var("QUEUE_BENCH_PROFILE").as_deref() == Ok("1")
+}
+
+/// With `QUEUE_BENCH_PROFILE=1`: the functions' self time in the part just run, per task, from
+/// `pg_stat_user_functions` (the sessions that ran them have ended: their counts are flushed).
+async fn print_profile(url: &str, tasks: usize) {
+    if !profiling() {
+        return;
+    }
+    tokio::time::sleep(Duration::from_millis(600)).await;
+    let c = connect(url).await;
+    let rows = c
+        .query(
+            "SELECT funcname, calls, self_time, total_time FROM pg_stat_user_functions
+              WHERE schemaname = 'long_task' ORDER BY self_time DESC LIMIT 12",
+            &[],
+        )
+        .await
+        .expect("pg_stat_user_functions");
+    println!("  function                     calls   self ms  total ms  self µs/task");
+    for r in rows {
+        let (name, calls, self_ms, total_ms): (String, i64, f64, f64) =
+            (r.get(0), r.get(1), r.get(2), r.get(3));
+        println!(
+            "  {name:<26} {calls:>7} {self_ms:>9.0} {total_ms:>9.0} {:>13.1}",
+            self_ms * 1000.0 / tasks.max(1) as f64
+        );
+    }
 }
 
 async fn publish(client: &Client, n: usize, topic: &str) {
@@ -235,10 +290,12 @@ async fn main() {
     if runs("consumer") {
         let url = fresh_db(&admin_url, "pgtaskd_bench_queue").await;
         consumer_api(&url, n).await;
+        print_profile(&url, n).await;
     }
     if runs("handler") {
         let url = fresh_db(&admin_url, "pgtaskd_bench_handler").await;
         handler_throughput(&url, n).await;
+        print_profile(&url, n).await;
     }
     if runs("latency") {
         let url = fresh_db(&admin_url, "pgtaskd_bench_latency").await;

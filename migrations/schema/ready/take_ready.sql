@@ -10,13 +10,27 @@
 -- and lsc: the caller claims the task only if it still waits with that last_state_change (an
 -- entry is a hint; the task row decides) and concurrency key. Entries whose key is in p_blocked
 -- (keys at their concurrency limit, long_task.take_limited) are passed over and stay.
--- Each live slot is read through its own cursor, a static statement naming that slot (planned
--- once per session; only the live slots are locked, so the rotation is never in the way), which
--- walks the slot's index in claim order (the slots have no statistics worth trusting: sorts and
--- bitmap scans are off while it is planned, so a backlog is never sorted whole); the cursors
--- are merged one entry at a time. Only entries this call deleted are
--- returned (one a concurrent claimer took meanwhile is not). When no coordinator has turned the
--- ring for 5 s (SQL consumers without a node), the claimer turns it.
+-- Set-based, in rounds, each round after the last entry the previous one tried (a keyset on
+-- the claim order, "after"):
+--   1. each live slot's head after "after" (what is still wanted and 16 more, four times as
+--      many in each further round: entries concurrent claimers hold are passed over) is read by a static
+--      statement naming that slot (planned once per session; only the live slots are locked, so
+--      the rotation is never in the way), walking the slot's index in claim order (the slots
+--      have no statistics worth trusting: sorts and bitmap scans are off while it is planned,
+--      so a backlog is never sorted whole). Nothing is locked by reading.
+--      With one live slot (the steady state: claims keep up), that read try-locks each entry it
+--      reaches instead (OFFSET 0 keeps the filter above the ordered scan, LIMIT stops it at
+--      what is wanted): what it returns is taken, step 2 is skipped;
+--   2. one statement merges the heads in claim order, up to the first slot's end among those
+--      read in full (past it, an unread entry of that slot could come first), and try-locks them
+--      in that order until enough are taken (LIMIT over the try-lock's filter: an entry is
+--      locked only when it is taken; one a concurrent claimer holds is passed over);
+--   3. long_task.delete_ready_entries deletes what was taken; only what this call deleted is
+--      returned (an entry a concurrent claimer took and committed meanwhile is not).
+-- A round short of what is wanted while entries may remain past what it tried (passed over,
+-- or taken by another claimer first) is followed by the next, from the last entry it tried.
+-- When no coordinator has turned the ring for 5 s (SQL consumers without a node), the claimer
+-- turns it.
 CREATE OR REPLACE FUNCTION long_task.take_ready(
     p_n integer, p_group_id integer, p_worker_id bigint, p_topics text[], p_commands boolean,
     p_pattern text, p_blocked text[] DEFAULT '{}')
@@ -24,30 +38,44 @@ RETURNS TABLE (task_id bigint, lsc timestamptz, concurrency_key text)
 LANGUAGE plpgsql AS $$
 DECLARE
     slots smallint[];
-    cur refcursor;
-    portals text[] := '{}';
-    -- the head of each cursor
-    h_tid tid[] := '{}';
-    h_id bigint[] := '{}';
-    h_lsc timestamptz[] := '{}';
-    h_prio integer[] := '{}';
-    h_key text[] := '{}';
-    r_tid tid;
-    r_id bigint;
-    r_lsc timestamptz;
-    r_prio integer;
-    r_key text;
-    best integer;
     k integer;
-    taken_slot smallint[] := '{}';
-    taken_tid tid[] := '{}';
-    taken_id bigint[] := '{}';
-    taken_lsc timestamptz[] := '{}';
-    taken_key text[] := '{}';
-    deleted_slot smallint[] := '{}';
-    deleted_tid tid[] := '{}';
+    want integer;
+    -- how many entries each slot's read looks at: more than wanted, since entries that
+    -- concurrent claimers hold are passed over; four times more in each further round
+    lim integer := 0;
+    -- one live slot (the ring's steady state): its read try-locks and takes, no merge
+    single boolean;
     got integer := 0;
-    exhausted boolean;
+    -- the keyset: the last entry tried (before the first round: before any entry)
+    a_prio integer := -2147483648;
+    a_lsc timestamptz := '-infinity';
+    a_id bigint := -9223372036854775808;
+    -- one slot's head
+    s_tid tid[];
+    s_id bigint[];
+    s_lsc timestamptz[];
+    s_prio integer[];
+    s_key text[];
+    -- the heads of all live slots, and the end of the merge (b_*: NULL, none)
+    c_slot smallint[];
+    c_tid tid[];
+    c_id bigint[];
+    c_lsc timestamptz[];
+    c_prio integer[];
+    c_key text[];
+    b_prio integer;
+    b_lsc timestamptz;
+    b_id bigint;
+    -- taken (locked), then deleted
+    t_slot smallint[];
+    t_tid tid[];
+    t_id bigint[];
+    t_lsc timestamptz[];
+    t_prio integer[];
+    t_key text[];
+    deleted_slot smallint[];
+    deleted_tid tid[];
+    n_taken integer;
     old_sort text := current_setting('enable_sort');
     old_bitmap text := current_setting('enable_bitmapscan');
 BEGIN
@@ -56,174 +84,295 @@ BEGIN
         PERFORM long_task.rotate_ready();
     END IF;
     slots := long_task.ready_live_slots();
-    -- rounds: an entry taken here may have been deleted by a claimer whose commit this round's
-    -- snapshot did not see; then the ring is read again (a short result means the ring ran out)
+    single := cardinality(slots) = 1;
     LOOP
-        portals := '{}'; h_tid := '{}'; h_id := '{}'; h_lsc := '{}'; h_prio := '{}'; h_key := '{}';
-        taken_slot := '{}'; taken_tid := '{}'; taken_id := '{}'; taken_lsc := '{}'; taken_key := '{}';
-        deleted_slot := '{}'; deleted_tid := '{}';
-        exhausted := false;
+        want := p_n - got;
+        lim := CASE WHEN single THEN want ELSE least(greatest(want + 16, lim * 4), 100000) END;
+        c_slot := '{}'; c_tid := '{}'; c_id := '{}'; c_lsc := '{}'; c_prio := '{}'; c_key := '{}';
+        b_prio := NULL; b_lsc := NULL; b_id := NULL;
+        -- 1. each live slot's head: one static statement per slot and kind of claimer
         PERFORM set_config('enable_sort', 'off', true);
         PERFORM set_config('enable_bitmapscan', 'off', true);
         FOR k IN 1 .. cardinality(slots) LOOP
-            cur := NULL;
-            -- one static statement per slot and kind of claimer: planned once per session, and
-            -- naming one slot, so only the live slots are locked
             IF p_worker_id IS NOT NULL THEN
                 CASE slots[k]
-                WHEN 0 THEN OPEN cur FOR
-                    SELECT r.ctid, r.task_id, r.lsc, r.priority, r.concurrency_key FROM long_task.ready_0 r
-                     WHERE r.group_id = p_group_id AND (r.worker_id IS NULL OR r.worker_id = p_worker_id)
+                WHEN 0 THEN
+                    SELECT array_agg(r.ctid), array_agg(r.task_id), array_agg(r.lsc), array_agg(r.priority),
+                           array_agg(r.concurrency_key)
+                      INTO s_tid, s_id, s_lsc, s_prio, s_key
+                      FROM (SELECT r.* FROM (SELECT r.ctid, r.task_id, r.lsc, r.priority, r.concurrency_key FROM long_task.ready_0 r
+                             WHERE r.group_id = p_group_id AND (r.worker_id IS NULL OR r.worker_id = p_worker_id)
                        AND ((r.has_command OR r.topic IS NULL) AND p_commands OR r.topic = ANY (p_topics))
-                       AND (r.concurrency_key IS NULL OR NOT r.concurrency_key = ANY (p_blocked))
-                     ORDER BY r.priority, r.lsc, r.task_id;
-                WHEN 1 THEN OPEN cur FOR
-                    SELECT r.ctid, r.task_id, r.lsc, r.priority, r.concurrency_key FROM long_task.ready_1 r
-                     WHERE r.group_id = p_group_id AND (r.worker_id IS NULL OR r.worker_id = p_worker_id)
+                               AND (r.concurrency_key IS NULL OR NOT r.concurrency_key = ANY (p_blocked))
+                               AND (r.priority, r.lsc, r.task_id) > (a_prio, a_lsc, a_id)
+                             ORDER BY r.priority, r.lsc, r.task_id OFFSET 0) r
+                             WHERE CASE WHEN single THEN pg_try_advisory_xact_lock(long_task.ns_claim(), (r.task_id % 2147483647)::integer)
+                                        ELSE true END
+                             LIMIT lim) r;
+                WHEN 1 THEN
+                    SELECT array_agg(r.ctid), array_agg(r.task_id), array_agg(r.lsc), array_agg(r.priority),
+                           array_agg(r.concurrency_key)
+                      INTO s_tid, s_id, s_lsc, s_prio, s_key
+                      FROM (SELECT r.* FROM (SELECT r.ctid, r.task_id, r.lsc, r.priority, r.concurrency_key FROM long_task.ready_1 r
+                             WHERE r.group_id = p_group_id AND (r.worker_id IS NULL OR r.worker_id = p_worker_id)
                        AND ((r.has_command OR r.topic IS NULL) AND p_commands OR r.topic = ANY (p_topics))
-                       AND (r.concurrency_key IS NULL OR NOT r.concurrency_key = ANY (p_blocked))
-                     ORDER BY r.priority, r.lsc, r.task_id;
-                WHEN 2 THEN OPEN cur FOR
-                    SELECT r.ctid, r.task_id, r.lsc, r.priority, r.concurrency_key FROM long_task.ready_2 r
-                     WHERE r.group_id = p_group_id AND (r.worker_id IS NULL OR r.worker_id = p_worker_id)
+                               AND (r.concurrency_key IS NULL OR NOT r.concurrency_key = ANY (p_blocked))
+                               AND (r.priority, r.lsc, r.task_id) > (a_prio, a_lsc, a_id)
+                             ORDER BY r.priority, r.lsc, r.task_id OFFSET 0) r
+                             WHERE CASE WHEN single THEN pg_try_advisory_xact_lock(long_task.ns_claim(), (r.task_id % 2147483647)::integer)
+                                        ELSE true END
+                             LIMIT lim) r;
+                WHEN 2 THEN
+                    SELECT array_agg(r.ctid), array_agg(r.task_id), array_agg(r.lsc), array_agg(r.priority),
+                           array_agg(r.concurrency_key)
+                      INTO s_tid, s_id, s_lsc, s_prio, s_key
+                      FROM (SELECT r.* FROM (SELECT r.ctid, r.task_id, r.lsc, r.priority, r.concurrency_key FROM long_task.ready_2 r
+                             WHERE r.group_id = p_group_id AND (r.worker_id IS NULL OR r.worker_id = p_worker_id)
                        AND ((r.has_command OR r.topic IS NULL) AND p_commands OR r.topic = ANY (p_topics))
-                       AND (r.concurrency_key IS NULL OR NOT r.concurrency_key = ANY (p_blocked))
-                     ORDER BY r.priority, r.lsc, r.task_id;
-                WHEN 3 THEN OPEN cur FOR
-                    SELECT r.ctid, r.task_id, r.lsc, r.priority, r.concurrency_key FROM long_task.ready_3 r
-                     WHERE r.group_id = p_group_id AND (r.worker_id IS NULL OR r.worker_id = p_worker_id)
+                               AND (r.concurrency_key IS NULL OR NOT r.concurrency_key = ANY (p_blocked))
+                               AND (r.priority, r.lsc, r.task_id) > (a_prio, a_lsc, a_id)
+                             ORDER BY r.priority, r.lsc, r.task_id OFFSET 0) r
+                             WHERE CASE WHEN single THEN pg_try_advisory_xact_lock(long_task.ns_claim(), (r.task_id % 2147483647)::integer)
+                                        ELSE true END
+                             LIMIT lim) r;
+                WHEN 3 THEN
+                    SELECT array_agg(r.ctid), array_agg(r.task_id), array_agg(r.lsc), array_agg(r.priority),
+                           array_agg(r.concurrency_key)
+                      INTO s_tid, s_id, s_lsc, s_prio, s_key
+                      FROM (SELECT r.* FROM (SELECT r.ctid, r.task_id, r.lsc, r.priority, r.concurrency_key FROM long_task.ready_3 r
+                             WHERE r.group_id = p_group_id AND (r.worker_id IS NULL OR r.worker_id = p_worker_id)
                        AND ((r.has_command OR r.topic IS NULL) AND p_commands OR r.topic = ANY (p_topics))
-                       AND (r.concurrency_key IS NULL OR NOT r.concurrency_key = ANY (p_blocked))
-                     ORDER BY r.priority, r.lsc, r.task_id;
-                WHEN 4 THEN OPEN cur FOR
-                    SELECT r.ctid, r.task_id, r.lsc, r.priority, r.concurrency_key FROM long_task.ready_4 r
-                     WHERE r.group_id = p_group_id AND (r.worker_id IS NULL OR r.worker_id = p_worker_id)
+                               AND (r.concurrency_key IS NULL OR NOT r.concurrency_key = ANY (p_blocked))
+                               AND (r.priority, r.lsc, r.task_id) > (a_prio, a_lsc, a_id)
+                             ORDER BY r.priority, r.lsc, r.task_id OFFSET 0) r
+                             WHERE CASE WHEN single THEN pg_try_advisory_xact_lock(long_task.ns_claim(), (r.task_id % 2147483647)::integer)
+                                        ELSE true END
+                             LIMIT lim) r;
+                WHEN 4 THEN
+                    SELECT array_agg(r.ctid), array_agg(r.task_id), array_agg(r.lsc), array_agg(r.priority),
+                           array_agg(r.concurrency_key)
+                      INTO s_tid, s_id, s_lsc, s_prio, s_key
+                      FROM (SELECT r.* FROM (SELECT r.ctid, r.task_id, r.lsc, r.priority, r.concurrency_key FROM long_task.ready_4 r
+                             WHERE r.group_id = p_group_id AND (r.worker_id IS NULL OR r.worker_id = p_worker_id)
                        AND ((r.has_command OR r.topic IS NULL) AND p_commands OR r.topic = ANY (p_topics))
-                       AND (r.concurrency_key IS NULL OR NOT r.concurrency_key = ANY (p_blocked))
-                     ORDER BY r.priority, r.lsc, r.task_id;
-                WHEN 5 THEN OPEN cur FOR
-                    SELECT r.ctid, r.task_id, r.lsc, r.priority, r.concurrency_key FROM long_task.ready_5 r
-                     WHERE r.group_id = p_group_id AND (r.worker_id IS NULL OR r.worker_id = p_worker_id)
+                               AND (r.concurrency_key IS NULL OR NOT r.concurrency_key = ANY (p_blocked))
+                               AND (r.priority, r.lsc, r.task_id) > (a_prio, a_lsc, a_id)
+                             ORDER BY r.priority, r.lsc, r.task_id OFFSET 0) r
+                             WHERE CASE WHEN single THEN pg_try_advisory_xact_lock(long_task.ns_claim(), (r.task_id % 2147483647)::integer)
+                                        ELSE true END
+                             LIMIT lim) r;
+                WHEN 5 THEN
+                    SELECT array_agg(r.ctid), array_agg(r.task_id), array_agg(r.lsc), array_agg(r.priority),
+                           array_agg(r.concurrency_key)
+                      INTO s_tid, s_id, s_lsc, s_prio, s_key
+                      FROM (SELECT r.* FROM (SELECT r.ctid, r.task_id, r.lsc, r.priority, r.concurrency_key FROM long_task.ready_5 r
+                             WHERE r.group_id = p_group_id AND (r.worker_id IS NULL OR r.worker_id = p_worker_id)
                        AND ((r.has_command OR r.topic IS NULL) AND p_commands OR r.topic = ANY (p_topics))
-                       AND (r.concurrency_key IS NULL OR NOT r.concurrency_key = ANY (p_blocked))
-                     ORDER BY r.priority, r.lsc, r.task_id;
-                WHEN 6 THEN OPEN cur FOR
-                    SELECT r.ctid, r.task_id, r.lsc, r.priority, r.concurrency_key FROM long_task.ready_6 r
-                     WHERE r.group_id = p_group_id AND (r.worker_id IS NULL OR r.worker_id = p_worker_id)
+                               AND (r.concurrency_key IS NULL OR NOT r.concurrency_key = ANY (p_blocked))
+                               AND (r.priority, r.lsc, r.task_id) > (a_prio, a_lsc, a_id)
+                             ORDER BY r.priority, r.lsc, r.task_id OFFSET 0) r
+                             WHERE CASE WHEN single THEN pg_try_advisory_xact_lock(long_task.ns_claim(), (r.task_id % 2147483647)::integer)
+                                        ELSE true END
+                             LIMIT lim) r;
+                WHEN 6 THEN
+                    SELECT array_agg(r.ctid), array_agg(r.task_id), array_agg(r.lsc), array_agg(r.priority),
+                           array_agg(r.concurrency_key)
+                      INTO s_tid, s_id, s_lsc, s_prio, s_key
+                      FROM (SELECT r.* FROM (SELECT r.ctid, r.task_id, r.lsc, r.priority, r.concurrency_key FROM long_task.ready_6 r
+                             WHERE r.group_id = p_group_id AND (r.worker_id IS NULL OR r.worker_id = p_worker_id)
                        AND ((r.has_command OR r.topic IS NULL) AND p_commands OR r.topic = ANY (p_topics))
-                       AND (r.concurrency_key IS NULL OR NOT r.concurrency_key = ANY (p_blocked))
-                     ORDER BY r.priority, r.lsc, r.task_id;
-                WHEN 7 THEN OPEN cur FOR
-                    SELECT r.ctid, r.task_id, r.lsc, r.priority, r.concurrency_key FROM long_task.ready_7 r
-                     WHERE r.group_id = p_group_id AND (r.worker_id IS NULL OR r.worker_id = p_worker_id)
+                               AND (r.concurrency_key IS NULL OR NOT r.concurrency_key = ANY (p_blocked))
+                               AND (r.priority, r.lsc, r.task_id) > (a_prio, a_lsc, a_id)
+                             ORDER BY r.priority, r.lsc, r.task_id OFFSET 0) r
+                             WHERE CASE WHEN single THEN pg_try_advisory_xact_lock(long_task.ns_claim(), (r.task_id % 2147483647)::integer)
+                                        ELSE true END
+                             LIMIT lim) r;
+                WHEN 7 THEN
+                    SELECT array_agg(r.ctid), array_agg(r.task_id), array_agg(r.lsc), array_agg(r.priority),
+                           array_agg(r.concurrency_key)
+                      INTO s_tid, s_id, s_lsc, s_prio, s_key
+                      FROM (SELECT r.* FROM (SELECT r.ctid, r.task_id, r.lsc, r.priority, r.concurrency_key FROM long_task.ready_7 r
+                             WHERE r.group_id = p_group_id AND (r.worker_id IS NULL OR r.worker_id = p_worker_id)
                        AND ((r.has_command OR r.topic IS NULL) AND p_commands OR r.topic = ANY (p_topics))
-                       AND (r.concurrency_key IS NULL OR NOT r.concurrency_key = ANY (p_blocked))
-                     ORDER BY r.priority, r.lsc, r.task_id;
+                               AND (r.concurrency_key IS NULL OR NOT r.concurrency_key = ANY (p_blocked))
+                               AND (r.priority, r.lsc, r.task_id) > (a_prio, a_lsc, a_id)
+                             ORDER BY r.priority, r.lsc, r.task_id OFFSET 0) r
+                             WHERE CASE WHEN single THEN pg_try_advisory_xact_lock(long_task.ns_claim(), (r.task_id % 2147483647)::integer)
+                                        ELSE true END
+                             LIMIT lim) r;
                 END CASE;
             ELSE
                 CASE slots[k]
-                WHEN 0 THEN OPEN cur FOR
-                    SELECT r.ctid, r.task_id, r.lsc, r.priority, r.concurrency_key FROM long_task.ready_0 r
-                     WHERE NOT r.has_command AND r.topic IS NOT NULL AND r.worker_id IS NULL
+                WHEN 0 THEN
+                    SELECT array_agg(r.ctid), array_agg(r.task_id), array_agg(r.lsc), array_agg(r.priority),
+                           array_agg(r.concurrency_key)
+                      INTO s_tid, s_id, s_lsc, s_prio, s_key
+                      FROM (SELECT r.* FROM (SELECT r.ctid, r.task_id, r.lsc, r.priority, r.concurrency_key FROM long_task.ready_0 r
+                             WHERE NOT r.has_command AND r.topic IS NOT NULL AND r.worker_id IS NULL
                        AND (p_group_id IS NULL OR r.group_id = p_group_id)
                        AND (p_pattern IS NULL OR r.topic LIKE p_pattern)
-                       AND (r.concurrency_key IS NULL OR NOT r.concurrency_key = ANY (p_blocked))
-                     ORDER BY r.priority, r.lsc, r.task_id;
-                WHEN 1 THEN OPEN cur FOR
-                    SELECT r.ctid, r.task_id, r.lsc, r.priority, r.concurrency_key FROM long_task.ready_1 r
-                     WHERE NOT r.has_command AND r.topic IS NOT NULL AND r.worker_id IS NULL
+                               AND (r.concurrency_key IS NULL OR NOT r.concurrency_key = ANY (p_blocked))
+                               AND (r.priority, r.lsc, r.task_id) > (a_prio, a_lsc, a_id)
+                             ORDER BY r.priority, r.lsc, r.task_id OFFSET 0) r
+                             WHERE CASE WHEN single THEN pg_try_advisory_xact_lock(long_task.ns_claim(), (r.task_id % 2147483647)::integer)
+                                        ELSE true END
+                             LIMIT lim) r;
+                WHEN 1 THEN
+                    SELECT array_agg(r.ctid), array_agg(r.task_id), array_agg(r.lsc), array_agg(r.priority),
+                           array_agg(r.concurrency_key)
+                      INTO s_tid, s_id, s_lsc, s_prio, s_key
+                      FROM (SELECT r.* FROM (SELECT r.ctid, r.task_id, r.lsc, r.priority, r.concurrency_key FROM long_task.ready_1 r
+                             WHERE NOT r.has_command AND r.topic IS NOT NULL AND r.worker_id IS NULL
                        AND (p_group_id IS NULL OR r.group_id = p_group_id)
                        AND (p_pattern IS NULL OR r.topic LIKE p_pattern)
-                       AND (r.concurrency_key IS NULL OR NOT r.concurrency_key = ANY (p_blocked))
-                     ORDER BY r.priority, r.lsc, r.task_id;
-                WHEN 2 THEN OPEN cur FOR
-                    SELECT r.ctid, r.task_id, r.lsc, r.priority, r.concurrency_key FROM long_task.ready_2 r
-                     WHERE NOT r.has_command AND r.topic IS NOT NULL AND r.worker_id IS NULL
+                               AND (r.concurrency_key IS NULL OR NOT r.concurrency_key = ANY (p_blocked))
+                               AND (r.priority, r.lsc, r.task_id) > (a_prio, a_lsc, a_id)
+                             ORDER BY r.priority, r.lsc, r.task_id OFFSET 0) r
+                             WHERE CASE WHEN single THEN pg_try_advisory_xact_lock(long_task.ns_claim(), (r.task_id % 2147483647)::integer)
+                                        ELSE true END
+                             LIMIT lim) r;
+                WHEN 2 THEN
+                    SELECT array_agg(r.ctid), array_agg(r.task_id), array_agg(r.lsc), array_agg(r.priority),
+                           array_agg(r.concurrency_key)
+                      INTO s_tid, s_id, s_lsc, s_prio, s_key
+                      FROM (SELECT r.* FROM (SELECT r.ctid, r.task_id, r.lsc, r.priority, r.concurrency_key FROM long_task.ready_2 r
+                             WHERE NOT r.has_command AND r.topic IS NOT NULL AND r.worker_id IS NULL
                        AND (p_group_id IS NULL OR r.group_id = p_group_id)
                        AND (p_pattern IS NULL OR r.topic LIKE p_pattern)
-                       AND (r.concurrency_key IS NULL OR NOT r.concurrency_key = ANY (p_blocked))
-                     ORDER BY r.priority, r.lsc, r.task_id;
-                WHEN 3 THEN OPEN cur FOR
-                    SELECT r.ctid, r.task_id, r.lsc, r.priority, r.concurrency_key FROM long_task.ready_3 r
-                     WHERE NOT r.has_command AND r.topic IS NOT NULL AND r.worker_id IS NULL
+                               AND (r.concurrency_key IS NULL OR NOT r.concurrency_key = ANY (p_blocked))
+                               AND (r.priority, r.lsc, r.task_id) > (a_prio, a_lsc, a_id)
+                             ORDER BY r.priority, r.lsc, r.task_id OFFSET 0) r
+                             WHERE CASE WHEN single THEN pg_try_advisory_xact_lock(long_task.ns_claim(), (r.task_id % 2147483647)::integer)
+                                        ELSE true END
+                             LIMIT lim) r;
+                WHEN 3 THEN
+                    SELECT array_agg(r.ctid), array_agg(r.task_id), array_agg(r.lsc), array_agg(r.priority),
+                           array_agg(r.concurrency_key)
+                      INTO s_tid, s_id, s_lsc, s_prio, s_key
+                      FROM (SELECT r.* FROM (SELECT r.ctid, r.task_id, r.lsc, r.priority, r.concurrency_key FROM long_task.ready_3 r
+                             WHERE NOT r.has_command AND r.topic IS NOT NULL AND r.worker_id IS NULL
                        AND (p_group_id IS NULL OR r.group_id = p_group_id)
                        AND (p_pattern IS NULL OR r.topic LIKE p_pattern)
-                       AND (r.concurrency_key IS NULL OR NOT r.concurrency_key = ANY (p_blocked))
-                     ORDER BY r.priority, r.lsc, r.task_id;
-                WHEN 4 THEN OPEN cur FOR
-                    SELECT r.ctid, r.task_id, r.lsc, r.priority, r.concurrency_key FROM long_task.ready_4 r
-                     WHERE NOT r.has_command AND r.topic IS NOT NULL AND r.worker_id IS NULL
+                               AND (r.concurrency_key IS NULL OR NOT r.concurrency_key = ANY (p_blocked))
+                               AND (r.priority, r.lsc, r.task_id) > (a_prio, a_lsc, a_id)
+                             ORDER BY r.priority, r.lsc, r.task_id OFFSET 0) r
+                             WHERE CASE WHEN single THEN pg_try_advisory_xact_lock(long_task.ns_claim(), (r.task_id % 2147483647)::integer)
+                                        ELSE true END
+                             LIMIT lim) r;
+                WHEN 4 THEN
+                    SELECT array_agg(r.ctid), array_agg(r.task_id), array_agg(r.lsc), array_agg(r.priority),
+                           array_agg(r.concurrency_key)
+                      INTO s_tid, s_id, s_lsc, s_prio, s_key
+                      FROM (SELECT r.* FROM (SELECT r.ctid, r.task_id, r.lsc, r.priority, r.concurrency_key FROM long_task.ready_4 r
+                             WHERE NOT r.has_command AND r.topic IS NOT NULL AND r.worker_id IS NULL
                        AND (p_group_id IS NULL OR r.group_id = p_group_id)
                        AND (p_pattern IS NULL OR r.topic LIKE p_pattern)
-                       AND (r.concurrency_key IS NULL OR NOT r.concurrency_key = ANY (p_blocked))
-                     ORDER BY r.priority, r.lsc, r.task_id;
-                WHEN 5 THEN OPEN cur FOR
-                    SELECT r.ctid, r.task_id, r.lsc, r.priority, r.concurrency_key FROM long_task.ready_5 r
-                     WHERE NOT r.has_command AND r.topic IS NOT NULL AND r.worker_id IS NULL
+                               AND (r.concurrency_key IS NULL OR NOT r.concurrency_key = ANY (p_blocked))
+                               AND (r.priority, r.lsc, r.task_id) > (a_prio, a_lsc, a_id)
+                             ORDER BY r.priority, r.lsc, r.task_id OFFSET 0) r
+                             WHERE CASE WHEN single THEN pg_try_advisory_xact_lock(long_task.ns_claim(), (r.task_id % 2147483647)::integer)
+                                        ELSE true END
+                             LIMIT lim) r;
+                WHEN 5 THEN
+                    SELECT array_agg(r.ctid), array_agg(r.task_id), array_agg(r.lsc), array_agg(r.priority),
+                           array_agg(r.concurrency_key)
+                      INTO s_tid, s_id, s_lsc, s_prio, s_key
+                      FROM (SELECT r.* FROM (SELECT r.ctid, r.task_id, r.lsc, r.priority, r.concurrency_key FROM long_task.ready_5 r
+                             WHERE NOT r.has_command AND r.topic IS NOT NULL AND r.worker_id IS NULL
                        AND (p_group_id IS NULL OR r.group_id = p_group_id)
                        AND (p_pattern IS NULL OR r.topic LIKE p_pattern)
-                       AND (r.concurrency_key IS NULL OR NOT r.concurrency_key = ANY (p_blocked))
-                     ORDER BY r.priority, r.lsc, r.task_id;
-                WHEN 6 THEN OPEN cur FOR
-                    SELECT r.ctid, r.task_id, r.lsc, r.priority, r.concurrency_key FROM long_task.ready_6 r
-                     WHERE NOT r.has_command AND r.topic IS NOT NULL AND r.worker_id IS NULL
+                               AND (r.concurrency_key IS NULL OR NOT r.concurrency_key = ANY (p_blocked))
+                               AND (r.priority, r.lsc, r.task_id) > (a_prio, a_lsc, a_id)
+                             ORDER BY r.priority, r.lsc, r.task_id OFFSET 0) r
+                             WHERE CASE WHEN single THEN pg_try_advisory_xact_lock(long_task.ns_claim(), (r.task_id % 2147483647)::integer)
+                                        ELSE true END
+                             LIMIT lim) r;
+                WHEN 6 THEN
+                    SELECT array_agg(r.ctid), array_agg(r.task_id), array_agg(r.lsc), array_agg(r.priority),
+                           array_agg(r.concurrency_key)
+                      INTO s_tid, s_id, s_lsc, s_prio, s_key
+                      FROM (SELECT r.* FROM (SELECT r.ctid, r.task_id, r.lsc, r.priority, r.concurrency_key FROM long_task.ready_6 r
+                             WHERE NOT r.has_command AND r.topic IS NOT NULL AND r.worker_id IS NULL
                        AND (p_group_id IS NULL OR r.group_id = p_group_id)
                        AND (p_pattern IS NULL OR r.topic LIKE p_pattern)
-                       AND (r.concurrency_key IS NULL OR NOT r.concurrency_key = ANY (p_blocked))
-                     ORDER BY r.priority, r.lsc, r.task_id;
-                WHEN 7 THEN OPEN cur FOR
-                    SELECT r.ctid, r.task_id, r.lsc, r.priority, r.concurrency_key FROM long_task.ready_7 r
-                     WHERE NOT r.has_command AND r.topic IS NOT NULL AND r.worker_id IS NULL
+                               AND (r.concurrency_key IS NULL OR NOT r.concurrency_key = ANY (p_blocked))
+                               AND (r.priority, r.lsc, r.task_id) > (a_prio, a_lsc, a_id)
+                             ORDER BY r.priority, r.lsc, r.task_id OFFSET 0) r
+                             WHERE CASE WHEN single THEN pg_try_advisory_xact_lock(long_task.ns_claim(), (r.task_id % 2147483647)::integer)
+                                        ELSE true END
+                             LIMIT lim) r;
+                WHEN 7 THEN
+                    SELECT array_agg(r.ctid), array_agg(r.task_id), array_agg(r.lsc), array_agg(r.priority),
+                           array_agg(r.concurrency_key)
+                      INTO s_tid, s_id, s_lsc, s_prio, s_key
+                      FROM (SELECT r.* FROM (SELECT r.ctid, r.task_id, r.lsc, r.priority, r.concurrency_key FROM long_task.ready_7 r
+                             WHERE NOT r.has_command AND r.topic IS NOT NULL AND r.worker_id IS NULL
                        AND (p_group_id IS NULL OR r.group_id = p_group_id)
                        AND (p_pattern IS NULL OR r.topic LIKE p_pattern)
-                       AND (r.concurrency_key IS NULL OR NOT r.concurrency_key = ANY (p_blocked))
-                     ORDER BY r.priority, r.lsc, r.task_id;
+                               AND (r.concurrency_key IS NULL OR NOT r.concurrency_key = ANY (p_blocked))
+                               AND (r.priority, r.lsc, r.task_id) > (a_prio, a_lsc, a_id)
+                             ORDER BY r.priority, r.lsc, r.task_id OFFSET 0) r
+                             WHERE CASE WHEN single THEN pg_try_advisory_xact_lock(long_task.ns_claim(), (r.task_id % 2147483647)::integer)
+                                        ELSE true END
+                             LIMIT lim) r;
                 END CASE;
             END IF;
-            portals[k] := cur;
-            FETCH cur INTO r_tid, r_id, r_lsc, r_prio, r_key;
-            h_tid[k] := r_tid; h_id[k] := r_id; h_lsc[k] := r_lsc; h_prio[k] := r_prio; h_key[k] := r_key;
+            CONTINUE WHEN s_id IS NULL;
+            c_slot := c_slot || array_fill(slots[k], ARRAY[cardinality(s_id)]);
+            c_tid := c_tid || s_tid; c_id := c_id || s_id; c_lsc := c_lsc || s_lsc;
+            c_prio := c_prio || s_prio; c_key := c_key || s_key;
+            -- read in full: entries of this slot may follow its last one read
+            IF NOT single AND cardinality(s_id) = lim
+               AND (b_id IS NULL OR (s_prio[lim], s_lsc[lim], s_id[lim]) < (b_prio, b_lsc, b_id)) THEN
+                b_prio := s_prio[lim]; b_lsc := s_lsc[lim]; b_id := s_id[lim];
+            END IF;
         END LOOP;
         PERFORM set_config('enable_sort', old_sort, true);
         PERFORM set_config('enable_bitmapscan', old_bitmap, true);
-        WHILE cardinality(taken_tid) < p_n - got LOOP
-            best := NULL;
-            FOR k IN 1 .. cardinality(slots) LOOP
-                CONTINUE WHEN h_id[k] IS NULL;
-                IF best IS NULL OR (h_prio[k], h_lsc[k], h_id[k]) < (h_prio[best], h_lsc[best], h_id[best]) THEN
-                    best := k;
-                END IF;
-            END LOOP;
-            IF best IS NULL THEN
-                exhausted := true;
-                EXIT;
+        EXIT WHEN cardinality(c_id) = 0;
+        -- 2. merged in claim order up to the end, each try-locked only when the walk reaches it
+        -- (OFFSET 0 keeps the filter above the sort, LIMIT stops the walk); one live slot's
+        -- read took its entries already
+        IF single THEN
+            t_slot := c_slot; t_tid := c_tid; t_id := c_id; t_lsc := c_lsc; t_prio := c_prio; t_key := c_key;
+        ELSE
+        SELECT array_agg(x.s), array_agg(x.t), array_agg(x.i), array_agg(x.l), array_agg(x.p), array_agg(x.k)
+          INTO t_slot, t_tid, t_id, t_lsc, t_prio, t_key
+          FROM (SELECT u.s, u.t, u.i, u.l, u.p, u.k
+                  FROM (SELECT c.s, c.t, c.i, c.l, c.p, c.k
+                          FROM unnest(c_slot, c_tid, c_id, c_lsc, c_prio, c_key) AS c(s, t, i, l, p, k)
+                         WHERE b_id IS NULL OR (c.p, c.l, c.i) <= (b_prio, b_lsc, b_id)
+                         ORDER BY c.p, c.l, c.i
+                        OFFSET 0) u
+                 WHERE pg_try_advisory_xact_lock(long_task.ns_claim(), (u.i % 2147483647)::integer)
+                 LIMIT want) x;
+        END IF;
+        n_taken := coalesce(cardinality(t_id), 0);
+        IF n_taken > 0 THEN
+            -- 3. deleted: only what this call deleted is taken
+            SELECT d.deleted_slots, d.deleted_tids INTO deleted_slot, deleted_tid
+              FROM long_task.delete_ready_entries(t_slot, t_tid) d;
+            IF cardinality(deleted_tid) = n_taken THEN
+                RETURN QUERY SELECT u.i, u.l, u.k FROM unnest(t_id, t_lsc, t_key) AS u(i, l, k);
+            ELSE
+                RETURN QUERY
+                    SELECT u.i, u.l, u.k
+                      FROM unnest(t_slot, t_tid, t_id, t_lsc, t_key) WITH ORDINALITY AS u(s, t, i, l, k, o)
+                     WHERE (u.s, u.t) IN (SELECT d.s, d.t FROM unnest(deleted_slot, deleted_tid) AS d(s, t))
+                     ORDER BY u.o;
             END IF;
-            IF pg_try_advisory_xact_lock(long_task.ns_claim(), (h_id[best] % 2147483647)::integer) THEN
-                taken_slot := taken_slot || slots[best];
-                taken_tid := taken_tid || h_tid[best];
-                taken_id := taken_id || h_id[best];
-                taken_lsc := taken_lsc || h_lsc[best];
-                taken_key := taken_key || h_key[best];
-            END IF;
-            cur := portals[best];
-            FETCH cur INTO r_tid, r_id, r_lsc, r_prio, r_key;
-            h_tid[best] := r_tid; h_id[best] := r_id; h_lsc[best] := r_lsc; h_prio[best] := r_prio;
-            h_key[best] := r_key;
-        END LOOP;
-        FOR k IN 1 .. cardinality(slots) LOOP
-            cur := portals[k];
-            CLOSE cur;
-        END LOOP;
-        SELECT d.deleted_slots, d.deleted_tids INTO deleted_slot, deleted_tid
-          FROM long_task.delete_ready_entries(taken_slot, taken_tid) d;
-        -- the entries this round deleted, in the order they were taken
-        RETURN QUERY
-            SELECT u.i, u.l, u.k
-              FROM unnest(taken_slot, taken_tid, taken_id, taken_lsc, taken_key) WITH ORDINALITY AS u(s, t, i, l, k, o)
-             WHERE (u.s, u.t) IN (SELECT d.s, d.t FROM unnest(deleted_slot, deleted_tid) AS d(s, t))
-             ORDER BY u.o;
-        got := got + cardinality(deleted_tid);
-        EXIT WHEN exhausted OR got >= p_n OR cardinality(deleted_tid) = cardinality(taken_tid);
+            got := got + cardinality(deleted_tid);
+        END IF;
+        EXIT WHEN got >= p_n;
+        -- the next round starts after the last entry tried: the last taken when the walk stopped
+        -- there, else the end of the merge (none: the ring ran out)
+        IF n_taken = want THEN
+            a_prio := t_prio[n_taken]; a_lsc := t_lsc[n_taken]; a_id := t_id[n_taken];
+        ELSIF b_id IS NOT NULL THEN
+            a_prio := b_prio; a_lsc := b_lsc; a_id := b_id;
+        ELSE
+            EXIT;
+        END IF;
     END LOOP;
 END
 $$;
