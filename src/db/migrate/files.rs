@@ -106,6 +106,10 @@ pub const SCHEMA_FILES: &[SchemaFile] = schema_files![
     "notify/key_limit_notify.sql",
     // concurrency and rate limits: what a limited claim may take
     "limits/ns_limit.sql",
+    "limits/ns_limit_slot.sql",
+    "limits/limit_slots.sql",
+    "limits/lock_limit_group.sql",
+    "limits/limit_change_lock.sql",
     "limits/limits_configured.sql",
     "limits/group_limited.sql",
     "limits/key_limits.sql",
