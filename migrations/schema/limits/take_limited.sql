@@ -13,9 +13,10 @@
 -- (after taking them) r running in the group and r_k of each key, and takes
 --   t   <= h*S and t <= L - r - (K - H)*S                   (the group), and of each key k
 --   t_k <= h*m and t_k <= limit_k - r_k - (K - H)*m         (its limit, a key without one: h*m)
--- The counted path holds all K slots (and ns_limit: long_task.lock_limit_group), so H = K and
--- the rule is exact: t <= L - r, t_k <= limit_k - r_k, and the token buckets of rate limits and
--- the turns of fair share are kept only there. The shared path (no rate, no fair share, no key
+-- A claim holding all K slots has no other claim beside it (each holds a slot), so the h*S and
+-- h*m shares drop: t <= L - r, t_k <= limit_k - r_k (K*m for a key not near its limit). The
+-- counted path holds all K slots and ns_limit (long_task.lock_limit_group) and counts exactly;
+-- the token buckets of rate limits and the turns of fair share are kept only there. The shared path (no rate, no fair share, no key
 -- rate, L and kmin at least 2K) holds one or more slots (try-locks; a claim finding none free
 -- and holding none waits for one) and takes straight off the ring, passing over the keys with
 -- nothing left and putting back onto the ring what is over a key's share; where the rule leaves
@@ -111,6 +112,7 @@ DECLARE
     -- limit and what each may still take, and whether a limit is near (count exactly instead)
     sz integer;
     m integer;
+    kshare integer;
     nkeys text[];
     ncaps integer[];
     nlefts integer[];
@@ -161,7 +163,8 @@ BEGIN
                 sz := s.max_running / (2 * ks);
                 SELECT count(*) INTO running FROM long_task.task t
                  WHERE t.group_id = p_group_id AND t.state_id IN ('AE', 'AC') AND t.attempt > 0;
-                allow := least(allow, h * sz);
+                -- (holding every slot, no other claim is in flight: no share of its own to keep)
+                allow := least(allow, CASE WHEN held < ks THEN h * sz END);
                 -- near: the rule leaves less than the claim wants, and counting exactly would
                 -- leave more (a group at its limit gets nothing either way)
                 near := s.max_running - running - (ks - held) * sz < allow
@@ -170,10 +173,12 @@ BEGIN
             END IF;
             IF kmin IS NOT NULL THEN
                 m := kmin / (2 * ks);
+                -- a key's share: h*m, or K*m holding every slot (what any key not near has left)
+                kshare := CASE WHEN held < ks THEN h * m ELSE ks * m END;
                 -- the running keys that may be near their limit (more than kmin - K*m running:
                 -- any other has at least K*m left, so its share h*m holds), and what each may take
                 SELECT coalesce(array_agg(l.key), '{}'),
-                       coalesce(array_agg(least(h * m, l.max_running - r.n - (ks - held) * m)), '{}'),
+                       coalesce(array_agg(least(kshare, l.max_running - r.n - (ks - held) * m)), '{}'),
                        coalesce(array_agg(l.max_running - r.n), '{}')
                   INTO nkeys, ncaps, nlefts
                   FROM (SELECT t.concurrency_key AS key, count(*)::integer AS n
@@ -185,7 +190,7 @@ BEGIN
                  CROSS JOIN LATERAL long_task.key_limits(p_group_id, ARRAY[r.key]) l
                  WHERE l.max_running IS NOT NULL;
                 near := near OR EXISTS (SELECT 1 FROM unnest(ncaps, nlefts) u(c, l)
-                                         WHERE u.c < h * m AND u.l > greatest(u.c, 0));
+                                         WHERE u.c < kshare AND u.l > greatest(u.c, 0));
             END IF;
         END IF;
         IF (NOT shared_ok OR near) AND NOT pg_try_advisory_xact_lock(long_task.ns_limit(), p_group_id) THEN
@@ -218,7 +223,7 @@ BEGIN
               INTO back_ids, back_lscs
               FROM (SELECT e.id, e.lsc, e.o,
                            e.k IS NULL OR row_number() OVER (PARTITION BY e.k ORDER BY e.o)
-                                          <= coalesce(ncaps[array_position(nkeys, e.k)], h * m) AS keep
+                                          <= coalesce(ncaps[array_position(nkeys, e.k)], kshare) AS keep
                       FROM unnest(c_ids, c_lscs, c_keys) WITH ORDINALITY AS e(id, lsc, k, o)) u;
             IF cardinality(back_ids) > 0 THEN
                 INSERT INTO long_task.ready (slot, group_id, priority, lsc, task_id, topic, has_command,
