@@ -14,7 +14,8 @@ use common::{connect, migrated_db};
 use tokio_postgres::Client;
 
 /// The limits a user would set, far from binding for the few tasks the SQL tests take.
-const FAR: &str = "INSERT INTO long_task.group_settings (group_id, max_running, key_limit) VALUES (0, 1000, 100);
+const FAR: &str =
+    "INSERT INTO long_task.group_settings (group_id, max_running, key_limit) VALUES (0, 1000, 100);
      INSERT INTO long_task.key_limit VALUES (0, 'k1', 50);
      INSERT INTO long_task.task (group_id, state_id, topic, concurrency_key)
      SELECT 0, 'AW', 't', 'k' || (i % 10) FROM generate_series(1, 200) i;";
@@ -178,7 +179,11 @@ async fn a_session_lost_while_holding_a_slot_frees_it_and_loses_nothing() {
     })
     .await
     .expect("the session did not end");
-    assert_eq!(running(&client).await, 0, "the lost claim was not rolled back");
+    assert_eq!(
+        running(&client).await,
+        0,
+        "the lost claim was not rolled back"
+    );
     client
         .batch_execute(
             "SET lock_timeout = '2s';
