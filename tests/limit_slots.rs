@@ -260,3 +260,37 @@ async fn limits_the_shared_path_reaches_hold_across_four_nodes() {
     );
     drop(nodes);
 }
+
+/// A claim of many tasks of one key on the shared path gets the key's share (m per slot held:
+/// the lowest key limit / 16), and what it took over that share goes back onto the ring, still
+/// claimable: nothing is lost.
+#[tokio::test]
+async fn what_is_over_a_keys_share_goes_back_onto_the_ring() {
+    let (_db, client) = migrated_db().await;
+    client
+        .batch_execute(
+            "INSERT INTO long_task.group_settings (group_id, key_limit) VALUES (0, 32);
+             INSERT INTO long_task.task (group_id, state_id, topic, concurrency_key)
+             SELECT 0, 'AW', 't', 'hot' FROM generate_series(1, 10);",
+        )
+        .await
+        .expect("setup");
+    // no group limit: one slot; m = 32 / 16 = 2 of the key per slot
+    assert_eq!(consume_ids(&client, 10).await.len(), 2);
+    let queued: i64 = client
+        .query_one(
+            "SELECT count(*) FROM long_task.ready r JOIN long_task.task t ON t.id = r.task_id
+              WHERE t.state_id = 'AW' AND r.lsc = t.last_state_change",
+            &[],
+        )
+        .await
+        .expect("ring")
+        .get(0);
+    assert_eq!(queued, 8, "the entries over the share were not put back");
+    let mut total = 2;
+    for _ in 0..10 {
+        total += consume_ids(&client, 10).await.len();
+    }
+    assert_eq!(total, 10, "every task taken once");
+    assert_eq!(running(&client).await, 10);
+}

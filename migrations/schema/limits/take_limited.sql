@@ -226,13 +226,7 @@ BEGIN
                                           <= coalesce(ncaps[array_position(nkeys, e.k)], kshare) AS keep
                       FROM unnest(c_ids, c_lscs, c_keys) WITH ORDINALITY AS e(id, lsc, k, o)) u;
             IF cardinality(back_ids) > 0 THEN
-                INSERT INTO long_task.ready (slot, group_id, priority, lsc, task_id, topic, has_command,
-                                             worker_id, concurrency_key)
-                SELECT long_task.ready_insert_slot(), t.group_id, t.priority, t.last_state_change, t.id,
-                       t.topic, t.command IS NOT NULL, t.worker_id, t.concurrency_key
-                  FROM unnest(back_ids, back_lscs) AS b(id, lsc)
-                  JOIN long_task.task t ON t.id = b.id
-                 WHERE t.state_id = 'AW' AND t.last_state_change = b.lsc;
+                PERFORM long_task.put_back_ready(back_ids, back_lscs);
             END IF;
             RETURN QUERY SELECT e.id, e.lsc, e.k
                            FROM unnest(c_ids, c_lscs, c_keys) WITH ORDINALITY AS e(id, lsc, k, o)
@@ -382,13 +376,7 @@ BEGIN
             IF cardinality(back_ids) > 0 THEN
                 -- entries of keys at their limit go back onto the ring (from the row, if it
                 -- still waits as the entry says; else the entry was stale anyway)
-                INSERT INTO long_task.ready (slot, group_id, priority, lsc, task_id, topic, has_command,
-                                             worker_id, concurrency_key)
-                SELECT long_task.ready_insert_slot(), t.group_id, t.priority, t.last_state_change, t.id,
-                       t.topic, t.command IS NOT NULL, t.worker_id, t.concurrency_key
-                  FROM unnest(back_ids, back_lscs) AS b(id, lsc)
-                  JOIN long_task.task t ON t.id = b.id
-                 WHERE t.state_id = 'AW' AND t.last_state_change = b.lsc;
+                PERFORM long_task.put_back_ready(back_ids, back_lscs);
             END IF;
             EXIT WHEN seen < asked OR got >= allow;
         END LOOP;

@@ -115,6 +115,7 @@ pub const SCHEMA_FILES: &[SchemaFile] = schema_files![
     "limits/key_limits.sql",
     "limits/key_limit_of.sql",
     "limits/key_rate_of.sql",
+    "limits/put_back_ready.sql",
     "limits/take_fair.sql",
     "limits/take_limited.sql",
     "limits/rate_wake.sql",
