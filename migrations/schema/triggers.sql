@@ -37,6 +37,18 @@ CREATE OR REPLACE TRIGGER worker_notify AFTER UPDATE ON long_task.worker
 CREATE OR REPLACE TRIGGER group_settings_notify AFTER UPDATE ON long_task.group_settings
     FOR EACH ROW EXECUTE FUNCTION long_task.group_settings_notify();
 
+-- A group's limits changed: wait for its claims in flight, hold off new ones until the commit
+-- (limits/limit_change_lock.sql). After group_settings_notify (name order), which takes the
+-- pause lock first, in the order of a claim.
+CREATE OR REPLACE TRIGGER limit_change_lock AFTER INSERT OR DELETE ON long_task.group_settings
+    FOR EACH ROW EXECUTE FUNCTION long_task.limit_change_lock();
+CREATE OR REPLACE TRIGGER limit_change_lock_update AFTER UPDATE ON long_task.group_settings
+    FOR EACH ROW WHEN ((OLD.group_id, OLD.max_running, OLD.key_limit, OLD.rate_limit, OLD.rate_interval, OLD.fair_share)
+                       IS DISTINCT FROM (NEW.group_id, NEW.max_running, NEW.key_limit, NEW.rate_limit, NEW.rate_interval, NEW.fair_share))
+    EXECUTE FUNCTION long_task.limit_change_lock();
+CREATE OR REPLACE TRIGGER limit_change_lock AFTER INSERT OR UPDATE OR DELETE ON long_task.key_limit
+    FOR EACH ROW EXECUTE FUNCTION long_task.limit_change_lock();
+
 -- A per-key limit was set, changed or removed: wake the group (notify/key_limit_notify.sql).
 CREATE OR REPLACE TRIGGER key_limit_notify AFTER INSERT OR UPDATE OR DELETE ON long_task.key_limit
     FOR EACH ROW EXECUTE FUNCTION long_task.key_limit_notify();

@@ -176,6 +176,9 @@ BEGIN
     GRANT INSERT, UPDATE, DELETE ON long_task.group_settings, long_task.key_limit TO pgtaskd_operator;
     GRANT EXECUTE ON FUNCTION long_task.worker_notify, long_task.group_settings_notify,
                               long_task.key_limit_notify, long_task.ns_pause,
+                              -- a change of a group's limits waits for its claims
+                              long_task.limit_change_lock, long_task.lock_limit_group,
+                              long_task.ns_limit, long_task.ns_limit_slot, long_task.limit_slots,
                               long_task.pause_group, long_task.resume_group,
                               -- SECURITY DEFINER: it re-queues runs through hand_back, which
                               -- the operator may not call itself
