@@ -148,20 +148,7 @@ async fn handler_drain(url: &str, setup: &str, n: usize) -> f64 {
         )
         .await
         .expect("queue");
-    loop {
-        let done: i64 = client
-            .query_one(
-                "SELECT count(*) FROM long_task.task WHERE topic = 'noop' AND state_id = 'CS'",
-                &[],
-            )
-            .await
-            .expect("count")
-            .get(0);
-        if done as usize >= n {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    support::wait_all_succeeded(&client, "noop", n).await;
     let rate = n as f64 / started.elapsed().as_secs_f64();
     tokio::task::spawn_blocking(move || running.stop())
         .await

@@ -142,20 +142,7 @@ async fn handler_throughput(url: &str, n: usize) {
     let client = connect(url).await;
     let started = Instant::now();
     publish(&client, n, "noop").await;
-    loop {
-        let done: i64 = client
-            .query_one(
-                "SELECT count(*) FROM long_task.task WHERE topic = 'noop' AND state_id = 'CS'",
-                &[],
-            )
-            .await
-            .expect("count")
-            .get(0);
-        if done as usize >= n {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    support::wait_all_succeeded(&client, "noop", n).await;
     let elapsed = started.elapsed();
     println!(
         "embedded node, no-op handler (max_tasks 256): {n} tasks published -> CS in {:.2} s = {:.0} tasks/s",

@@ -116,6 +116,24 @@ pub async fn wait_until(
     start.elapsed()
 }
 
+/// Waits until `n` tasks of `topic` are CS, polling every 20 ms (the end of a throughput run).
+pub async fn wait_all_succeeded(client: &Client, topic: &str, n: usize) {
+    loop {
+        let done: i64 = client
+            .query_one(
+                "SELECT count(*) FROM long_task.task WHERE topic = $1 AND state_id = 'CS'",
+                &[&topic],
+            )
+            .await
+            .expect("count")
+            .get(0);
+        if done as usize >= n {
+            return;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+}
+
 /// Ends a drill's round: cancels every waiting and running task, sets every node's
 /// `max_task_count` to 0 (so nothing new is claimed while the next round is set up), and waits
 /// until no task is active any more.
