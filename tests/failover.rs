@@ -11,7 +11,7 @@ use std::time::Duration;
 
 use chrono::{DateTime, Utc};
 use common::cli::{code, pgtaskd_async};
-use common::node::{wait_node_ready, wait_until, NodeProcess};
+use common::node::{wait_all_final, wait_node_ready, wait_until, NodeProcess};
 use common::standby::TestPair;
 use tokio_postgres::Client;
 use uuid::Uuid;
@@ -83,35 +83,6 @@ async fn runs(client: &Client, sql: &str) -> Vec<(i64, Uuid)> {
         .iter()
         .map(|r| (r.get(0), r.get(1)))
         .collect()
-}
-
-/// Waits until no task is active; panics with the active rows after `limit`.
-async fn wait_all_final(client: &Client, limit: Duration) {
-    let settled = wait_until(limit, || async {
-        client
-            .query_one(
-                "SELECT count(*) FROM long_task.task WHERE state_id LIKE 'A%'",
-                &[],
-            )
-            .await
-            .map(|r| r.get::<_, i64>(0) == 0)
-            .unwrap_or(false)
-    })
-    .await;
-    if settled.is_err() {
-        let rows: Vec<(i64, String, Option<i64>, Option<Uuid>)> = client
-            .query(
-                "SELECT id, state_id::text, worker_id, run_id FROM long_task.task
-                  WHERE state_id LIKE 'A%' ORDER BY id",
-                &[],
-            )
-            .await
-            .expect("active rows")
-            .iter()
-            .map(|r| (r.get(0), r.get(1), r.get(2), r.get(3)))
-            .collect();
-        panic!("tasks still active after {limit:?} (id, state, worker, run): {rows:?}");
-    }
 }
 
 /// Events of these kinds, as (task id, kind, detail).

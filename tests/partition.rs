@@ -16,8 +16,8 @@ use std::time::{Duration, Instant};
 
 use common::migrated_db;
 use common::node::{
-    coordinator, processes_with_env, queue, set_stop, state, wait_coordinator, wait_node_ready,
-    wait_state, wait_until, NodeProcess,
+    coordinator, processes_with_env, queue, set_stop, state, wait_all_final, wait_coordinator,
+    wait_node_ready, wait_state, wait_until, NodeProcess,
 };
 use common::proxy::Proxy;
 use tokio_postgres::Client;
@@ -324,18 +324,8 @@ async fn a_cut_off_coordinator_is_replaced_never_writes_under_its_term_and_rejoi
     );
     drop(n1);
 
-    wait_until(Duration::from_secs(60), || async {
-        client
-            .query_one(
-                "SELECT count(*) FROM long_task.task WHERE state_id LIKE 'A%'",
-                &[],
-            )
-            .await
-            .map(|r| r.get::<_, i64>(0) == 0)
-            .unwrap_or(false)
-    })
-    .await
-    .expect("every task finishes");
+    // every task finishes
+    wait_all_final(&client, Duration::from_secs(60)).await;
 
     // the old coordinator wrote nothing under its term once the new term began
     let elected_id: i64 = client

@@ -308,3 +308,32 @@ pub async fn set_stop(client: &Client, worker_id: i64, code: i16) {
         .await
         .expect("set stop");
 }
+
+/// Waits until no task is active; panics with the active rows after `limit`.
+pub async fn wait_all_final(client: &Client, limit: Duration) {
+    let settled = wait_until(limit, || async {
+        client
+            .query_one(
+                "SELECT count(*) FROM long_task.task WHERE state_id LIKE 'A%'",
+                &[],
+            )
+            .await
+            .map(|r| r.get::<_, i64>(0) == 0)
+            .unwrap_or(false)
+    })
+    .await;
+    if settled.is_err() {
+        let rows: Vec<(i64, String, Option<i64>, Option<uuid::Uuid>)> = client
+            .query(
+                "SELECT id, state_id::text, worker_id, run_id FROM long_task.task
+                  WHERE state_id LIKE 'A%' ORDER BY id",
+                &[],
+            )
+            .await
+            .expect("active rows")
+            .iter()
+            .map(|r| (r.get(0), r.get(1), r.get(2), r.get(3)))
+            .collect();
+        panic!("tasks still active after {limit:?} (id, state, worker, run): {rows:?}");
+    }
+}
