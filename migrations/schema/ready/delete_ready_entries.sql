@@ -3,9 +3,10 @@
 -- only what this call deleted may be taken. Shared by long_task.take_ready and
 -- long_task.take_fair. The slot is a table of its own: one static DELETE per slot (planned once
 -- per session, a TID scan), chosen by a CASE, not a statement built and planned at every call.
+-- The generic plan is forced: left to choose, the plan cache planned the DELETE at every call.
 CREATE OR REPLACE FUNCTION long_task.delete_ready_entries(
     p_slots smallint[], p_tids tid[], OUT deleted_slots smallint[], OUT deleted_tids tid[])
-LANGUAGE plpgsql AS $$
+LANGUAGE plpgsql SET plan_cache_mode = force_generic_plan AS $$
 DECLARE
     slot smallint;
     tids tid[];
