@@ -3,7 +3,8 @@
 //! change of the limits waits for the claims in flight and holds from the first claim after
 //! it; a session lost while holding a slot frees it and loses nothing; and under four nodes
 //! claiming at once with limits the shared path can reach, the most that overlapped (from
-//! `task_run`, database clock) never exceeds either limit.
+//! `task_run`, database clock) never exceeds either limit. The end of a limited group's run
+//! wakes its nodes.
 
 mod common;
 
@@ -293,4 +294,87 @@ async fn what_is_over_a_keys_share_goes_back_onto_the_ring() {
     }
     assert_eq!(total, 10, "every task taken once");
     assert_eq!(running(&client).await, 10);
+}
+
+/// The end of a run of a limited group wakes the group's nodes (a claim cut short by a limit
+/// waits for it), whoever ends it, and only then: an unlimited group's run end and a cancel
+/// request (AE -> AC, still running) send no wake.
+#[tokio::test]
+async fn the_end_of_a_limited_groups_run_wakes_its_nodes() {
+    let (db, client) = migrated_db().await;
+    client
+        .batch_execute(
+            "INSERT INTO long_task.group_settings (group_id, max_running) VALUES (0, 100);
+             INSERT INTO long_task.task (group_id, state_id, topic)
+             SELECT g, 'AW', 't' FROM generate_series(0, 1) g, generate_series(1, 3);",
+        )
+        .await
+        .expect("setup");
+    let taken: Vec<(i64, i32)> = client
+        .query("SELECT id, group_id FROM long_task.consume(10)", &[])
+        .await
+        .expect("consume")
+        .iter()
+        .map(|r| (r.get(0), r.get(1)))
+        .collect();
+    assert_eq!(taken.len(), 6);
+    let of = |g: i32| -> Vec<i64> { taken.iter().filter(|t| t.1 == g).map(|t| t.0).collect() };
+    let (limited, unlimited) = (of(0), of(1));
+    let (_listener, mut notices) = common::listen(&db.url, &["long_task_g0", "long_task_g1"]).await;
+    let ack = |id: i64| {
+        let client = &client;
+        async move {
+            client
+                .query_one("SELECT long_task.ack($1)", &[&id])
+                .await
+                .expect("ack");
+        }
+    };
+    // notifications come in commit order: what arrived before the limited group's wake is all
+    // the earlier statements sent
+    let wake_of_group_0 =
+        async |notices: &mut tokio::sync::mpsc::UnboundedReceiver<pgtaskd::db::Notice>| {
+            let mut before = Vec::new();
+            loop {
+                let n = tokio::time::timeout(Duration::from_secs(10), notices.recv())
+                    .await
+                    .expect("no wake of group 0")
+                    .expect("listener ended");
+                if (n.channel.as_str(), n.payload.as_str()) == ("long_task_g0", "wake") {
+                    return before;
+                }
+                before.push((n.channel, n.payload));
+            }
+        };
+    ack(unlimited[0]).await;
+    client
+        .execute("SELECT long_task.cancel($1)", &[&limited[0]])
+        .await
+        .expect("cancel");
+    ack(limited[1]).await;
+    let before = wake_of_group_0(&mut notices).await;
+    assert!(
+        !before.iter().any(|(_, p)| p == "wake"),
+        "an unlimited run's end or a cancel request woke a group: {before:?}"
+    );
+    // an outcome of the cancelled run (it ends CC) wakes too
+    client
+        .query_one(
+            "SELECT count(*) FROM long_task.complete_runs(ARRAY[$1::bigint],
+                 ARRAY[(SELECT run_id FROM long_task.task WHERE id = $1)], ARRAY['CF'],
+                 NULL, NULL, NULL, NULL, NULL, NULL, NULL)",
+            &[&limited[0]],
+        )
+        .await
+        .expect("end the cancelled run");
+    wake_of_group_0(&mut notices).await;
+    let state: String = client
+        .query_one(
+            "SELECT state_id::text FROM long_task.task WHERE id = $1",
+            &[&limited[0]],
+        )
+        .await
+        .expect("state")
+        .get(0);
+    assert_eq!(state, "CC");
 }

@@ -155,18 +155,28 @@ BEGIN
                        SELECT 1 FROM long_task.task d WHERE d.id = ANY (n.depends_on) AND d.state_id <> 'CS'))
             $q$ USING long_task.ready_insert_slot();
         END IF;
-        -- Runs of a limited group ended or moved elsewhere: its nodes may start more.
+        -- Runs of a limited group ended or moved elsewhere: its nodes may start more. When no
+        -- row is running after the write (an outcome batch: complete_runs), every running row
+        -- before it left AE/AC, and its groups come from old_rows alone, with no join to plan.
         IF long_task.limits_configured() AND EXISTS (SELECT 1 FROM old_rows o WHERE o.state_id IN ('AE', 'AC')) THEN
-            FOR r IN EXECUTE $q$
-                SELECT DISTINCT o.group_id FROM old_rows o JOIN new_rows n ON n.id = o.id
-                 WHERE o.state_id IN ('AE', 'AC')
-                   AND (n.state_id NOT IN ('AE', 'AC') OR n.group_id <> o.group_id)
-                $q$
-            LOOP
-                IF long_task.group_limited(r.group_id) THEN
-                    PERFORM pg_notify(long_task.channel(r.group_id), 'wake');
-                END IF;
-            END LOOP;
+            IF NOT EXISTS (SELECT 1 FROM new_rows n WHERE n.state_id IN ('AE', 'AC')) THEN
+                FOR r IN SELECT DISTINCT o.group_id FROM old_rows o WHERE o.state_id IN ('AE', 'AC') LOOP
+                    IF long_task.group_limited(r.group_id) THEN
+                        PERFORM pg_notify(long_task.channel(r.group_id), 'wake');
+                    END IF;
+                END LOOP;
+            ELSE
+                FOR r IN EXECUTE $q$
+                    SELECT DISTINCT o.group_id FROM old_rows o JOIN new_rows n ON n.id = o.id
+                     WHERE o.state_id IN ('AE', 'AC')
+                       AND (n.state_id NOT IN ('AE', 'AC') OR n.group_id <> o.group_id)
+                    $q$
+                LOOP
+                    IF long_task.group_limited(r.group_id) THEN
+                        PERFORM pg_notify(long_task.channel(r.group_id), 'wake');
+                    END IF;
+                END LOOP;
+            END IF;
         END IF;
         -- A node's write (claim, consume, outcome) can only wake (a retry queued) or set a retry
         -- timer: when none of its rows is waiting, there is nothing more to notify, no join to plan.
