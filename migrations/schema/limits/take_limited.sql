@@ -176,19 +176,27 @@ BEGIN
                 -- a key's share: h*m, or K*m holding every slot (what any key not near has left)
                 kshare := CASE WHEN held < ks THEN h * m ELSE ks * m END;
                 -- the running keys that may be near their limit (more than kmin - K*m running:
-                -- any other has at least K*m left, so its share h*m holds), and what each may take
-                SELECT coalesce(array_agg(l.key), '{}'),
-                       coalesce(array_agg(least(kshare, l.max_running - r.n - (ks - held) * m)), '{}'),
-                       coalesce(array_agg(l.max_running - r.n), '{}')
-                  INTO nkeys, ncaps, nlefts
-                  FROM (SELECT t.concurrency_key AS key, count(*)::integer AS n
-                          FROM long_task.task t
-                         WHERE t.group_id = p_group_id AND t.state_id IN ('AE', 'AC') AND t.attempt > 0
-                           AND t.concurrency_key IS NOT NULL
-                         GROUP BY t.concurrency_key
-                        HAVING count(*) > kmin - ks * m) r
-                 CROSS JOIN LATERAL long_task.key_limits(p_group_id, ARRAY[r.key]) l
-                 WHERE l.max_running IS NOT NULL;
+                -- any other has at least K*m left, so its share h*m holds), and what each may take;
+                -- none while the whole group runs no more than that (the common case: one count)
+                IF running IS NULL THEN
+                    SELECT count(*) INTO running FROM long_task.task t
+                     WHERE t.group_id = p_group_id AND t.state_id IN ('AE', 'AC') AND t.attempt > 0;
+                END IF;
+                nkeys := '{}'; ncaps := '{}'; nlefts := '{}';
+                IF running > kmin - ks * m THEN
+                    SELECT coalesce(array_agg(l.key), '{}'),
+                           coalesce(array_agg(least(kshare, l.max_running - r.n - (ks - held) * m)), '{}'),
+                           coalesce(array_agg(l.max_running - r.n), '{}')
+                      INTO nkeys, ncaps, nlefts
+                      FROM (SELECT t.concurrency_key AS key, count(*)::integer AS n
+                              FROM long_task.task t
+                             WHERE t.group_id = p_group_id AND t.state_id IN ('AE', 'AC') AND t.attempt > 0
+                               AND t.concurrency_key IS NOT NULL
+                             GROUP BY t.concurrency_key
+                            HAVING count(*) > kmin - ks * m) r
+                     CROSS JOIN LATERAL long_task.key_limits(p_group_id, ARRAY[r.key]) l
+                     WHERE l.max_running IS NOT NULL;
+                END IF;
                 near := near OR EXISTS (SELECT 1 FROM unnest(ncaps, nlefts) u(c, l)
                                          WHERE u.c < kshare AND u.l > greatest(u.c, 0));
             END IF;
@@ -206,7 +214,8 @@ BEGIN
                 RETURN;
             END IF;
             blocked := ARRAY(SELECT u.k FROM unnest(nkeys, ncaps) u(k, c) WHERE u.c <= 0);
-            IF m IS NULL THEN
+            IF m IS NULL OR (allow <= kshare AND cardinality(nkeys) = 0) THEN
+                -- no key bound, or none can pass its share in this call: nothing to put back
                 RETURN QUERY SELECT r.task_id, r.lsc, r.concurrency_key
                                FROM long_task.take_ready(allow, p_group_id, p_worker_id, p_topics, p_commands,
                                                          p_pattern, blocked) r;
