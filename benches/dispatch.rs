@@ -15,12 +15,13 @@
 //! throughput tasks carry 100 keys either way), `BENCH_LIMITS=rate` (the same and a rate_limit
 //! of 1,000,000/s): what the limited claim path costs. Compare with interleaved runs.
 
+mod support;
+
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use anyhow::{bail, Context, Result};
-use futures_util::stream::{self, StreamExt, TryStreamExt};
 use pgtaskd::pgcluster::{create_database, PgCluster};
 use tokio_postgres::Client;
 
@@ -376,30 +377,6 @@ async fn measure_throughput(client: &Client, tasks: usize) -> Result<Throughput>
     })
 }
 
-/// Spawn-and-wait `count` `/bin/true` with `MAX_TASKS` in flight, stdout/stderr piped and read
-/// (as the node does for its tails). The ceiling for the node's throughput on this host.
-async fn raw_spawn(count: usize) -> Result<Duration> {
-    let start = Instant::now();
-    stream::iter(0..count)
-        .map(|_| async {
-            let out = tokio::process::Command::new("/bin/true")
-                .stdin(Stdio::null())
-                .stdout(Stdio::piped())
-                .stderr(Stdio::piped())
-                .output()
-                .await
-                .context("cannot spawn /bin/true")?;
-            if !out.status.success() {
-                bail!("/bin/true failed: {}", out.status);
-            }
-            Ok(())
-        })
-        .buffer_unordered(MAX_TASKS)
-        .try_collect::<()>()
-        .await?;
-    Ok(start.elapsed())
-}
-
 /// `xact_commit + xact_rollback` of database `db`, read through `admin` (a connection to a
 /// different database, so the reads themselves are not counted in `db`).
 async fn xact_count(admin: &Client, db: &str) -> Result<i64> {
@@ -500,7 +477,7 @@ async fn run(knobs: &Knobs, url: &str, admin_url: &str, db: &str) -> Result<()> 
         "bench: raw spawn rate, {} /bin/true, {MAX_TASKS} in flight…",
         knobs.tasks
     );
-    let raw = raw_spawn(knobs.tasks).await?;
+    let raw = support::raw_spawn(knobs.tasks, MAX_TASKS).await?;
 
     eprintln!("bench: throughput, {} /bin/true tasks…", knobs.tasks);
     let tp = measure_throughput(&client, knobs.tasks).await?;

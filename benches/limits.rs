@@ -7,14 +7,19 @@
 //! 2. an embedded node with a no-op handler (max_tasks 256), interleaved rounds: N keyed
 //!    handler tasks inserted at once -> all CS, with no limits and with the limits;
 //! 3. claim latency with `LIMITS_BENCH_KEYS` (10,000) distinct keys waiting (2 tasks each) and
-//!    fair share on: 500 consume(4) calls, each timed (its ack untimed).
+//!    fair share on: 500 consume(4) calls, each timed (its ack untimed);
+//! 4. an embedded node running OS processes (max_tasks 16, as `benches/dispatch.rs` runs its
+//!    node), interleaved rounds: `LIMITS_BENCH_PROCS` (3000) keyed `/bin/true` tasks inserted at
+//!    once -> all CS, with no limits and with the limits, each round next to the raw spawn rate
+//!    of as many `/bin/true` (16 in flight) measured just before it.
 //!
 //! The limits a user would set, none of them binding here (at most 400 tasks run at once, over
 //! 100 keys): a group limit well above that, a default per-key limit and two overrides; the
 //! rate configuration adds a rate far above the bench's.
 //!
 //! Run: `cargo bench --bench limits`. Knobs: `LIMITS_BENCH_TASKS` (20000), `LIMITS_BENCH_ROUNDS`
-//! (3), `LIMITS_BENCH_KEYS` (10000), `LIMITS_BENCH_ONLY=consumer,handler,latency` (any of them),
+//! (3), `LIMITS_BENCH_KEYS` (10000), `LIMITS_BENCH_PROCS` (3000),
+//! `LIMITS_BENCH_ONLY=consumer,handler,latency,process` (any of them),
 //! `DATABASE_URL` (an admin URL instead of the throw-away cluster).
 
 mod support;
@@ -24,6 +29,9 @@ use std::time::{Duration, Instant};
 use pgtaskd::config::NodeConfig;
 use pgtaskd::embedded::Node;
 use support::{connect, consume_and_ack, env_usize, fresh_db, summary, BenchServer};
+
+/// The process slots of the process part: those of `benches/dispatch.rs`'s node.
+const PROCESS_SLOTS: usize = 16;
 
 /// The limits: max_running, key_limit and two key overrides (one key, one pattern).
 const LIMITS: &str = "INSERT INTO long_task.group_settings (group_id, max_running, key_limit)
@@ -157,6 +165,58 @@ async fn handler_drain(url: &str, setup: &str, n: usize) -> f64 {
     rate
 }
 
+/// An embedded node running OS processes (16 at a time) drains `n` keyed `/bin/true` tasks
+/// inserted at once; tasks/s.
+async fn process_drain(url: &str, setup: &str, n: usize) -> f64 {
+    let client = connect(url).await;
+    if !setup.is_empty() {
+        client.batch_execute(setup).await.expect("limits");
+    }
+    let config = NodeConfig {
+        database_url: Some(url.to_owned()),
+        max_tasks: PROCESS_SLOTS as u32,
+        pool_size: Some(8),
+        ..NodeConfig::default()
+    };
+    let mut node = Node::new(config);
+    node.run_commands(true);
+    let running = tokio::task::spawn_blocking(move || node.start())
+        .await
+        .expect("join")
+        .expect("node");
+    let started = Instant::now();
+    client
+        .execute(
+            "INSERT INTO long_task.task (group_id, state_id, command, concurrency_key)
+             SELECT 0, 'AW', '{/bin/true}', 'k' || (i % 100) FROM generate_series(1, $1::int) i",
+            &[&(n as i32)],
+        )
+        .await
+        .expect("queue");
+    support::wait_until(
+        "every process task CS",
+        Duration::from_secs(600),
+        async || {
+            let done: i64 = client
+                .query_one(
+                    "SELECT count(*) FROM long_task.task WHERE state_id = 'CS'",
+                    &[],
+                )
+                .await
+                .expect("count")
+                .get(0);
+            done as usize >= n
+        },
+    )
+    .await;
+    let rate = n as f64 / started.elapsed().as_secs_f64();
+    tokio::task::spawn_blocking(move || running.stop())
+        .await
+        .expect("join")
+        .expect("stop");
+    rate
+}
+
 fn median(v: &[f64]) -> f64 {
     let mut v = v.to_vec();
     v.sort_by(|a, b| a.total_cmp(b));
@@ -225,5 +285,37 @@ async fn main() {
                 times
             )
         );
+    }
+    if runs("process") {
+        let n = env_usize("LIMITS_BENCH_PROCS", 3000);
+        let configs = [CONFIGS[0], CONFIGS[1]];
+        let mut rates: Vec<Vec<f64>> = vec![Vec::new(); configs.len()];
+        let mut shares: Vec<Vec<f64>> = vec![Vec::new(); configs.len()];
+        for round in 0..rounds {
+            for (i, (name, setup)) in configs.iter().enumerate() {
+                let raw = support::raw_spawn(n, PROCESS_SLOTS)
+                    .await
+                    .expect("raw spawn");
+                let raw_rate = n as f64 / raw.as_secs_f64();
+                let url = fresh_db(&server.admin_url, "pgtaskd_bench_limits", false).await;
+                let rate = process_drain(&url, setup, n).await;
+                eprintln!(
+                    "bench: round {round}: processes, {name}: {rate:.0} tasks/s, raw spawn {raw_rate:.0}/s ({:.0} %)",
+                    100.0 * rate / raw_rate
+                );
+                rates[i].push(rate);
+                shares[i].push(100.0 * rate / raw_rate);
+            }
+        }
+        let names: Vec<&str> = configs.iter().map(|c| c.0).collect();
+        let part = format!("embedded node, {n} /bin/true tasks, {PROCESS_SLOTS} slots");
+        report(&part, &names, &rates);
+        for (name, s) in names.iter().zip(&shares) {
+            println!(
+                "{part}, {name:<34} median {:>5.1} % of the raw spawn rate next to it (rounds {:?})",
+                median(s),
+                s.iter().map(|s| s.round()).collect::<Vec<_>>()
+            );
+        }
     }
 }

@@ -207,3 +207,29 @@ pub async fn consume_and_ack(url: &str, batch: i32, idle_polls: usize) -> usize 
         done += ids.len();
     }
 }
+
+/// Spawns and waits for `count` `/bin/true`, `in_flight` at a time, stdout/stderr piped and read
+/// (as a node does for its tails): the ceiling of a node's process throughput on this host.
+pub async fn raw_spawn(count: usize, in_flight: usize) -> anyhow::Result<std::time::Duration> {
+    use futures_util::stream::{self, StreamExt, TryStreamExt};
+    use std::process::Stdio;
+    let start = std::time::Instant::now();
+    stream::iter(0..count)
+        .map(|_| async {
+            let out = tokio::process::Command::new("/bin/true")
+                .stdin(Stdio::null())
+                .stdout(Stdio::piped())
+                .stderr(Stdio::piped())
+                .output()
+                .await
+                .map_err(|e| anyhow::anyhow!("cannot spawn /bin/true: {e}"))?;
+            if !out.status.success() {
+                anyhow::bail!("/bin/true failed: {}", out.status);
+            }
+            Ok(())
+        })
+        .buffer_unordered(in_flight)
+        .try_collect::<()>()
+        .await?;
+    Ok(start.elapsed())
+}
