@@ -13,7 +13,8 @@
 //! what its checks cost), `BENCH_LIMITS=1` (group 0 gets what a user would set, none of it
 //! binding: max_running 10000, key_limit 1000, key overrides `k1` 500 and `k9%` 200; the
 //! throughput tasks carry 100 keys either way), `BENCH_LIMITS=rate` (the same and a rate_limit
-//! of 1,000,000/s): what the limited claim path costs. Compare with interleaved runs.
+//! of 1,000,000/s): what the limited claim path costs. Compare with interleaved runs (or
+//! `LIMITS_BENCH_ONLY=process cargo bench --bench limits`: both configurations in one run).
 
 mod support;
 
