@@ -144,86 +144,49 @@ async fn fair_claim_latency(url: &str, keys: usize) -> Vec<Duration> {
     times
 }
 
-/// An embedded node with a no-op handler drains `n` keyed tasks inserted at once; tasks/s.
-async fn handler_drain(url: &str, setup: &str, n: usize) -> f64 {
-    let client = connect(url).await;
-    if !setup.is_empty() {
-        client.batch_execute(setup).await.expect("limits");
-    }
-    let config = NodeConfig {
-        database_url: Some(url.to_owned()),
-        max_tasks: 256,
-        pool_size: Some(8),
-        ..NodeConfig::default()
-    };
-    let mut node = Node::new(config);
-    node.handler("noop", |_task| async move { Ok::<_, String>(()) });
-    let running = tokio::task::spawn_blocking(move || node.start())
-        .await
-        .expect("join")
-        .expect("node");
-    let started = Instant::now();
-    client
-        .execute(
-            "INSERT INTO long_task.task (group_id, state_id, topic, concurrency_key)
-             SELECT 0, 'AW', 'noop', 'k' || (i % 100) FROM generate_series(1, $1::int) i",
-            &[&(n as i32)],
-        )
-        .await
-        .expect("queue");
-    support::wait_all_succeeded(&client, "noop", n).await;
-    let rate = n as f64 / started.elapsed().as_secs_f64();
-    tokio::task::spawn_blocking(move || running.stop())
-        .await
-        .expect("join")
-        .expect("stop");
-    rate
+/// What an embedded node drains: no-op handler tasks (256 at a time) or `/bin/true` processes
+/// (`PROCESS_SLOTS` at a time, as `benches/dispatch.rs` runs its node).
+#[derive(Clone, Copy)]
+enum Work {
+    Handler,
+    Process,
 }
 
-/// An embedded node running OS processes (16 at a time) drains `n` keyed `/bin/true` tasks
-/// inserted at once; tasks/s.
-async fn process_drain(url: &str, setup: &str, n: usize) -> f64 {
+/// An embedded node drains `n` keyed tasks of `work` inserted at once; tasks/s.
+async fn node_drain(url: &str, setup: &str, n: usize, work: Work) -> f64 {
     let client = connect(url).await;
     if !setup.is_empty() {
         client.batch_execute(setup).await.expect("limits");
     }
     let config = NodeConfig {
         database_url: Some(url.to_owned()),
-        max_tasks: PROCESS_SLOTS as u32,
+        max_tasks: match work {
+            Work::Handler => 256,
+            Work::Process => PROCESS_SLOTS as u32,
+        },
         pool_size: Some(8),
         ..NodeConfig::default()
     };
     let mut node = Node::new(config);
-    node.run_commands(true);
+    let insert = match work {
+        Work::Handler => {
+            node.handler("noop", |_task| async move { Ok::<_, String>(()) });
+            "INSERT INTO long_task.task (group_id, state_id, topic, concurrency_key)
+             SELECT 0, 'AW', 'noop', 'k' || (i % 100) FROM generate_series(1, $1::int) i"
+        }
+        Work::Process => {
+            node.run_commands(true);
+            "INSERT INTO long_task.task (group_id, state_id, command, concurrency_key)
+             SELECT 0, 'AW', '{/bin/true}', 'k' || (i % 100) FROM generate_series(1, $1::int) i"
+        }
+    };
     let running = tokio::task::spawn_blocking(move || node.start())
         .await
         .expect("join")
         .expect("node");
     let started = Instant::now();
-    client
-        .execute(
-            "INSERT INTO long_task.task (group_id, state_id, command, concurrency_key)
-             SELECT 0, 'AW', '{/bin/true}', 'k' || (i % 100) FROM generate_series(1, $1::int) i",
-            &[&(n as i32)],
-        )
-        .await
-        .expect("queue");
-    support::wait_until(
-        "every process task CS",
-        Duration::from_secs(600),
-        async || {
-            let done: i64 = client
-                .query_one(
-                    "SELECT count(*) FROM long_task.task WHERE state_id = 'CS'",
-                    &[],
-                )
-                .await
-                .expect("count")
-                .get(0);
-            done as usize >= n
-        },
-    )
-    .await;
+    client.execute(insert, &[&(n as i32)]).await.expect("queue");
+    support::wait_all_cs(&client, n).await;
     let rate = n as f64 / started.elapsed().as_secs_f64();
     tokio::task::spawn_blocking(move || running.stop())
         .await
@@ -277,7 +240,7 @@ async fn main() {
         for round in 0..rounds {
             for (i, (name, setup)) in configs.iter().enumerate() {
                 let url = fresh_db(&server.admin_url, "pgtaskd_bench_limits", false).await;
-                let rate = handler_drain(&url, setup, n).await;
+                let rate = node_drain(&url, setup, n, Work::Handler).await;
                 eprintln!("bench: round {round}: no-op handler, {name}: {rate:.0} tasks/s");
                 rates[i].push(rate);
             }
@@ -313,7 +276,7 @@ async fn main() {
                     .expect("raw spawn");
                 let raw_rate = n as f64 / raw.as_secs_f64();
                 let url = fresh_db(&server.admin_url, "pgtaskd_bench_limits", false).await;
-                let rate = process_drain(&url, setup, n).await;
+                let rate = node_drain(&url, setup, n, Work::Process).await;
                 eprintln!(
                     "bench: round {round}: processes, {name}: {rate:.0} tasks/s, raw spawn {raw_rate:.0}/s ({:.0} %)",
                     100.0 * rate / raw_rate

@@ -118,10 +118,20 @@ pub async fn wait_until(
 
 /// Waits until `n` tasks of `topic` are CS, polling every 20 ms (the end of a throughput run).
 pub async fn wait_all_succeeded(client: &Client, topic: &str, n: usize) {
+    wait_cs(client, Some(topic), n).await
+}
+
+/// Waits until `n` tasks of the database, whatever their topic, are CS, polling every 20 ms.
+pub async fn wait_all_cs(client: &Client, n: usize) {
+    wait_cs(client, None, n).await
+}
+
+async fn wait_cs(client: &Client, topic: Option<&str>, n: usize) {
     loop {
         let done: i64 = client
             .query_one(
-                "SELECT count(*) FROM long_task.task WHERE topic = $1 AND state_id = 'CS'",
+                "SELECT count(*) FROM long_task.task
+                  WHERE ($1::text IS NULL OR topic = $1) AND state_id = 'CS'",
                 &[&topic],
             )
             .await
