@@ -277,12 +277,12 @@ async fn main() {
                 let raw_rate = n as f64 / raw.as_secs_f64();
                 let url = fresh_db(&server.admin_url, "pgtaskd_bench_limits", false).await;
                 let rate = node_drain(&url, setup, n, Work::Process).await;
+                let share = 100.0 * rate / raw_rate;
                 eprintln!(
-                    "bench: round {round}: processes, {name}: {rate:.0} tasks/s, raw spawn {raw_rate:.0}/s ({:.0} %)",
-                    100.0 * rate / raw_rate
+                    "bench: round {round}: processes, {name}: {rate:.0} tasks/s, raw spawn {raw_rate:.0}/s ({share:.0} %)"
                 );
                 rates[i].push(rate);
-                shares[i].push(100.0 * rate / raw_rate);
+                shares[i].push(share);
             }
         }
         let names: Vec<&str> = configs.iter().map(|c| c.0).collect();

@@ -26,6 +26,9 @@ DECLARE
     done bigint[];
     failed bigint[];
     ended bigint[];
+    -- the groups that runs left (ended, or moved to another group)
+    left_groups integer[];
+    g integer;
     slot smallint;
 BEGIN
     IF TG_OP = 'INSERT' THEN
@@ -160,23 +163,19 @@ BEGIN
         -- before it left AE/AC, and its groups come from old_rows alone, with no join to plan.
         IF long_task.limits_configured() AND EXISTS (SELECT 1 FROM old_rows o WHERE o.state_id IN ('AE', 'AC')) THEN
             IF NOT EXISTS (SELECT 1 FROM new_rows n WHERE n.state_id IN ('AE', 'AC')) THEN
-                FOR r IN SELECT DISTINCT o.group_id FROM old_rows o WHERE o.state_id IN ('AE', 'AC') LOOP
-                    IF long_task.group_limited(r.group_id) THEN
-                        PERFORM pg_notify(long_task.channel(r.group_id), 'wake');
-                    END IF;
-                END LOOP;
+                left_groups := ARRAY(SELECT DISTINCT o.group_id FROM old_rows o WHERE o.state_id IN ('AE', 'AC'));
             ELSE
-                FOR r IN EXECUTE $q$
-                    SELECT DISTINCT o.group_id FROM old_rows o JOIN new_rows n ON n.id = o.id
+                EXECUTE $q$
+                    SELECT array_agg(DISTINCT o.group_id) FROM old_rows o JOIN new_rows n ON n.id = o.id
                      WHERE o.state_id IN ('AE', 'AC')
                        AND (n.state_id NOT IN ('AE', 'AC') OR n.group_id <> o.group_id)
-                    $q$
-                LOOP
-                    IF long_task.group_limited(r.group_id) THEN
-                        PERFORM pg_notify(long_task.channel(r.group_id), 'wake');
-                    END IF;
-                END LOOP;
+                    $q$ INTO left_groups;
             END IF;
+            FOREACH g IN ARRAY coalesce(left_groups, '{}') LOOP
+                IF long_task.group_limited(g) THEN
+                    PERFORM pg_notify(long_task.channel(g), 'wake');
+                END IF;
+            END LOOP;
         END IF;
         -- A node's write (claim, consume, outcome) can only wake (a retry queued) or set a retry
         -- timer: when none of its rows is waiting, there is nothing more to notify, no join to plan.

@@ -13,11 +13,11 @@
 -- Set-based, in rounds, each round after the last entry the previous one tried (a keyset on
 -- the claim order, "after"):
 --   1. each live slot's head after "after" (what is still wanted and 16 more, four times as
---      many in each further round: entries concurrent claimers hold are passed over) is read by a static
---      statement naming that slot (one generic plan per session: left to choose, the plan cache
---      found a custom plan for the known LIMIT cheaper and planned the read at every call, about
---      0.1 ms; only the live slots are locked, so
---      the rotation is never in the way), walking the slot's index in claim order (the slots
+--      many in each further round: entries concurrent claimers hold are passed over) is read by
+--      a static statement naming that slot (one generic plan per session: left to choose, the
+--      plan cache found a custom plan for the known LIMIT cheaper and planned the read at every
+--      call, about 0.1 ms; only the live slots are locked, so the rotation is never in the
+--      way), walking the slot's index in claim order (the slots
 --      have no statistics worth trusting: sorts and bitmap scans are off while it is planned,
 --      so a backlog is never sorted whole). Nothing is locked by reading.
 --      With one live slot (the steady state: claims keep up), that read try-locks each entry it
