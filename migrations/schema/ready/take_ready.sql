@@ -12,8 +12,10 @@
 -- (keys at their concurrency limit, long_task.take_limited) are passed over and stay.
 -- Set-based, in rounds, each round after the last entry the previous one tried (a keyset on
 -- the claim order, "after"):
---   1. each live slot's head after "after" (what is still wanted and 16 more, four times as
---      many in each further round: entries concurrent claimers hold are passed over) is read by
+--   1. each live slot's head after "after" (what is still wanted and 16 more; four times as
+--      many after a round that passed over entries concurrent claimers hold, or stopped at the
+--      end of its merge), oldest slot first, and no further than the end of the merge so far
+--      (entries of a newer slot past it cannot be merged this round), is read by
 --      a static statement naming that slot (one generic plan per session: left to choose, the
 --      plan cache found a custom plan for the known LIMIT cheaper and planned the read at every
 --      call, about 0.1 ms; only the live slots are locked, so the rotation is never in the
@@ -31,6 +33,10 @@
 --      returned (an entry a concurrent claimer took and committed meanwhile is not).
 -- A round short of what is wanted while entries may remain past what it tried (passed over,
 -- or taken by another claimer first) is followed by the next, from the last entry it tried.
+-- A round that locked all it wanted but found some of it deleted (a faster claimer took those
+-- entries and committed between this round's read and its locks) reads no further ahead next
+-- time: a longer read only widens that gap; growing it there let a claimer behind a backlog
+-- read up to 100,000 entries a slot per round and run for seconds (benches/sql/backlog_claimers.sql).
 -- When no coordinator has turned the ring for 5 s (SQL consumers without a node), the claimer
 -- turns it.
 CREATE OR REPLACE FUNCTION long_task.take_ready(
@@ -45,6 +51,9 @@ DECLARE
     -- how many entries each slot's read looks at: more than wanted, since entries that
     -- concurrent claimers hold are passed over; four times more in each further round
     lim integer := 0;
+    -- the last round passed over entries (held by concurrent claimers) or stopped at the end
+    -- of the merge: the next one reads further ahead
+    grow boolean := false;
     -- one live slot (the ring's steady state): its read try-locks and takes, no merge
     single boolean;
     got integer := 0;
@@ -68,6 +77,10 @@ DECLARE
     b_prio integer;
     b_lsc timestamptz;
     b_id bigint;
+    -- the bound of each slot's read: the end of the merge so far (none yet: past every entry)
+    u_prio integer;
+    u_lsc timestamptz;
+    u_id bigint;
     -- taken (locked), then deleted
     t_slot smallint[];
     t_tid tid[];
@@ -90,7 +103,9 @@ BEGIN
     single := cardinality(slots) = 1;
     LOOP
         want := p_n - got;
-        lim := CASE WHEN single THEN want ELSE least(greatest(want + 16, lim * 4), 100000) END;
+        lim := CASE WHEN single THEN want
+                    WHEN grow THEN least(greatest(want + 16, lim * 4), 100000)
+                    ELSE want + 16 END;
         c_slot := '{}'; c_tid := '{}'; c_id := '{}'; c_lsc := '{}'; c_prio := '{}'; c_key := '{}';
         b_prio := NULL; b_lsc := NULL; b_id := NULL;
         -- 1. each live slot's head: one static statement per slot and kind of claimer
@@ -98,6 +113,9 @@ BEGIN
         PERFORM set_config('enable_bitmapscan', 'off', true);
         PERFORM set_config('plan_cache_mode', 'force_generic_plan', true);
         FOR k IN 1 .. cardinality(slots) LOOP
+            u_prio := coalesce(b_prio, 2147483647);
+            u_lsc := coalesce(b_lsc, 'infinity');
+            u_id := coalesce(b_id, 9223372036854775807);
             IF p_worker_id IS NOT NULL THEN
                 CASE slots[k]
                 WHEN 0 THEN
@@ -109,6 +127,7 @@ BEGIN
                        AND ((r.has_command OR r.topic IS NULL) AND p_commands OR r.topic = ANY (p_topics))
                                AND (r.concurrency_key IS NULL OR NOT r.concurrency_key = ANY (p_blocked))
                                AND (r.priority, r.lsc, r.task_id) > (a_prio, a_lsc, a_id)
+                               AND (r.priority, r.lsc, r.task_id) <= (u_prio, u_lsc, u_id)
                              ORDER BY r.priority, r.lsc, r.task_id OFFSET 0) r
                              WHERE CASE WHEN single THEN pg_try_advisory_xact_lock(long_task.ns_claim(), (r.task_id % 2147483647)::integer)
                                         ELSE true END
@@ -122,6 +141,7 @@ BEGIN
                        AND ((r.has_command OR r.topic IS NULL) AND p_commands OR r.topic = ANY (p_topics))
                                AND (r.concurrency_key IS NULL OR NOT r.concurrency_key = ANY (p_blocked))
                                AND (r.priority, r.lsc, r.task_id) > (a_prio, a_lsc, a_id)
+                               AND (r.priority, r.lsc, r.task_id) <= (u_prio, u_lsc, u_id)
                              ORDER BY r.priority, r.lsc, r.task_id OFFSET 0) r
                              WHERE CASE WHEN single THEN pg_try_advisory_xact_lock(long_task.ns_claim(), (r.task_id % 2147483647)::integer)
                                         ELSE true END
@@ -135,6 +155,7 @@ BEGIN
                        AND ((r.has_command OR r.topic IS NULL) AND p_commands OR r.topic = ANY (p_topics))
                                AND (r.concurrency_key IS NULL OR NOT r.concurrency_key = ANY (p_blocked))
                                AND (r.priority, r.lsc, r.task_id) > (a_prio, a_lsc, a_id)
+                               AND (r.priority, r.lsc, r.task_id) <= (u_prio, u_lsc, u_id)
                              ORDER BY r.priority, r.lsc, r.task_id OFFSET 0) r
                              WHERE CASE WHEN single THEN pg_try_advisory_xact_lock(long_task.ns_claim(), (r.task_id % 2147483647)::integer)
                                         ELSE true END
@@ -148,6 +169,7 @@ BEGIN
                        AND ((r.has_command OR r.topic IS NULL) AND p_commands OR r.topic = ANY (p_topics))
                                AND (r.concurrency_key IS NULL OR NOT r.concurrency_key = ANY (p_blocked))
                                AND (r.priority, r.lsc, r.task_id) > (a_prio, a_lsc, a_id)
+                               AND (r.priority, r.lsc, r.task_id) <= (u_prio, u_lsc, u_id)
                              ORDER BY r.priority, r.lsc, r.task_id OFFSET 0) r
                              WHERE CASE WHEN single THEN pg_try_advisory_xact_lock(long_task.ns_claim(), (r.task_id % 2147483647)::integer)
                                         ELSE true END
@@ -161,6 +183,7 @@ BEGIN
                        AND ((r.has_command OR r.topic IS NULL) AND p_commands OR r.topic = ANY (p_topics))
                                AND (r.concurrency_key IS NULL OR NOT r.concurrency_key = ANY (p_blocked))
                                AND (r.priority, r.lsc, r.task_id) > (a_prio, a_lsc, a_id)
+                               AND (r.priority, r.lsc, r.task_id) <= (u_prio, u_lsc, u_id)
                              ORDER BY r.priority, r.lsc, r.task_id OFFSET 0) r
                              WHERE CASE WHEN single THEN pg_try_advisory_xact_lock(long_task.ns_claim(), (r.task_id % 2147483647)::integer)
                                         ELSE true END
@@ -174,6 +197,7 @@ BEGIN
                        AND ((r.has_command OR r.topic IS NULL) AND p_commands OR r.topic = ANY (p_topics))
                                AND (r.concurrency_key IS NULL OR NOT r.concurrency_key = ANY (p_blocked))
                                AND (r.priority, r.lsc, r.task_id) > (a_prio, a_lsc, a_id)
+                               AND (r.priority, r.lsc, r.task_id) <= (u_prio, u_lsc, u_id)
                              ORDER BY r.priority, r.lsc, r.task_id OFFSET 0) r
                              WHERE CASE WHEN single THEN pg_try_advisory_xact_lock(long_task.ns_claim(), (r.task_id % 2147483647)::integer)
                                         ELSE true END
@@ -187,6 +211,7 @@ BEGIN
                        AND ((r.has_command OR r.topic IS NULL) AND p_commands OR r.topic = ANY (p_topics))
                                AND (r.concurrency_key IS NULL OR NOT r.concurrency_key = ANY (p_blocked))
                                AND (r.priority, r.lsc, r.task_id) > (a_prio, a_lsc, a_id)
+                               AND (r.priority, r.lsc, r.task_id) <= (u_prio, u_lsc, u_id)
                              ORDER BY r.priority, r.lsc, r.task_id OFFSET 0) r
                              WHERE CASE WHEN single THEN pg_try_advisory_xact_lock(long_task.ns_claim(), (r.task_id % 2147483647)::integer)
                                         ELSE true END
@@ -200,6 +225,7 @@ BEGIN
                        AND ((r.has_command OR r.topic IS NULL) AND p_commands OR r.topic = ANY (p_topics))
                                AND (r.concurrency_key IS NULL OR NOT r.concurrency_key = ANY (p_blocked))
                                AND (r.priority, r.lsc, r.task_id) > (a_prio, a_lsc, a_id)
+                               AND (r.priority, r.lsc, r.task_id) <= (u_prio, u_lsc, u_id)
                              ORDER BY r.priority, r.lsc, r.task_id OFFSET 0) r
                              WHERE CASE WHEN single THEN pg_try_advisory_xact_lock(long_task.ns_claim(), (r.task_id % 2147483647)::integer)
                                         ELSE true END
@@ -217,6 +243,7 @@ BEGIN
                        AND (p_pattern IS NULL OR r.topic LIKE p_pattern)
                                AND (r.concurrency_key IS NULL OR NOT r.concurrency_key = ANY (p_blocked))
                                AND (r.priority, r.lsc, r.task_id) > (a_prio, a_lsc, a_id)
+                               AND (r.priority, r.lsc, r.task_id) <= (u_prio, u_lsc, u_id)
                              ORDER BY r.priority, r.lsc, r.task_id OFFSET 0) r
                              WHERE CASE WHEN single THEN pg_try_advisory_xact_lock(long_task.ns_claim(), (r.task_id % 2147483647)::integer)
                                         ELSE true END
@@ -231,6 +258,7 @@ BEGIN
                        AND (p_pattern IS NULL OR r.topic LIKE p_pattern)
                                AND (r.concurrency_key IS NULL OR NOT r.concurrency_key = ANY (p_blocked))
                                AND (r.priority, r.lsc, r.task_id) > (a_prio, a_lsc, a_id)
+                               AND (r.priority, r.lsc, r.task_id) <= (u_prio, u_lsc, u_id)
                              ORDER BY r.priority, r.lsc, r.task_id OFFSET 0) r
                              WHERE CASE WHEN single THEN pg_try_advisory_xact_lock(long_task.ns_claim(), (r.task_id % 2147483647)::integer)
                                         ELSE true END
@@ -245,6 +273,7 @@ BEGIN
                        AND (p_pattern IS NULL OR r.topic LIKE p_pattern)
                                AND (r.concurrency_key IS NULL OR NOT r.concurrency_key = ANY (p_blocked))
                                AND (r.priority, r.lsc, r.task_id) > (a_prio, a_lsc, a_id)
+                               AND (r.priority, r.lsc, r.task_id) <= (u_prio, u_lsc, u_id)
                              ORDER BY r.priority, r.lsc, r.task_id OFFSET 0) r
                              WHERE CASE WHEN single THEN pg_try_advisory_xact_lock(long_task.ns_claim(), (r.task_id % 2147483647)::integer)
                                         ELSE true END
@@ -259,6 +288,7 @@ BEGIN
                        AND (p_pattern IS NULL OR r.topic LIKE p_pattern)
                                AND (r.concurrency_key IS NULL OR NOT r.concurrency_key = ANY (p_blocked))
                                AND (r.priority, r.lsc, r.task_id) > (a_prio, a_lsc, a_id)
+                               AND (r.priority, r.lsc, r.task_id) <= (u_prio, u_lsc, u_id)
                              ORDER BY r.priority, r.lsc, r.task_id OFFSET 0) r
                              WHERE CASE WHEN single THEN pg_try_advisory_xact_lock(long_task.ns_claim(), (r.task_id % 2147483647)::integer)
                                         ELSE true END
@@ -273,6 +303,7 @@ BEGIN
                        AND (p_pattern IS NULL OR r.topic LIKE p_pattern)
                                AND (r.concurrency_key IS NULL OR NOT r.concurrency_key = ANY (p_blocked))
                                AND (r.priority, r.lsc, r.task_id) > (a_prio, a_lsc, a_id)
+                               AND (r.priority, r.lsc, r.task_id) <= (u_prio, u_lsc, u_id)
                              ORDER BY r.priority, r.lsc, r.task_id OFFSET 0) r
                              WHERE CASE WHEN single THEN pg_try_advisory_xact_lock(long_task.ns_claim(), (r.task_id % 2147483647)::integer)
                                         ELSE true END
@@ -287,6 +318,7 @@ BEGIN
                        AND (p_pattern IS NULL OR r.topic LIKE p_pattern)
                                AND (r.concurrency_key IS NULL OR NOT r.concurrency_key = ANY (p_blocked))
                                AND (r.priority, r.lsc, r.task_id) > (a_prio, a_lsc, a_id)
+                               AND (r.priority, r.lsc, r.task_id) <= (u_prio, u_lsc, u_id)
                              ORDER BY r.priority, r.lsc, r.task_id OFFSET 0) r
                              WHERE CASE WHEN single THEN pg_try_advisory_xact_lock(long_task.ns_claim(), (r.task_id % 2147483647)::integer)
                                         ELSE true END
@@ -301,6 +333,7 @@ BEGIN
                        AND (p_pattern IS NULL OR r.topic LIKE p_pattern)
                                AND (r.concurrency_key IS NULL OR NOT r.concurrency_key = ANY (p_blocked))
                                AND (r.priority, r.lsc, r.task_id) > (a_prio, a_lsc, a_id)
+                               AND (r.priority, r.lsc, r.task_id) <= (u_prio, u_lsc, u_id)
                              ORDER BY r.priority, r.lsc, r.task_id OFFSET 0) r
                              WHERE CASE WHEN single THEN pg_try_advisory_xact_lock(long_task.ns_claim(), (r.task_id % 2147483647)::integer)
                                         ELSE true END
@@ -315,6 +348,7 @@ BEGIN
                        AND (p_pattern IS NULL OR r.topic LIKE p_pattern)
                                AND (r.concurrency_key IS NULL OR NOT r.concurrency_key = ANY (p_blocked))
                                AND (r.priority, r.lsc, r.task_id) > (a_prio, a_lsc, a_id)
+                               AND (r.priority, r.lsc, r.task_id) <= (u_prio, u_lsc, u_id)
                              ORDER BY r.priority, r.lsc, r.task_id OFFSET 0) r
                              WHERE CASE WHEN single THEN pg_try_advisory_xact_lock(long_task.ns_claim(), (r.task_id % 2147483647)::integer)
                                         ELSE true END
@@ -371,6 +405,7 @@ BEGIN
         EXIT WHEN got >= p_n;
         -- the next round starts after the last entry tried: the last taken when the walk stopped
         -- there, else the end of the merge (none: the ring ran out)
+        grow := n_taken < want;
         IF n_taken = want THEN
             a_prio := t_prio[n_taken]; a_lsc := t_lsc[n_taken]; a_id := t_id[n_taken];
         ELSIF b_id IS NOT NULL THEN
