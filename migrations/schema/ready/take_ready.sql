@@ -49,7 +49,7 @@ DECLARE
     k integer;
     want integer;
     -- how many entries each slot's read looks at: more than wanted, since entries that
-    -- concurrent claimers hold are passed over; four times more in each further round
+    -- concurrent claimers hold are passed over; four times more after a round that grew
     lim integer := 0;
     -- the last round passed over entries (held by concurrent claimers) or stopped at the end
     -- of the merge: the next one reads further ahead
