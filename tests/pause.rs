@@ -150,3 +150,47 @@ async fn a_pause_can_cancel_what_runs() {
     assert_eq!(resumed, Some(true));
     wait_state(&client, waiting, "CS", LONG).await;
 }
+
+/// A pause waits for the group's claims in flight (they hold `ns_pause` shared until they
+/// commit), also for a group that had no `group_settings` row: the pause inserts it. Otherwise a
+/// claim that read the group unpaused could go on taking tasks queued after the pause committed.
+#[tokio::test]
+async fn a_pause_waits_for_claims_in_flight_whether_or_not_the_group_had_settings() {
+    let (db, client) = migrated_db().await;
+    client
+        .batch_execute("INSERT INTO long_task.group_settings (group_id) VALUES (1)")
+        .await
+        .expect("settings of group 1");
+    let claimer = common::connect(&db.url).await;
+    for group in [0, 1] {
+        claimer.batch_execute("BEGIN").await.expect("begin");
+        claimer
+            .query(
+                "SELECT id FROM long_task.claim(1, $1, 1, '{}', true)",
+                &[&group],
+            )
+            .await
+            .expect("claim");
+        // the claim is in flight (not committed): the pause must wait for it
+        let waited = client
+            .batch_execute(&format!(
+                "BEGIN; SET LOCAL lock_timeout = '300ms'; SELECT long_task.pause_group({group}); COMMIT;"
+            ))
+            .await;
+        client.batch_execute("ROLLBACK").await.expect("rollback");
+        let err = waited.expect_err("the pause did not wait for the claim in flight");
+        assert_eq!(
+            err.code(),
+            Some(&tokio_postgres::error::SqlState::LOCK_NOT_AVAILABLE),
+            "group {group}: {err}"
+        );
+        claimer.batch_execute("COMMIT").await.expect("commit");
+        // once the claim committed, the same pause goes through
+        let cancelled: i32 = client
+            .query_one("SELECT long_task.pause_group($1)", &[&group])
+            .await
+            .expect("pause")
+            .get(0);
+        assert_eq!(cancelled, 0);
+    }
+}

@@ -34,7 +34,9 @@ CREATE OR REPLACE TRIGGER task_after_delete AFTER DELETE ON long_task.task
 CREATE OR REPLACE TRIGGER worker_notify AFTER UPDATE ON long_task.worker
     FOR EACH ROW EXECUTE FUNCTION long_task.worker_notify();
 
-CREATE OR REPLACE TRIGGER group_settings_notify AFTER UPDATE ON long_task.group_settings
+-- Also on INSERT: a pause of a group that had no settings row inserts one, and must wait for
+-- the group's claims in flight like any other pause.
+CREATE OR REPLACE TRIGGER group_settings_notify AFTER INSERT OR UPDATE ON long_task.group_settings
     FOR EACH ROW EXECUTE FUNCTION long_task.group_settings_notify();
 
 -- A group's limits changed: wait for its claims in flight, hold off new ones until the commit
