@@ -244,7 +244,8 @@ async fn every_node_follows_a_failover_to_a_synchronous_standby_and_no_task_is_l
     wait_until(Duration::from_secs(10), || async {
         client
             .query_one(
-                "SELECT count(*) FROM pg_stat_activity WHERE application_name = $1",
+                "SELECT count(*) FROM pg_stat_activity
+                  WHERE datname = current_database() AND application_name = $1",
                 &[&watcher],
             )
             .await

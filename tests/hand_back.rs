@@ -218,7 +218,7 @@ async fn cut_listener(client: &Client, worker: i64) {
     let cut: i64 = client
         .query_one(
             "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity
-              WHERE application_name = $1",
+              WHERE datname = current_database() AND application_name = $1",
             &[&format!("pgtaskd w{worker} listener")],
         )
         .await

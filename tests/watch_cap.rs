@@ -19,7 +19,8 @@ async fn watched(client: &tokio_postgres::Client) -> Vec<i64> {
         .query(
             "SELECT substr(application_name, length('pgtaskd w3 watch w') + 1)::bigint
                FROM pg_stat_activity
-              WHERE application_name LIKE 'pgtaskd w3 watch w%' ORDER BY 1",
+              WHERE datname = current_database() AND application_name LIKE 'pgtaskd w3 watch w%'
+              ORDER BY 1",
             &[],
         )
         .await
