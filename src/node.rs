@@ -430,30 +430,11 @@ pub struct StartedNode {
     pub supervisor: Addr<Supervisor>,
 }
 
-/// The node's runtime. A node without in-process handlers only waits — on database round
-/// trips, child processes and their pipes — so one thread runs everything, and no wake-up crosses
-/// threads: a finished child, its pipes' EOF, the outcome and the next claim are handled where
-/// they happen (the dispatch bench: +4–10 % process tasks/s against the multi-thread runtime on
-/// two cores; docs/queue.md, "One thread for a node of processes"). In-process handlers are user code
-/// of any weight: they get the multi-thread runtime's worker threads, so a busy handler never
-/// holds up the actors (heartbeats, claims, fencing), which stay on this thread either way.
-fn build_runtime(
-    options: &NodeOptions,
-    thread_name: &str,
-) -> std::io::Result<tokio::runtime::Runtime> {
-    let mut builder = if options.handlers.is_empty() {
-        tokio::runtime::Builder::new_current_thread()
-    } else {
-        tokio::runtime::Builder::new_multi_thread()
-    };
-    builder.enable_all().thread_name(thread_name).build()
-}
-
 /// Runs a node until it is told to stop (a signal, a stop code, or its embedder): builds its
-/// runtime (`build_runtime`; threads named `thread_name`) under an actix `System`, prepares the
-/// node, serves HTTP when configured, starts the actors, calls `on_start` and runs until the
-/// System stops. The one start-up of `pgtaskd node` and of the embedded `Node`; a start-up error
-/// is returned before `on_start` is called.
+/// multi-thread runtime (threads named `thread_name`) under an actix `System`, prepares the node,
+/// serves HTTP when configured, starts the actors, calls `on_start` and runs until the System
+/// stops. The one start-up of `pgtaskd node` and of the embedded `Node`; a start-up error is
+/// returned before `on_start` is called.
 ///
 /// Every actor lives on the system arbiter (this thread), so the node span entered here is the
 /// parent of every log line the actors write.
@@ -463,10 +444,14 @@ pub fn run(
     thread_name: &str,
     on_start: impl FnOnce(StartedNode),
 ) -> Result<(), Error> {
-    let runtime = build_runtime(&options, thread_name).map_err(|source| Error::Io {
-        context: "building the node's runtime".into(),
-        source,
-    })?;
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .thread_name(thread_name)
+        .build()
+        .map_err(|source| Error::Io {
+            context: "building the node's runtime".into(),
+            source,
+        })?;
     let system = System::with_tokio_rt(move || runtime);
     // SIGHUP's default action ends the process: handled from the start (a reload asked for
     // during start-up runs once the actors are up). An embedded node leaves signals alone.
@@ -505,32 +490,4 @@ pub fn run(
         context: "running the actor system".into(),
         source,
     })
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use tokio::runtime::RuntimeFlavor;
-
-    #[test]
-    fn a_node_of_processes_runs_on_one_thread_and_handlers_get_worker_threads() {
-        let processes = NodeOptions::default();
-        let runtime = build_runtime(&processes, "test-node").expect("a runtime");
-        assert_eq!(
-            runtime.handle().runtime_flavor(),
-            RuntimeFlavor::CurrentThread
-        );
-
-        let mut with_handlers = NodeOptions::default();
-        with_handlers
-            .handlers
-            .insert("t", |_task: crate::handler::Task| async {
-                Ok::<(), String>(())
-            });
-        let runtime = build_runtime(&with_handlers, "test-node").expect("a runtime");
-        assert_eq!(
-            runtime.handle().runtime_flavor(),
-            RuntimeFlavor::MultiThread
-        );
-    }
 }
