@@ -26,6 +26,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use anyhow::{bail, Context, Result};
 use pgtaskd::pgcluster::{create_database, PgCluster};
+use support::cpu;
 use tokio_postgres::Client;
 
 const WORKER_ID: i64 = 1;
@@ -523,10 +524,15 @@ async fn run(knobs: &Knobs, url: &str, admin_url: &str, db: &str) -> Result<()> 
         "bench: raw spawn rate, {} /bin/true, {MAX_TASKS} in flight…",
         knobs.tasks
     );
+    let before = cpu::Snapshot::take("self");
     let raw = support::raw_spawn(knobs.tasks, MAX_TASKS).await?;
+    let raw_cpu = cpu::PhaseCpu::between(&before, &cpu::Snapshot::take("self"), knobs.tasks);
 
     eprintln!("bench: throughput, {} /bin/true tasks…", knobs.tasks);
+    let node_pid = node.0.id().to_string();
+    let before = cpu::Snapshot::take(&node_pid);
     let tp = measure_throughput(&client, knobs.tasks).await?;
+    let tp_cpu = cpu::PhaseCpu::between(&before, &cpu::Snapshot::take(&node_pid), knobs.tasks);
     node.check_running()?;
 
     eprintln!(
@@ -576,6 +582,7 @@ async fn run(knobs: &Knobs, url: &str, admin_url: &str, db: &str) -> Result<()> 
         "ratio             {:.0} % of raw",
         100.0 * tp_rate / raw_rate
     );
+    print_cpu(&tp_cpu, &raw_cpu, raw_rate);
     println!(
         "idle load         {:.2} transactions/s over {} s ({} tx; node heartbeat every {HEARTBEAT_SECS} s by default)",
         idle_rate, idle.secs, idle.tx
@@ -584,6 +591,34 @@ async fn run(knobs: &Knobs, url: &str, admin_url: &str, db: &str) -> Result<()> 
         "                  node statements expected: heartbeat 1 / {HEARTBEAT_SECS} s + listener check 1 / 10 s"
     );
     Ok(())
+}
+
+/// Where the CPU of the throughput and raw-spawn phases went, per task, and the rate that CPU
+/// allows: at this CPU per task, every core busy all the time runs `cores / cpu per task`
+/// tasks a second, whatever the scheduling; its share of the raw rate measured bounds the
+/// throughput ratio.
+fn print_cpu(tp: &cpu::PhaseCpu, raw: &cpu::PhaseCpu, raw_rate: f64) {
+    println!(
+        "cpu per task      {:.2} ms = task processes {:.2} + node {:.2} + postgres {:.2}  (machine {:.0} % busy)",
+        tp.total_ms(),
+        tp.children_ms,
+        tp.own_ms,
+        tp.postgres_ms,
+        100.0 * tp.busy_share
+    );
+    println!(
+        "cpu per raw spawn {:.2} ms = /bin/true {:.2} + spawner {:.2}  (machine {:.0} % busy)",
+        raw.own_ms + raw.children_ms,
+        raw.children_ms,
+        raw.own_ms,
+        100.0 * raw.busy_share
+    );
+    let cores = std::thread::available_parallelism().map_or(1, |n| n.get()) as f64;
+    let ceiling = 1000.0 * cores / tp.total_ms();
+    println!(
+        "cpu ceiling       {ceiling:.0} tasks/s = {:.0} % of raw: every core busy at this CPU per task",
+        100.0 * ceiling / raw_rate
+    );
 }
 
 async fn drop_database(admin_url: &str, db: &str) -> Result<()> {

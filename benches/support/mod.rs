@@ -1,7 +1,9 @@
 //! What the benches share: a throw-away PostgreSQL cluster under the target directory (or
 //! `DATABASE_URL` as an admin URL), fresh migrated databases, plain connections. Used with
-//! `mod support;` from each bench; nothing here measures anything.
+//! `mod support;` from each bench. `cpu` reads where a phase's CPU went (`/proc`).
 #![allow(dead_code)]
+
+pub mod cpu;
 
 use pgtaskd::pgcluster::{create_database, PgCluster};
 use tokio_postgres::{Client, NoTls};
