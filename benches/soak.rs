@@ -1,8 +1,9 @@
 //! Soak benchmark: a fixed offered rate through one path for minutes, in phases — clean, held
 //! horizon (one session keeps a transaction with an xid open, the classic vacuum blocker), and
 //! recovery — printing one line per window (offered/s, completed/s, pickup p50/p99 from publish to
-//! start, backlog) with the dead tuples and size of every table and index of `long_task`, then a
-//! summary per phase. Figures printed, nothing asserted.
+//! start, backlog) with the dead tuples and size of every table and index of `long_task` and
+//! what the server did meanwhile (WAL per second, checkpoints, autovacuum), then a summary per
+//! phase. Figures printed, nothing asserted.
 //!
 //! Paths (`SOAK_PATH`):
 //! - `consumer`: a producer `publish_bulk`s (batches up to `SOAK_PUBLISH_BATCH`, 128) and
@@ -30,7 +31,7 @@ use std::time::{Duration, Instant};
 use hdrhistogram::Histogram;
 use pgtaskd::config::NodeConfig;
 use pgtaskd::embedded::Node;
-use support::{connect, env_duration, env_usize, BenchServer};
+use support::{connect, env_duration, env_usize, server, BenchServer};
 use tokio_postgres::Client;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -400,6 +401,7 @@ async fn main() {
     let mut summaries: Vec<(Phase, PhaseSummary)> = Vec::new();
     let started = Instant::now();
     let mut last_published = 0;
+    let mut server_before = server::Counters::read(&admin).await;
     let mut last_completed = 0;
     let mut holder: Option<Client> = None;
     for (phase, length) in phases {
@@ -467,6 +469,9 @@ async fn main() {
                 .await
                 .map(|r| format!("ring head {} gen {} turned {} ms ago", r.get::<_, i64>(0), r.get::<_, i64>(1), r.get::<_, i64>(2)))
                 .unwrap_or_default();
+            let server_now = server::Counters::read(&admin).await;
+            let background = server_before.window(&server_now, secs, &admin).await;
+            server_before = server_now;
             let rels = relations(&admin).await;
             let dead: i64 = rels.iter().filter(|r| r.1 != 'i').map(|r| r.2).sum();
             let (p50, p99) = (hist.value_at_quantile(0.5), hist.value_at_quantile(0.99));
@@ -492,6 +497,7 @@ async fn main() {
                 .collect();
             println!("        {ring}; tables: {}", tables.join(", "));
             println!("        indexes: {}", indexes.join(", "));
+            println!("        {background}");
             summary.windows += 1;
             summary.offered += offered;
             summary.completed += process_done;

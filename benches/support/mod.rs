@@ -1,9 +1,11 @@
 //! What the benches share: a throw-away PostgreSQL cluster under the target directory (or
 //! `DATABASE_URL` as an admin URL), fresh migrated databases, plain connections. Used with
-//! `mod support;` from each bench. `cpu` reads where a phase's CPU went (`/proc`).
+//! `mod support;` from each bench. `cpu` reads where a phase's CPU went (`/proc`), `server`
+//! what the server did in the background over a window.
 #![allow(dead_code)]
 
 pub mod cpu;
+pub mod server;
 
 use pgtaskd::pgcluster::{create_database, PgCluster};
 use tokio_postgres::{Client, NoTls};
