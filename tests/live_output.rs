@@ -246,12 +246,13 @@ async fn wait_returns_the_documented_codes() {
 }
 
 /// The backends of `pgtaskd wait`/`logs -f` followers now connected (application_name
-/// `pgtaskd cli …`).
+/// `pgtaskd cli …`), counted once they sent a query: a connection is made by then.
 async fn follower_backends(client: &Client, purpose: &str) -> Vec<i32> {
     client
         .query(
             "SELECT pid FROM pg_stat_activity
-              WHERE datname = current_database() AND application_name = $1",
+              WHERE datname = current_database() AND application_name = $1
+                AND query <> ''",
             &[&format!("pgtaskd {purpose}")],
         )
         .await

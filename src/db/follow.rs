@@ -261,10 +261,21 @@ pub enum Woke {
 
 impl Follower {
     /// Connects and listens on `channels` (LISTEN before the first read: nothing is missed).
+    /// A server that cannot be reached is an error at once; a connection lost after it was
+    /// made (before its LISTEN was through) is taken again like any later loss.
     pub async fn connect(url: &str, purpose: &str, channels: &[&str]) -> Result<Follower, DbError> {
+        let mut follower = Follower::unlistened(url, purpose, channels).await?;
+        match follower.listen().await {
+            Err(_) if follower.client.is_closed() => follower.reconnect().await?,
+            listened => listened?,
+        }
+        Ok(follower)
+    }
+
+    /// A connection for a follower that does not listen yet.
+    async fn unlistened(url: &str, purpose: &str, channels: &[&str]) -> Result<Follower, DbError> {
         let (tx, notices) = mpsc::unbounded_channel();
         let (client, ended) = connect_listening(url, purpose, tx).await?;
-        listen(&client, channels, "listening for task changes").await?;
         Ok(Follower {
             url: url.to_owned(),
             purpose: purpose.to_owned(),
@@ -273,6 +284,10 @@ impl Follower {
             notices,
             _ended: ended,
         })
+    }
+
+    async fn listen(&self) -> Result<(), DbError> {
+        listen(&self.client, &self.channels, "listening for task changes").await
     }
 
     /// The connection, for reads (its own `statuses` and `read_output` reconnect when it is
@@ -313,7 +328,11 @@ impl Follower {
         let mut pause = Duration::from_millis(100);
         let channels: Vec<&str> = self.channels.iter().map(String::as_str).collect();
         loop {
-            match Follower::connect(&self.url, &self.purpose, &channels).await {
+            let again = match Follower::unlistened(&self.url, &self.purpose, &channels).await {
+                Ok(again) => again.listen().await.map(|()| again),
+                Err(e) => Err(e),
+            };
+            match again {
                 Ok(again) => {
                     tracing::info!(purpose = %self.purpose, "follower reconnected");
                     *self = again;

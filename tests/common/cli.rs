@@ -13,16 +13,27 @@ pub fn pgtaskd(url: &str, args: &[&str]) -> Output {
         .expect("run pgtaskd")
 }
 
-/// `pgtaskd` off the test's runtime (for verbs that block until tasks end).
+/// How long a blocking verb may run in a test before the test fails (and the process is killed).
+pub const CLI_LIMIT: std::time::Duration = std::time::Duration::from_secs(120);
+
+/// `pgtaskd` off the test's runtime (for verbs that block until tasks end). The process is
+/// killed when the future is dropped (a failing test must not wait on a follower forever) and
+/// when it outlives `CLI_LIMIT`.
 pub async fn pgtaskd_async(url: &str, args: &[&str]) -> Output {
-    let url = url.to_owned();
-    let args: Vec<String> = args.iter().map(|a| a.to_string()).collect();
-    tokio::task::spawn_blocking(move || {
-        let args: Vec<&str> = args.iter().map(String::as_str).collect();
-        pgtaskd(&url, &args)
-    })
-    .await
-    .expect("pgtaskd ran")
+    let child = tokio::process::Command::new(env!("CARGO_BIN_EXE_pgtaskd"))
+        .args(args)
+        .env("DATABASE_URL", url)
+        .env_remove("RUST_LOG")
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .expect("run pgtaskd");
+    tokio::time::timeout(CLI_LIMIT, child.wait_with_output())
+        .await
+        .unwrap_or_else(|_| panic!("pgtaskd {args:?} still running after {CLI_LIMIT:?}"))
+        .expect("pgtaskd ran")
 }
 
 /// Its exit code (it must have exited, not died of a signal).
