@@ -256,7 +256,16 @@ async fn embedded_handlers_run_tasks_and_a_panic_retries_without_killing_the_nod
         )
         .await
         .expect("submit");
-    let done = client.wait(flaky, LONG).await.expect("flaky ends");
+    let done = match client.wait(flaky, LONG).await {
+        Ok(done) => done,
+        Err(e) => {
+            let pg = common::connect(&db.url).await;
+            panic!(
+                "flaky ends: {e:?}\n{}",
+                common::stall::stall_report(&pg, flaky).await
+            )
+        }
+    };
     assert_eq!(done.state, TaskState::Succeeded, "{done:?}");
     assert_eq!(done.attempt, 2);
     assert_eq!(done.result, Some(serde_json::json!(2)));

@@ -220,6 +220,7 @@ pub mod proxy;
 pub mod overlap;
 pub mod roles;
 pub mod schema;
+pub mod stall;
 pub mod standby;
 
 /// A fresh database with the pgtaskd schema applied, and a connection to it.

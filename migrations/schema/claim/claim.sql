@@ -71,7 +71,11 @@ BEGIN
                AND x.group_id = p_group_id
                AND (x.worker_id IS NULL OR x.worker_id = p_worker_id)
                AND ((p_commands AND (x.command IS NOT NULL OR x.topic IS NULL)) OR x.topic = ANY (p_topics))
-               AND (x.run_after IS NULL OR x.run_after <= now())
+               -- clock_timestamp(), not now(): an entry exists only for a run_after reached when it was
+               -- written, by a transaction that may have begun after this one (a task queued with
+               -- run_after = now() while this claim ran); now() would drop its entry, unclaimed, and
+               -- nothing would write another
+               AND (x.run_after IS NULL OR x.run_after <= clock_timestamp())
                AND (x.depends_on IS NULL OR NOT EXISTS (
                        SELECT 1 FROM long_task.task d WHERE d.id = ANY (x.depends_on) AND d.state_id <> 'CS'))
         ), upd AS (

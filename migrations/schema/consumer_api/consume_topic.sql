@@ -89,7 +89,9 @@ BEGIN
                AND x.command IS NULL AND x.topic IS NOT NULL AND x.worker_id IS NULL
                AND (p_pattern IS NULL OR x.topic LIKE p_pattern)
                AND (p_group_id IS NULL OR x.group_id = p_group_id)
-               AND (x.run_after IS NULL OR x.run_after <= now())
+               -- clock_timestamp(), not now(): see long_task.claim (an entry written by a transaction
+               -- that began after this one must not be dropped unclaimed)
+               AND (x.run_after IS NULL OR x.run_after <= clock_timestamp())
                AND (x.depends_on IS NULL OR NOT EXISTS (
                        SELECT 1 FROM long_task.task d WHERE d.id = ANY (x.depends_on) AND d.state_id <> 'CS'))
         ), upd AS (
