@@ -1,11 +1,131 @@
 //! The SQL that must never leave a waiting task behind with nothing left to wake it: a task
-//! queued due now while a claim ran (the claim took its ring entry and dropped it). Before
-//! this was fixed, it waited silently for the Scheduler's next full pass, up to five minutes
-//! later.
+//! queued due now while a claim ran (the claim took its ring entry and dropped it), a due retry
+//! the scheduler tick could not promote (its row locked at that moment), and an entry that
+//! landed in a ring slot no claim reads (inserted while its slot was being retired). Before
+//! these were fixed, each waited silently for something unrelated to happen (the Scheduler's
+//! next full pass, up to five minutes later; the next task queued in the database).
 
 mod common;
 
-use common::migrated_db;
+use common::{migrated_db, publish};
+use tokio_postgres::Client;
+
+async fn tick(client: &Client, since: Option<chrono::DateTime<chrono::Utc>>) -> (i32, Option<f64>) {
+    let row = client
+        .query_one(
+            "SELECT woken, next_due_in FROM long_task.scheduler_tick(0, $1)",
+            &[&since],
+        )
+        .await
+        .expect("tick");
+    (row.get(0), row.get(1))
+}
+
+#[tokio::test]
+async fn a_due_retry_held_locked_at_its_tick_is_looked_at_again_shortly() {
+    let (db, client) = migrated_db().await;
+    let id: i64 = client
+        .query_one(
+            "SELECT long_task.publish('t', p_run_after => now() + interval '100 seconds')",
+            &[],
+        )
+        .await
+        .expect("publish")
+        .get(0);
+    let since: chrono::DateTime<chrono::Utc> = client
+        .query_one("SELECT db_now FROM long_task.scheduler_tick(0, NULL)", &[])
+        .await
+        .expect("full tick")
+        .get(0);
+    client
+        .execute(
+            "UPDATE long_task.task SET run_after = now() - interval '10 milliseconds' WHERE id = $1",
+            &[&id],
+        )
+        .await
+        .expect("due");
+    // another session holds the row (as a foreign key check of an insert does) at the tick
+    let holder = db.client().await;
+    holder.batch_execute("BEGIN").await.expect("begin");
+    holder
+        .execute(
+            "SELECT 1 FROM long_task.task WHERE id = $1 FOR KEY SHARE",
+            &[&id],
+        )
+        .await
+        .expect("hold the row");
+    let (woken, next) = tick(&client, Some(since)).await;
+    assert_eq!(woken, 0, "a locked row is skipped, not waited for");
+    let next = next.expect("the skipped retry is due: the tick must say when to look again");
+    assert!(next <= 0.5, "looked at again in {next} s");
+    holder.batch_execute("COMMIT").await.expect("release");
+    let (woken, _) = tick(&client, Some(since)).await;
+    assert_eq!(woken, 1, "promoted once the row is free");
+    let state: String = client
+        .query_one(
+            "SELECT state_id || coalesce(run_after::text, '') FROM long_task.task WHERE id = $1",
+            &[&id],
+        )
+        .await
+        .expect("task")
+        .get(0);
+    assert_eq!(state, "AW", "waiting with no run_after: claimable");
+}
+
+#[tokio::test]
+async fn an_entry_left_in_a_retired_slot_keeps_the_ring_turning_until_it_is_moved() {
+    let (_db, client) = migrated_db().await;
+    let id = publish(&client, "t.stray").await;
+    // The entry ends up in slot 3, outside the live slots (head = gen = 0), and the insert slot
+    // is empty: what an insert that read the insert slot just before its retirement leaves.
+    client
+        .batch_execute(
+            "UPDATE long_task.ready SET slot = 3;
+             TRUNCATE long_task.ready_0;",
+        )
+        .await
+        .expect("strand the entry");
+    let turn = |rotated_at: &'static str| {
+        let client = &client;
+        async move {
+            client
+                .query_one(
+                    &format!(
+                        "SELECT setval('long_task.ready_rotated_at', {rotated_at}),
+                                long_task.turn_ready()"
+                    ),
+                    &[],
+                )
+                .await
+                .expect("turn")
+                .get::<_, bool>(1)
+        }
+    };
+    // a turn whose rotation is skipped (another came within 200 ms) must still ask for the next
+    let now_ms = "(extract(epoch FROM clock_timestamp()) * 1000)::bigint";
+    assert!(
+        turn(now_ms).await,
+        "the ring stopped turning with an entry no claim reads"
+    );
+    let before: Vec<i64> = client
+        .query("SELECT id FROM long_task.consume(10)", &[])
+        .await
+        .expect("consume")
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
+    assert!(before.is_empty(), "a claim read a retired slot: {before:?}");
+    // the next rotation moves it to the insert slot, where claims find it
+    turn("1").await;
+    let after: Vec<i64> = client
+        .query("SELECT id FROM long_task.consume(10)", &[])
+        .await
+        .expect("consume")
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
+    assert_eq!(after, vec![id]);
+}
 
 /// A claim whose transaction began before a task was queued with `run_after = now()` (what
 /// `NewTask::delay(Duration::ZERO)` sends) takes that task: its entry on the ring was written

@@ -22,9 +22,16 @@ BEGIN
     IF n_woken > 0 THEN
         PERFORM pg_notify(long_task.channel(p_group_id), 'wake');
     END IF;
+    -- the next retry to come, or one due that promote_due left (a full batch, a row another
+    -- session held locked) within what the next tick looks at: run_after values after this
+    -- tick's time - 5 s (older ones wait for the next full pass)
     SELECT extract(epoch FROM min(t.run_after) - now()) INTO next_retry
       FROM long_task.task t
-     WHERE t.group_id = p_group_id AND t.state_id = 'AW' AND t.run_after IS NOT NULL AND t.run_after > now();
+     WHERE t.group_id = p_group_id AND t.state_id = 'AW' AND t.run_after IS NOT NULL
+       AND t.run_after > now() - interval '5 seconds';
+    IF next_retry <= 0 THEN
+        next_retry := 0.1; -- left due: again shortly, not in a tight loop
+    END IF;
     -- a rate-limited group whose bucket ran dry: woken when the next token is due
     next_retry := least(f.next_due_in, e.next_due_in, p.next_due_in, next_retry,
                         long_task.rate_wake(p_group_id));
