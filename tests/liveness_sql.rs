@@ -21,6 +21,12 @@ async fn tick(client: &Client, since: Option<chrono::DateTime<chrono::Utc>>) -> 
     (row.get(0), row.get(1))
 }
 
+/// The task ids a claim or consume statement returns.
+async fn ids(client: &Client, sql: &str) -> Vec<i64> {
+    let rows = client.query(sql, &[]).await.expect(sql);
+    rows.iter().map(|r| r.get(0)).collect()
+}
+
 #[tokio::test]
 async fn a_due_retry_held_locked_at_its_tick_is_looked_at_again_shortly() {
     let (db, client) = migrated_db().await;
@@ -107,23 +113,11 @@ async fn an_entry_left_in_a_retired_slot_keeps_the_ring_turning_until_it_is_move
         turn(now_ms).await,
         "the ring stopped turning with an entry no claim reads"
     );
-    let before: Vec<i64> = client
-        .query("SELECT id FROM long_task.consume(10)", &[])
-        .await
-        .expect("consume")
-        .iter()
-        .map(|r| r.get(0))
-        .collect();
+    let before = ids(&client, "SELECT id FROM long_task.consume(10)").await;
     assert!(before.is_empty(), "a claim read a retired slot: {before:?}");
     // the next rotation moves it to the insert slot, where claims find it
     turn("1").await;
-    let after: Vec<i64> = client
-        .query("SELECT id FROM long_task.consume(10)", &[])
-        .await
-        .expect("consume")
-        .iter()
-        .map(|r| r.get(0))
-        .collect();
+    let after = ids(&client, "SELECT id FROM long_task.consume(10)").await;
     assert_eq!(after, vec![id]);
 }
 
@@ -156,13 +150,7 @@ async fn a_claim_begun_before_a_task_due_now_was_queued_takes_it() {
             .await
             .expect("publish")
             .get(0);
-        let taken: Vec<i64> = claimer
-            .query(claim, &[])
-            .await
-            .expect("claim")
-            .iter()
-            .map(|r| r.get(0))
-            .collect();
+        let taken = ids(&claimer, claim).await;
         claimer.batch_execute("COMMIT").await.expect("commit");
         assert_eq!(
             taken,
