@@ -107,7 +107,7 @@ async fn the_node_expires_a_consumer_lease_and_requeues_it() {
     assert_eq!(got.len(), 1);
     // the consumer never acks: the node's Scheduler (timer at the lease deadline) fails the
     // attempt, which goes back to the queue since one attempt is left
-    wait_until(LONG, || async {
+    let requeued = wait_until(LONG, || async {
         client
             .query_one(
                 "SELECT state_id = 'AW' AND error = 'lease expired' FROM long_task.task WHERE id = $1",
@@ -117,8 +117,11 @@ async fn the_node_expires_a_consumer_lease_and_requeues_it() {
             .expect("row")
             .get::<_, bool>(0)
     })
-    .await
-    .expect("the expired lease was re-queued");
+    .await;
+    if let Err(e) = requeued {
+        let report = common::stall::stall_report(&client, id).await;
+        panic!("the expired lease was re-queued: {e:?}\n{report}");
+    }
     let n: i64 = client
         .query_one(
             "SELECT count(*) FROM long_task.task_run WHERE task_id = $1 AND error = 'lease expired'",

@@ -9,9 +9,10 @@ pub async fn stall_report(client: &Client, id: i64) -> String {
     let queries: [(&str, &str); 5] = [
         (
             "task",
-            "SELECT format('state %s attempt %s/%s run_after %s (now %s) lsc %s worker %s error %s',
-                           state_id, attempt, max_attempts, run_after, now(), last_state_change,
-                           worker_id, error)
+            "SELECT format('state %s attempt %s/%s run_after %s lease_until %s (now %s) lsc %s \
+                            worker %s error %s',
+                           state_id, attempt, max_attempts, run_after, lease_until, now(),
+                           last_state_change, worker_id, error)
                FROM long_task.task WHERE id = $1",
         ),
         (
