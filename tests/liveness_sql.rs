@@ -21,6 +21,21 @@ async fn tick(client: &Client, since: Option<chrono::DateTime<chrono::Utc>>) -> 
     (row.get(0), row.get(1))
 }
 
+/// Sets when the ring was last rotated (ms since the epoch, an SQL expression), then turns it;
+/// whether `turn_ready` asks to be called again.
+async fn turn(client: &Client, rotated_at: &str) -> bool {
+    client
+        .query_one(
+            &format!(
+                "SELECT setval('long_task.ready_rotated_at', {rotated_at}), long_task.turn_ready()"
+            ),
+            &[],
+        )
+        .await
+        .expect("turn")
+        .get(1)
+}
+
 /// The task ids a claim or consume statement returns.
 async fn ids(client: &Client, sql: &str) -> Vec<i64> {
     let rows = client.query(sql, &[]).await.expect(sql);
@@ -91,32 +106,16 @@ async fn an_entry_left_in_a_retired_slot_keeps_the_ring_turning_until_it_is_move
         )
         .await
         .expect("strand the entry");
-    let turn = |rotated_at: &'static str| {
-        let client = &client;
-        async move {
-            client
-                .query_one(
-                    &format!(
-                        "SELECT setval('long_task.ready_rotated_at', {rotated_at}),
-                                long_task.turn_ready()"
-                    ),
-                    &[],
-                )
-                .await
-                .expect("turn")
-                .get::<_, bool>(1)
-        }
-    };
     // a turn whose rotation is skipped (another came within 200 ms) must still ask for the next
     let now_ms = "(extract(epoch FROM clock_timestamp()) * 1000)::bigint";
     assert!(
-        turn(now_ms).await,
+        turn(&client, now_ms).await,
         "the ring stopped turning with an entry no claim reads"
     );
     let before = ids(&client, "SELECT id FROM long_task.consume(10)").await;
     assert!(before.is_empty(), "a claim read a retired slot: {before:?}");
     // the next rotation moves it to the insert slot, where claims find it
-    turn("1").await;
+    turn(&client, "1").await;
     let after = ids(&client, "SELECT id FROM long_task.consume(10)").await;
     assert_eq!(after, vec![id]);
 }

@@ -286,6 +286,13 @@ impl Follower {
         })
     }
 
+    /// A connection that listens, or the first error (no retry: `reconnect` retries).
+    async fn listening(url: &str, purpose: &str, channels: &[&str]) -> Result<Follower, DbError> {
+        let follower = Follower::unlistened(url, purpose, channels).await?;
+        follower.listen().await?;
+        Ok(follower)
+    }
+
     async fn listen(&self) -> Result<(), DbError> {
         listen(&self.client, &self.channels, "listening for task changes").await
     }
@@ -328,11 +335,7 @@ impl Follower {
         let mut pause = Duration::from_millis(100);
         let channels: Vec<&str> = self.channels.iter().map(String::as_str).collect();
         loop {
-            let again = match Follower::unlistened(&self.url, &self.purpose, &channels).await {
-                Ok(again) => again.listen().await.map(|()| again),
-                Err(e) => Err(e),
-            };
-            match again {
+            match Follower::listening(&self.url, &self.purpose, &channels).await {
                 Ok(again) => {
                     tracing::info!(purpose = %self.purpose, "follower reconnected");
                     *self = again;

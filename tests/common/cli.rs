@@ -3,14 +3,19 @@
 
 use std::process::{Command, Output};
 
-/// `pgtaskd ARGS…` with `DATABASE_URL` set and no `RUST_LOG`; waits for it to exit.
-pub fn pgtaskd(url: &str, args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_pgtaskd"))
+/// The `pgtaskd ARGS…` command, with `DATABASE_URL` set and no `RUST_LOG`.
+fn command(url: &str, args: &[&str]) -> Command {
+    let mut command = Command::new(env!("CARGO_BIN_EXE_pgtaskd"));
+    command
         .args(args)
         .env("DATABASE_URL", url)
-        .env_remove("RUST_LOG")
-        .output()
-        .expect("run pgtaskd")
+        .env_remove("RUST_LOG");
+    command
+}
+
+/// `pgtaskd ARGS…` (see `command`); waits for it to exit.
+pub fn pgtaskd(url: &str, args: &[&str]) -> Output {
+    command(url, args).output().expect("run pgtaskd")
 }
 
 /// How long a blocking verb may run in a test before the test fails (and the process is killed).
@@ -20,10 +25,7 @@ pub const CLI_LIMIT: std::time::Duration = std::time::Duration::from_secs(120);
 /// killed when the future is dropped (a failing test must not wait on a follower forever) and
 /// when it outlives `CLI_LIMIT`.
 pub async fn pgtaskd_async(url: &str, args: &[&str]) -> Output {
-    let child = tokio::process::Command::new(env!("CARGO_BIN_EXE_pgtaskd"))
-        .args(args)
-        .env("DATABASE_URL", url)
-        .env_remove("RUST_LOG")
+    let child = tokio::process::Command::from(command(url, args))
         .stdin(std::process::Stdio::null())
         .stdout(std::process::Stdio::piped())
         .stderr(std::process::Stdio::piped())
