@@ -33,6 +33,7 @@ use std::time::{Duration, Instant, SystemTime};
 
 use nix::sys::signal::{kill, Signal};
 use nix::unistd::Pid;
+use support::node_metrics::{self, free_port};
 use support::{connect, env_usize, fresh_db, BenchServer};
 use tokio_postgres::Client;
 use uuid::Uuid;
@@ -52,13 +53,6 @@ struct Node {
     worker: i64,
     port: u16,
     child: Option<Child>,
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .expect("a free port")
 }
 
 impl Fleet {
@@ -174,25 +168,7 @@ impl Fleet {
             .find(|n| n.worker == worker)
             .map(|n| n.port)
             .expect("the coordinator's node");
-        tokio::task::spawn_blocking(move || {
-            let text = ureq::get(&format!("http://127.0.0.1:{port}/metrics"))
-                .call()
-                .ok()
-                .and_then(|r| r.into_string().ok())
-                .unwrap_or_default();
-            let pick = |name: &str| {
-                text.lines()
-                    .find_map(|l| l.strip_prefix(name))
-                    .and_then(|v| v.trim().parse::<f64>().ok())
-                    .unwrap_or(0.0)
-            };
-            (
-                pick("pgtaskd_coordinator_round_seconds_sum{group=\"0\"}"),
-                pick("pgtaskd_coordinator_round_seconds_count{group=\"0\"}"),
-            )
-        })
-        .await
-        .unwrap_or((0.0, 0.0))
+        node_metrics::histogram(port, "pgtaskd_coordinator_round_seconds{group=\"0\"}").await
     }
 
     /// Tasks/s of `n` `/bin/true` tasks queued at once (database clock).

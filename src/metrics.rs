@@ -1,5 +1,5 @@
 //! The node's metrics: one process-wide Prometheus registry and the few calls the actors make to
-//! feed it (claim, outcome written, process start/end, reconnects, fenced writes, runs handed
+//! feed it (claim, outcome written, the time of those writes, process start/end, reconnects, fenced writes, runs handed
 //! over, heartbeat), plus the rendering of the text exposition format for `GET /metrics`.
 //!
 //! Built on the `prometheus` crate (default features off: no protobuf, no HTTP server of its own;
@@ -26,6 +26,7 @@ struct Metrics {
     dispatch_latency: HistogramVec,
     run_duration: HistogramVec,
     coordinator_rounds: HistogramVec,
+    db_writes: HistogramVec,
     queue_depth: GaugeVec,
     oldest_waiting: GaugeVec,
     group_paused: GaugeVec,
@@ -71,6 +72,9 @@ impl Metrics {
         // miss in a dashboard).
         for connection in ["listener", "membership"] {
             metrics.reconnects.with_label_values(&[connection]);
+        }
+        for write in [DbWrite::Claim, DbWrite::Outcomes] {
+            metrics.db_writes.with_label_values(&[write.label()]);
         }
         Ok(metrics)
     }
@@ -122,6 +126,15 @@ impl Metrics {
                 )
                 .buckets(ROUND_BUCKETS.to_vec()),
                 &["group"]
+            )?),
+            db_writes: reg!(HistogramVec::new(
+                HistogramOpts::new(
+                    "pgtaskd_db_write_seconds",
+                    "Wall time of this node's writes on the task path, commit included, by write \
+                     (claim: long_task.claim; outcomes: a batch of long_task.complete_runs)."
+                )
+                .buckets(ROUND_BUCKETS.to_vec()),
+                &["write"]
             )?),
             queue_depth: reg!(GaugeVec::new(
                 Opts::new(
@@ -276,6 +289,34 @@ pub fn coordinator_round(group_id: i32, seconds: f64) {
     if let Some(m) = metrics() {
         m.coordinator_rounds
             .with_label_values(&[&group_id.to_string()])
+            .observe(seconds);
+    }
+}
+
+/// A write of the task path, for `pgtaskd_db_write_seconds`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DbWrite {
+    /// A claim of waiting tasks (`long_task.claim`).
+    Claim,
+    /// A batch of outcomes (`long_task.complete_runs`).
+    Outcomes,
+}
+
+impl DbWrite {
+    fn label(self) -> &'static str {
+        match self {
+            DbWrite::Claim => "claim",
+            DbWrite::Outcomes => "outcomes",
+        }
+    }
+}
+
+/// A write of the task path took `seconds`, from the call to its answer (a pool wait, the
+/// statement and its commit), whether it succeeded or not.
+pub fn db_write(write: DbWrite, seconds: f64) {
+    if let Some(m) = metrics() {
+        m.db_writes
+            .with_label_values(&[write.label()])
             .observe(seconds);
     }
 }

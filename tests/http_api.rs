@@ -287,6 +287,22 @@ async fn metrics_are_valid_prometheus_text() {
             >= 0.0
     );
     assert_eq!(value(&samples, "pgtaskd_running_processes", &[]), Some(1.0));
+    // three claims took a task each (more may have come back empty); two outcomes were written,
+    // one batch or two
+    let claims = value(
+        &samples,
+        "pgtaskd_db_write_seconds_count",
+        &[("write", "claim")],
+    )
+    .expect("claim writes");
+    assert!(claims >= 3.0, "{claims}");
+    let writes = value(
+        &samples,
+        "pgtaskd_db_write_seconds_count",
+        &[("write", "outcomes")],
+    )
+    .expect("outcome writes");
+    assert!((1.0..=2.0).contains(&writes), "{writes}");
     let age = value(&samples, "pgtaskd_heartbeat_age_seconds", &[]).expect("heartbeat age");
     assert!((0.0..60.0).contains(&age), "{age}");
     assert_eq!(

@@ -1,10 +1,11 @@
 //! What the benches share: a throw-away PostgreSQL cluster under the target directory (or
 //! `DATABASE_URL` as an admin URL), fresh migrated databases, plain connections. Used with
 //! `mod support;` from each bench. `cpu` reads where a phase's CPU went (`/proc`), `server`
-//! what the server did in the background over a window.
+//! what the server did in the background over a window, `node_metrics` a node's `/metrics`.
 #![allow(dead_code)]
 
 pub mod cpu;
+pub mod node_metrics;
 pub mod server;
 
 use pgtaskd::pgcluster::{create_database, PgCluster};

@@ -139,7 +139,8 @@ impl Dispatcher {
         let n = i32::try_from(free).unwrap_or(i32::MAX);
         let fut = async move {
             let o = &node.options;
-            queries::claim(
+            let began = std::time::Instant::now();
+            let claimed = queries::claim(
                 &node.pool,
                 node.worker_id,
                 node.group_id,
@@ -147,7 +148,9 @@ impl Dispatcher {
                 &o.topics,
                 o.run_commands,
             )
-            .await
+            .await;
+            metrics::db_write(metrics::DbWrite::Claim, began.elapsed().as_secs_f64());
+            claimed
         };
         ctx.spawn(fut.into_actor(self).map(move |result, act, ctx| {
             act.claims_in_flight -= 1;
