@@ -1,7 +1,8 @@
 //! Dispatch benchmark: one real `pgtaskd node` process against a throw-away PostgreSQL (or
 //! `DATABASE_URL`), measuring what a user of the dispatcher feels. Prints figures, asserts none.
 //!
-//! 1. dispatch latency: commit of one `AW` row → the task's process running (`date +%s.%N`),
+//! 1. dispatch latency: commit of one `AW` row → the task's process running (`date +%s.%N`;
+//!    the end is heard on `long_task_done`, not polled for),
 //!    beside the raw spawn latency of the same `date` started by this process (the floor);
 //! 2. throughput: N `/bin/true` tasks inserted in one statement → all `CS` (first start to
 //!    last finish by the database's clock);
@@ -25,8 +26,9 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use anyhow::{bail, Context, Result};
+use pgtaskd::db::codes::{TaskIds, DONE_CHANNEL};
 use pgtaskd::pgcluster::{create_database, PgCluster};
-use support::cpu;
+use support::{cpu, node_metrics};
 use tokio_postgres::Client;
 
 const WORKER_ID: i64 = 1;
@@ -84,7 +86,7 @@ impl Drop for ClusterGuard {
 struct NodeGuard(Child);
 
 impl NodeGuard {
-    fn start(url: &str) -> Result<NodeGuard> {
+    fn start(url: &str, http_port: u16) -> Result<NodeGuard> {
         let exe = node_binary()?;
         let mut command = Command::new(&exe);
         command.arg("node");
@@ -98,6 +100,8 @@ impl NodeGuard {
             .arg(WORKER_ID.to_string())
             .arg("--max-tasks")
             .arg(MAX_TASKS.to_string())
+            .arg("--http")
+            .arg(format!("127.0.0.1:{http_port}"))
             .env("RUST_LOG", "warn")
             .stdin(Stdio::null())
             .spawn()
@@ -215,11 +219,49 @@ async fn wait_node_ready(client: &Client, node: &mut NodeGuard) -> Result<Durati
     }
 }
 
+/// Where a latency sample learns that its task ended: `long_task_done` notifications on a
+/// connection of its own (what `pgtaskd wait` listens to), so the sample reads the row once
+/// instead of polling the server while the node works.
+struct DoneListener {
+    notices: tokio::sync::mpsc::UnboundedReceiver<pgtaskd::db::Notice>,
+    /// Keeps the listening connection open.
+    _client: Client,
+}
+
+impl DoneListener {
+    async fn connect(url: &str) -> Result<DoneListener> {
+        let (tx, notices) = tokio::sync::mpsc::unbounded_channel();
+        let (client, _ended) = pgtaskd::db::connect_listening(url, "dispatch bench", tx)
+            .await
+            .context("cannot open the listening connection")?;
+        pgtaskd::db::listen(&client, &[DONE_CHANNEL], "listening for ended tasks")
+            .await
+            .context("cannot LISTEN for ended tasks")?;
+        Ok(DoneListener {
+            notices,
+            _client: client,
+        })
+    }
+
+    /// Waits until a notification names `id` (or many tasks), at most until `deadline`.
+    async fn ended(&mut self, id: i64, deadline: tokio::time::Instant) -> Result<()> {
+        loop {
+            match tokio::time::timeout_at(deadline, self.notices.recv()).await {
+                Ok(Some(n)) if TaskIds::concerns(&n.payload, id) => return Ok(()),
+                Ok(Some(_)) => {}
+                Ok(None) => bail!("the listening connection closed"),
+                Err(_) => bail!("latency task {id} not finished within 30 s"),
+            }
+        }
+    }
+}
+
 /// One latency sample in milliseconds: commit of the INSERT → `date` running in the task.
 async fn latency_sample(
     client: &Client,
+    done: &mut DoneListener,
     insert: &tokio_postgres::Statement,
-    poll: &tokio_postgres::Statement,
+    read: &tokio_postgres::Statement,
 ) -> Result<f64> {
     let id: i64 = client
         .query_one(insert, &[])
@@ -228,30 +270,20 @@ async fn latency_sample(
         .get(0);
     // Autocommit: the INSERT has committed when its reply arrives.
     let committed = epoch_nanos(SystemTime::now())?;
-    let deadline = Instant::now() + Duration::from_secs(30);
-    loop {
-        let row = client
-            .query_one(poll, &[&id])
-            .await
-            .context("cannot poll a latency task")?;
-        let state: String = row.get(0);
-        match state.as_str() {
-            "CS" => {
-                let out: Option<String> = row.get(1);
-                let ran = parse_epoch_nanos(out.as_deref().unwrap_or(""))?;
-                return Ok((ran - committed) as f64 / 1e6);
-            }
-            "CF" | "CC" => {
-                let error: Option<String> = row.get(2);
-                bail!("latency task {id} ended in {state}: {error:?}");
-            }
-            _ => {}
-        }
-        if Instant::now() >= deadline {
-            bail!("latency task {id} not finished within 30 s (state {state})");
-        }
-        tokio::time::sleep(Duration::from_millis(1)).await;
+    done.ended(id, tokio::time::Instant::now() + Duration::from_secs(30))
+        .await?;
+    let row = client
+        .query_one(read, &[&id])
+        .await
+        .context("cannot read a latency task")?;
+    let state: String = row.get(0);
+    if state != "CS" {
+        let error: Option<String> = row.get(2);
+        bail!("latency task {id} ended in {state}: {error:?}");
     }
+    let out: Option<String> = row.get(1);
+    let ran = parse_epoch_nanos(out.as_deref().unwrap_or(""))?;
+    Ok((ran - committed) as f64 / 1e6)
 }
 
 struct Latency {
@@ -264,7 +296,8 @@ struct Latency {
     over_10ms: usize,
 }
 
-async fn measure_latency(client: &Client, samples: usize) -> Result<Latency> {
+async fn measure_latency(client: &Client, url: &str, samples: usize) -> Result<Latency> {
+    let mut done = DoneListener::connect(url).await?;
     let insert = client
         .prepare(
             "INSERT INTO long_task.task (group_id, state_id, command) \
@@ -272,16 +305,16 @@ async fn measure_latency(client: &Client, samples: usize) -> Result<Latency> {
         )
         .await
         .context("cannot prepare the latency insert")?;
-    let poll = client
+    let read = client
         .prepare("SELECT state_id::text, stdout_tail, error FROM long_task.task WHERE id = $1")
         .await
-        .context("cannot prepare the latency poll")?;
+        .context("cannot prepare the latency read")?;
     for _ in 0..WARMUP {
-        latency_sample(client, &insert, &poll).await?;
+        latency_sample(client, &mut done, &insert, &read).await?;
     }
     let mut values = Vec::with_capacity(samples);
     for _ in 0..samples {
-        values.push(latency_sample(client, &insert, &poll).await?);
+        values.push(latency_sample(client, &mut done, &insert, &read).await?);
     }
     Ok(Latency::of(values))
 }
@@ -504,7 +537,8 @@ async fn run(knobs: &Knobs, url: &str, admin_url: &str, db: &str) -> Result<()> 
         );
     }
 
-    let mut node = NodeGuard::start(url)?;
+    let http_port = node_metrics::free_port();
+    let mut node = NodeGuard::start(url, http_port)?;
     let ready = wait_node_ready(&client, &mut node).await?;
     eprintln!("bench: node active after {:.2} s", ready.as_secs_f64());
 
@@ -512,7 +546,9 @@ async fn run(knobs: &Knobs, url: &str, admin_url: &str, db: &str) -> Result<()> 
         "bench: dispatch latency, {} samples after {WARMUP} warm-up…",
         knobs.samples
     );
-    let lat = measure_latency(&client, knobs.samples).await?;
+    let writes_before = NodeWrites::read(http_port).await;
+    let lat = measure_latency(&client, url, knobs.samples).await?;
+    let lat_writes = NodeWrites::read(http_port).await.since(&writes_before);
     node.check_running()?;
     eprintln!(
         "bench: raw spawn latency of the same command, {} samples…",
@@ -531,8 +567,10 @@ async fn run(knobs: &Knobs, url: &str, admin_url: &str, db: &str) -> Result<()> 
     eprintln!("bench: throughput, {} /bin/true tasks…", knobs.tasks);
     let node_pid = node.0.id().to_string();
     let before = cpu::Snapshot::take(&node_pid);
+    let writes_before = NodeWrites::read(http_port).await;
     let tp = measure_throughput(&client, knobs.tasks).await?;
     let tp_cpu = cpu::PhaseCpu::between(&before, &cpu::Snapshot::take(&node_pid), knobs.tasks);
+    let tp_writes = NodeWrites::read(http_port).await.since(&writes_before);
     node.check_running()?;
 
     eprintln!(
@@ -584,6 +622,13 @@ async fn run(knobs: &Knobs, url: &str, admin_url: &str, db: &str) -> Result<()> 
     );
     print_cpu(&tp_cpu, &raw_cpu, raw_rate);
     println!(
+        "node writes       latency phase: claim {}; throughput phase: claim {}, outcomes {}",
+        lat_writes.claim, tp_writes.claim, tp_writes.outcomes
+    );
+    println!(
+        "                  wall time per call as the node saw it (pool wait, statement, durable commit; pgtaskd_db_write_seconds)"
+    );
+    println!(
         "idle load         {:.2} transactions/s over {} s ({} tx; node heartbeat every {HEARTBEAT_SECS} s by default)",
         idle_rate, idle.secs, idle.tx
     );
@@ -591,6 +636,53 @@ async fn run(knobs: &Knobs, url: &str, admin_url: &str, db: &str) -> Result<()> 
         "                  node statements expected: heartbeat 1 / {HEARTBEAT_SECS} s + listener check 1 / 10 s"
     );
     Ok(())
+}
+
+/// The node's claim and outcome writes over a phase (`pgtaskd_db_write_seconds`).
+struct NodeWrites {
+    claim: Calls,
+    outcomes: Calls,
+}
+
+/// Calls of one write and their total wall time.
+struct Calls {
+    secs: f64,
+    n: f64,
+}
+
+impl std::fmt::Display for Calls {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        if self.n < 1.0 {
+            return write!(f, "none");
+        }
+        write!(f, "{:.2} ms × {:.0}", 1000.0 * self.secs / self.n, self.n)
+    }
+}
+
+impl NodeWrites {
+    async fn read(port: u16) -> NodeWrites {
+        let calls = |(secs, n)| Calls { secs, n };
+        NodeWrites {
+            claim: calls(
+                node_metrics::histogram(port, r#"pgtaskd_db_write_seconds{write="claim"}"#).await,
+            ),
+            outcomes: calls(
+                node_metrics::histogram(port, r#"pgtaskd_db_write_seconds{write="outcomes"}"#)
+                    .await,
+            ),
+        }
+    }
+
+    fn since(&self, before: &NodeWrites) -> NodeWrites {
+        let minus = |a: &Calls, b: &Calls| Calls {
+            secs: a.secs - b.secs,
+            n: a.n - b.n,
+        };
+        NodeWrites {
+            claim: minus(&self.claim, &before.claim),
+            outcomes: minus(&self.outcomes, &before.outcomes),
+        }
+    }
 }
 
 /// Where the CPU of the throughput and raw-spawn phases went, per task, and the rate that CPU
