@@ -1,7 +1,9 @@
 //! The SQL that must never leave a waiting task behind with nothing left to wake it: a task
 //! queued due now while a claim ran (the claim took its ring entry and dropped it), a due retry
 //! the scheduler tick could not promote (its row locked at that moment), and an entry that
-//! landed in a ring slot no claim reads (inserted while its slot was being retired). Before
+//! landed in a ring slot no claim reads (inserted while its slot was being retired); and one
+//! that comes back empty because a rotation was moving the entries it would have taken (a SQL
+//! consumer has nothing to wake it and look again). Before
 //! these were fixed, each waited silently for something unrelated to happen (the Scheduler's
 //! next full pass, up to five minutes later; the next task queued in the database).
 
@@ -157,4 +159,46 @@ async fn a_claim_begun_before_a_task_due_now_was_queued_takes_it() {
             "{topic}: the due task was dropped unclaimed"
         );
     }
+}
+
+/// A consume that runs while a rotation is moving the head slot's entries into the insert slot
+/// (the rotation not yet committed) waits for that rotation and takes what it moved. It used to
+/// read the live slots after the head had advanced, miss the moved entries (not committed yet)
+/// and come back empty with a task waiting; a SQL consumer has no wake-up to tell it to look
+/// again. `queue_node`'s burst-of-consumes test saw 59 of 60 consumes get a task.
+#[tokio::test]
+async fn a_consume_during_a_rotation_that_moves_the_head_takes_what_it_moved() {
+    let (db, client) = migrated_db().await;
+    let id = publish(&client, "t.moved").await;
+    // seal the insert slot: the entry's slot becomes the head, a new insert slot follows it
+    turn(&client, "1").await;
+    let rotator = db.client().await;
+    rotator
+        .batch_execute(
+            "BEGIN;
+             SELECT setval('long_task.ready_rotated_at', (extract(epoch FROM clock_timestamp()) * 1000)::bigint - 1000);
+             SELECT long_task.rotate_ready();",
+        )
+        .await
+        .expect("a rotation moves the head's entry, not committed yet");
+    let moved: i64 = rotator
+        .query_one(
+            "SELECT count(*) FROM long_task.ready
+              WHERE slot <> (SELECT (h.last_value - 1) % 8 FROM long_task.ready_head h)",
+            &[],
+        )
+        .await
+        .expect("where the entry is")
+        .get(0);
+    assert_eq!(moved, 1, "the rotation moved the entry out of the old head");
+    let consumer = db.client().await;
+    let consume =
+        tokio::spawn(async move { ids(&consumer, "SELECT id FROM long_task.consume(10)").await });
+    tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    rotator.batch_execute("COMMIT").await.expect("commit");
+    let taken = tokio::time::timeout(std::time::Duration::from_secs(10), consume)
+        .await
+        .expect("the consume returned")
+        .expect("the consume task");
+    assert_eq!(taken, vec![id], "the consume missed the moved entry");
 }

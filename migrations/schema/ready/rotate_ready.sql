@@ -12,7 +12,8 @@
 -- Moving entries wakes their groups (on commit): a claim that ran meanwhile read the live slots
 -- without the moved entries (the head had advanced, the insert was not committed), came back
 -- short and took the queue for empty.
--- Every lock it takes waits at most 20 ms; a slot it cannot lock is left for the next rotation.
+-- Every lock it takes waits at most 20 ms, a second head none; a slot it cannot lock is left for
+-- the next rotation.
 -- Returns the number of slots emptied.
 CREATE OR REPLACE FUNCTION long_task.rotate_ready() RETURNS integer
 LANGUAGE plpgsql AS $$
@@ -41,7 +42,11 @@ BEGIN
     -- 1. the head
     WHILE head < gen LOOP
         BEGIN
-            EXECUTE format('LOCK TABLE long_task.ready_%s IN ACCESS EXCLUSIVE MODE', head % 8);
+            -- the next head after one retired is not waited for: the retired slot stays locked
+            -- meanwhile, and a take that ran out waits on it (long_task.ring_read_again) while
+            -- holding the next head it read
+            EXECUTE format('LOCK TABLE long_task.ready_%s IN ACCESS EXCLUSIVE MODE%s', head % 8,
+                           CASE WHEN emptied > 0 THEN ' NOWAIT' ELSE '' END);
             -- live entries, up to what a retirement moves at most: 1,000, or a tenth of the slot
             -- (its taken entries, dead, are what every claim walks: a slot mostly taken is worth
             -- compacting); more stay for the claims to drain

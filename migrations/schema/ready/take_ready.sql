@@ -33,6 +33,9 @@
 --      returned (an entry a concurrent claimer took and committed meanwhile is not).
 -- A round short of what is wanted while entries may remain past what it tried (passed over,
 -- or taken by another claimer first) is followed by the next, from the last entry it tried.
+--   4. when the ring ran out, long_task.ring_read_again says whether a rotation moved entries
+--      past this read (waiting for a rotation in progress to commit); if so, the ring is read
+--      once more from its first entry.
 -- A round that locked all it wanted but found some of it deleted (a faster claimer took those
 -- entries and committed between this round's read and its locks) reads no further ahead next
 -- time: a longer read only widens that gap; growing it there let a claimer behind a backlog
@@ -94,6 +97,8 @@ DECLARE
     old_sort text := current_setting('enable_sort');
     old_bitmap text := current_setting('enable_bitmapscan');
     old_plan_mode text := current_setting('plan_cache_mode');
+    -- a short read was checked against a rotation moving entries past it (ring_read_again)
+    checked boolean := false;
 BEGIN
     IF (SELECT r.last_value FROM long_task.ready_rotated_at r)
        < (extract(epoch FROM clock_timestamp()) * 1000)::bigint - 5000 THEN
@@ -368,7 +373,16 @@ BEGIN
         PERFORM set_config('enable_sort', old_sort, true);
         PERFORM set_config('enable_bitmapscan', old_bitmap, true);
         PERFORM set_config('plan_cache_mode', old_plan_mode, true);
-        EXIT WHEN cardinality(c_id) = 0;
+        IF cardinality(c_id) = 0 THEN
+            -- 4. the ring ran out: unless a rotation moved entries past this read
+            EXIT WHEN checked OR NOT long_task.ring_read_again(slots);
+            checked := true;
+            slots := long_task.ready_live_slots();
+            single := cardinality(slots) = 1;
+            grow := false;
+            a_prio := -2147483648; a_lsc := '-infinity'; a_id := -9223372036854775808;
+            CONTINUE;
+        END IF;
         -- 2. merged in claim order up to the end, each try-locked only when the walk reaches it
         -- (OFFSET 0 keeps the filter above the sort, LIMIT stops the walk); one live slot's
         -- read took its entries already
@@ -411,7 +425,13 @@ BEGIN
         ELSIF b_id IS NOT NULL THEN
             a_prio := b_prio; a_lsc := b_lsc; a_id := b_id;
         ELSE
-            EXIT;
+            -- 4. the ring ran out: unless a rotation moved entries past this read
+            EXIT WHEN checked OR NOT long_task.ring_read_again(slots);
+            checked := true;
+            slots := long_task.ready_live_slots();
+            single := cardinality(slots) = 1;
+            grow := false;
+            a_prio := -2147483648; a_lsc := '-infinity'; a_id := -9223372036854775808;
         END IF;
     END LOOP;
 END

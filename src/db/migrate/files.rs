@@ -79,6 +79,7 @@ pub const SCHEMA_FILES: &[SchemaFile] = schema_files![
     "ready/ready_insert_slot.sql",
     "ready/ready_live_slots.sql",
     "ready/delete_ready_entries.sql",
+    "ready/ring_read_again.sql",
     "ready/take_ready.sql",
     "ready/rotate_ready.sql",
     "ready/turn_ready.sql",
