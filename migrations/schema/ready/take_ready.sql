@@ -99,6 +99,8 @@ DECLARE
     old_plan_mode text := current_setting('plan_cache_mode');
     -- a short read was checked against a rotation moving entries past it (ring_read_again)
     checked boolean := false;
+    -- the last round found nothing more on the ring
+    ran_out boolean := false;
 BEGIN
     IF (SELECT r.last_value FROM long_task.ready_rotated_at r)
        < (extract(epoch FROM clock_timestamp()) * 1000)::bigint - 5000 THEN
@@ -107,6 +109,17 @@ BEGIN
     slots := long_task.ready_live_slots();
     single := cardinality(slots) = 1;
     LOOP
+        IF ran_out THEN
+            -- 4. the ring ran out: unless a rotation moved entries past this read, read once
+            -- more from the first entry
+            EXIT WHEN checked OR NOT long_task.ring_read_again(slots);
+            checked := true;
+            ran_out := false;
+            slots := long_task.ready_live_slots();
+            single := cardinality(slots) = 1;
+            grow := false;
+            a_prio := -2147483648; a_lsc := '-infinity'; a_id := -9223372036854775808;
+        END IF;
         want := p_n - got;
         lim := CASE WHEN single THEN want
                     WHEN grow THEN least(greatest(want + 16, lim * 4), 100000)
@@ -374,13 +387,7 @@ BEGIN
         PERFORM set_config('enable_bitmapscan', old_bitmap, true);
         PERFORM set_config('plan_cache_mode', old_plan_mode, true);
         IF cardinality(c_id) = 0 THEN
-            -- 4. the ring ran out: unless a rotation moved entries past this read
-            EXIT WHEN checked OR NOT long_task.ring_read_again(slots);
-            checked := true;
-            slots := long_task.ready_live_slots();
-            single := cardinality(slots) = 1;
-            grow := false;
-            a_prio := -2147483648; a_lsc := '-infinity'; a_id := -9223372036854775808;
+            ran_out := true;
             CONTINUE;
         END IF;
         -- 2. merged in claim order up to the end, each try-locked only when the walk reaches it
@@ -425,13 +432,7 @@ BEGIN
         ELSIF b_id IS NOT NULL THEN
             a_prio := b_prio; a_lsc := b_lsc; a_id := b_id;
         ELSE
-            -- 4. the ring ran out: unless a rotation moved entries past this read
-            EXIT WHEN checked OR NOT long_task.ring_read_again(slots);
-            checked := true;
-            slots := long_task.ready_live_slots();
-            single := cardinality(slots) = 1;
-            grow := false;
-            a_prio := -2147483648; a_lsc := '-infinity'; a_id := -9223372036854775808;
+            ran_out := true;
         END IF;
     END LOOP;
 END
