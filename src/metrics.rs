@@ -1,6 +1,7 @@
 //! The node's metrics: one process-wide Prometheus registry and the few calls the actors make to
-//! feed it (claim, outcome written, the time of those writes, process start/end, reconnects, fenced writes, runs handed
-//! over, heartbeat), plus the rendering of the text exposition format for `GET /metrics`.
+//! feed it (claim, outcome written, the time of those writes, process start/end, reconnects,
+//! fenced writes, runs handed over, heartbeat), plus the rendering of the text exposition format
+//! for `GET /metrics`.
 //!
 //! Built on the `prometheus` crate (default features off: no protobuf, no HTTP server of its own;
 //! our own registry, labelled counters, gauges and histograms, and a text encoder). Values that
