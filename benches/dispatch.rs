@@ -243,14 +243,15 @@ impl DoneListener {
         })
     }
 
-    /// Waits until a notification names `id` (or many tasks), at most until `deadline`.
-    async fn ended(&mut self, id: i64, deadline: tokio::time::Instant) -> Result<()> {
+    /// Waits until a notification names `id` (or many tasks), for at most `limit`.
+    async fn ended(&mut self, id: i64, limit: Duration) -> Result<()> {
+        let deadline = tokio::time::Instant::now() + limit;
         loop {
             match tokio::time::timeout_at(deadline, self.notices.recv()).await {
                 Ok(Some(n)) if TaskIds::concerns(&n.payload, id) => return Ok(()),
                 Ok(Some(_)) => {}
                 Ok(None) => bail!("the listening connection closed"),
-                Err(_) => bail!("latency task {id} not finished within 30 s"),
+                Err(_) => bail!("latency task {id} not finished within {limit:?}"),
             }
         }
     }
@@ -270,8 +271,7 @@ async fn latency_sample(
         .get(0);
     // Autocommit: the INSERT has committed when its reply arrives.
     let committed = epoch_nanos(SystemTime::now())?;
-    done.ended(id, tokio::time::Instant::now() + Duration::from_secs(30))
-        .await?;
+    done.ended(id, Duration::from_secs(30)).await?;
     let row = client
         .query_one(read, &[&id])
         .await
@@ -661,15 +661,14 @@ impl std::fmt::Display for Calls {
 
 impl NodeWrites {
     async fn read(port: u16) -> NodeWrites {
-        let calls = |(secs, n)| Calls { secs, n };
+        let scrape = node_metrics::scrape(port).await;
+        let calls = |series| {
+            let (secs, n) = scrape.histogram(series);
+            Calls { secs, n }
+        };
         NodeWrites {
-            claim: calls(
-                node_metrics::histogram(port, r#"pgtaskd_db_write_seconds{write="claim"}"#).await,
-            ),
-            outcomes: calls(
-                node_metrics::histogram(port, r#"pgtaskd_db_write_seconds{write="outcomes"}"#)
-                    .await,
-            ),
+            claim: calls(r#"pgtaskd_db_write_seconds{write="claim"}"#),
+            outcomes: calls(r#"pgtaskd_db_write_seconds{write="outcomes"}"#),
         }
     }
 

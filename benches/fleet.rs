@@ -168,7 +168,9 @@ impl Fleet {
             .find(|n| n.worker == worker)
             .map(|n| n.port)
             .expect("the coordinator's node");
-        node_metrics::histogram(port, "pgtaskd_coordinator_round_seconds{group=\"0\"}").await
+        node_metrics::scrape(port)
+            .await
+            .histogram("pgtaskd_coordinator_round_seconds{group=\"0\"}")
     }
 
     /// Tasks/s of `n` `/bin/true` tasks queued at once (database clock).

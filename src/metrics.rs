@@ -312,14 +312,17 @@ impl DbWrite {
     }
 }
 
-/// A write of the task path took `seconds`, from the call to its answer (a pool wait, the
-/// statement and its commit), whether it succeeded or not.
-pub fn db_write(write: DbWrite, seconds: f64) {
+/// Runs a write of the task path and records how long it took, from the call to its answer (a
+/// pool wait, the statement and its commit), whether it succeeded or not.
+pub async fn timed_db_write<F: std::future::Future>(write: DbWrite, call: F) -> F::Output {
+    let began = Instant::now();
+    let answer = call.await;
     if let Some(m) = metrics() {
         m.db_writes
             .with_label_values(&[write.label()])
-            .observe(seconds);
+            .observe(began.elapsed().as_secs_f64());
     }
+    answer
 }
 
 /// The number of task processes this node runs now (set at scrape time).

@@ -139,18 +139,15 @@ impl Dispatcher {
         let n = i32::try_from(free).unwrap_or(i32::MAX);
         let fut = async move {
             let o = &node.options;
-            let began = std::time::Instant::now();
-            let claimed = queries::claim(
+            let claim = queries::claim(
                 &node.pool,
                 node.worker_id,
                 node.group_id,
                 n,
                 &o.topics,
                 o.run_commands,
-            )
-            .await;
-            metrics::db_write(metrics::DbWrite::Claim, began.elapsed().as_secs_f64());
-            claimed
+            );
+            metrics::timed_db_write(metrics::DbWrite::Claim, claim).await
         };
         ctx.spawn(fut.into_actor(self).map(move |result, act, ctx| {
             act.claims_in_flight -= 1;

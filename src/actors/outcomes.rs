@@ -217,10 +217,8 @@ impl Outcomes {
         let outcomes: Vec<RunOutcome> = batch.iter().map(|p| p.outcome.clone()).collect();
         self.writing = outcomes.iter().map(|o| (o.task_id, o.run_id)).collect();
         let fut = async move {
-            let began = std::time::Instant::now();
-            let result = queries::finish_runs(&node.pool, &outcomes).await;
-            metrics::db_write(metrics::DbWrite::Outcomes, began.elapsed().as_secs_f64());
-            result
+            let write = queries::finish_runs(&node.pool, &outcomes);
+            metrics::timed_db_write(metrics::DbWrite::Outcomes, write).await
         };
         ctx.spawn(fut.into_actor(self).map(move |result, act, ctx| {
             act.writing.clear();

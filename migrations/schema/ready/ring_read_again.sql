@@ -17,6 +17,7 @@ CREATE OR REPLACE FUNCTION long_task.ring_read_again(p_slots smallint[]) RETURNS
 LANGUAGE plpgsql AS $$
 DECLARE
     old_timeout text;
+    waited boolean;
 BEGIN
     IF pg_try_advisory_lock_shared(long_task.ns_ring(), 0) THEN
         PERFORM pg_advisory_unlock_shared(long_task.ns_ring(), 0);
@@ -26,11 +27,11 @@ BEGIN
     PERFORM set_config('lock_timeout', '250ms', true);
     BEGIN
         PERFORM pg_relation_size(format('long_task.ready_%s', (p_slots[1] + 7) % 8)::regclass);
+        waited := true;
     EXCEPTION WHEN lock_not_available THEN
-        PERFORM set_config('lock_timeout', old_timeout, true);
-        RETURN false;
+        waited := false;
     END;
     PERFORM set_config('lock_timeout', old_timeout, true);
-    RETURN true;
+    RETURN waited;
 END
 $$;

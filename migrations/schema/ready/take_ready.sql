@@ -60,10 +60,10 @@ DECLARE
     -- one live slot (the ring's steady state): its read try-locks and takes, no merge
     single boolean;
     got integer := 0;
-    -- the keyset: the last entry tried (before the first round: before any entry)
-    a_prio integer := -2147483648;
-    a_lsc timestamptz := '-infinity';
-    a_id bigint := -9223372036854775808;
+    -- the keyset: the last entry tried (set before any entry when a read starts)
+    a_prio integer;
+    a_lsc timestamptz;
+    a_id bigint;
     -- one slot's head
     s_tid tid[];
     s_id bigint[];
@@ -101,13 +101,14 @@ DECLARE
     checked boolean := false;
     -- the last round found nothing more on the ring
     ran_out boolean := false;
+    -- a read of the ring starts from its first entry (the first round, and once more after
+    -- ring_read_again)
+    from_start boolean := true;
 BEGIN
     IF (SELECT r.last_value FROM long_task.ready_rotated_at r)
        < (extract(epoch FROM clock_timestamp()) * 1000)::bigint - 5000 THEN
         PERFORM long_task.rotate_ready();
     END IF;
-    slots := long_task.ready_live_slots();
-    single := cardinality(slots) = 1;
     LOOP
         IF ran_out THEN
             -- 4. the ring ran out: unless a rotation moved entries past this read, read once
@@ -115,6 +116,10 @@ BEGIN
             EXIT WHEN checked OR NOT long_task.ring_read_again(slots);
             checked := true;
             ran_out := false;
+            from_start := true;
+        END IF;
+        IF from_start THEN
+            from_start := false;
             slots := long_task.ready_live_slots();
             single := cardinality(slots) = 1;
             grow := false;
