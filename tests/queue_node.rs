@@ -135,6 +135,52 @@ async fn the_node_expires_a_consumer_lease_and_requeues_it() {
     assert_eq!(state(&client, id).await, "AW");
 }
 
+/// A lease consumed before any node listened has no notification anyone heard: the
+/// coordinator learns its deadline from its first full pass only. A tick in between (here one a
+/// `sched` notification asks for, which looks only at what came due since the last tick) must
+/// not make it forget that deadline: before the fix the lease waited for the next full pass,
+/// five minutes on.
+#[tokio::test]
+async fn a_lease_no_node_heard_of_expires_after_a_tick_in_between() {
+    let (db, client) = migrated_db().await;
+    let id: i64 = client
+        .query_one(
+            "SELECT long_task.publish('slow', NULL, p_timeout => 5, p_max_attempts => 2)",
+            &[],
+        )
+        .await
+        .expect("publish")
+        .get(0);
+    let got = client
+        .query("SELECT id FROM long_task.consume(1)", &[])
+        .await
+        .expect("consume");
+    assert_eq!(got.len(), 1);
+    let _node = NodeProcess::start(&db.url, 1, &[]);
+    wait_coordinator(&client, 0, LONG, |w, _| w == 1).await;
+    // the term's full pass has run (or runs now): a tick asked for after it is incremental
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    client
+        .execute("SELECT pg_notify(long_task.channel(0), 'sched')", &[])
+        .await
+        .expect("notify");
+    let requeued = wait_until(Duration::from_secs(20), || async {
+        client
+            .query_one(
+                "SELECT state_id = 'AW' AND error = 'lease expired' FROM long_task.task WHERE id = $1",
+                &[&id],
+            )
+            .await
+            .expect("row")
+            .get::<_, bool>(0)
+    })
+    .await;
+    if let Err(e) = requeued {
+        let report = common::stall::stall_report(&client, id).await;
+        panic!("the lease expired within 20 s: {e:?}\n{report}");
+    }
+}
+
 /// The node's `pgtaskd_scheduler_ticks_total`.
 fn scheduler_ticks(base: &str) -> u64 {
     let (status, text) = request("GET", &format!("{base}/metrics"), None);

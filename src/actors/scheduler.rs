@@ -5,7 +5,9 @@
 //! sleeps exactly that long (database clock), or until a `sched` notification says a schedule or
 //! a retry delay changed. Lease deadlines come as `lease <ms>` notifications (the database would
 //! otherwise have to find the earliest one among every consumed task's index entry): the
-//! Scheduler keeps them and ticks when the earliest passes. With nothing due it sends no query at
+//! Scheduler keeps them, and the next due moment each full pass reports (a lease whose
+//! notification came before this node listened), and ticks when the earliest passes; a tick in
+//! between, which reports no lease, does not make it forget one. With nothing due it sends no query at
 //! all. Notifications are coalesced: a tick at most every `NOTIFIED_TICK_SPACING` covers them all
 //! (a tick due at a deadline is never held back).
 //!
@@ -74,8 +76,14 @@ pub struct Scheduler {
     last_full: Option<Instant>,
     /// The database clock at the last tick (ms since the epoch) and when that was here.
     db_clock: Option<(i64, Instant)>,
-    /// Lease deadlines to come (ms since the epoch, database clock), at most `MAX_LEASE_DUES`.
-    lease_dues: BTreeSet<i64>,
+    /// Moments a tick must run at (ms since the epoch, database clock), at most `MAX_DEADLINES`:
+    /// lease deadlines from `lease` notifications, and the next due moment a full pass reported
+    /// (an incremental tick reports no lease deadline, so a lease whose notification was lost,
+    /// one that came before this node listened, is known only from that report).
+    deadlines: BTreeSet<i64>,
+    /// A full pass was asked for (a new term, a listener resync): the next tick to start is one,
+    /// even when a tick in flight when it was asked for (begun before) ends after.
+    full_pass_due: bool,
     /// The next turn of the ready ring is armed or under way.
     ring_pending: bool,
 }
@@ -94,9 +102,9 @@ const RING_TURN: Duration = Duration::from_millis(250);
 /// catches a lease or retry that became visible late, after its window had passed).
 const FULL_PASS_EVERY: Duration = Duration::from_secs(300);
 
-/// Lease deadlines kept at most (they arrive rounded to 100 ms: ten minutes of leases); past it
-/// the latest are dropped and the next full pass finds them.
-const MAX_LEASE_DUES: usize = 6000;
+/// Deadlines kept at most (leases arrive rounded to 100 ms: ten minutes of leases); past it the
+/// latest are dropped and the next full pass finds them.
+const MAX_DEADLINES: usize = 6000;
 
 impl Scheduler {
     pub fn new(node: Arc<NodeContext>) -> Self {
@@ -113,7 +121,8 @@ impl Scheduler {
             since: None,
             last_full: None,
             db_clock: None,
-            lease_dues: BTreeSet::new(),
+            deadlines: BTreeSet::new(),
+            full_pass_due: true,
             ring_pending: false,
         }
     }
@@ -158,27 +167,32 @@ impl Scheduler {
             .map(|(ms, at)| ms + i64::try_from(at.elapsed().as_millis()).unwrap_or(i64::MAX))
     }
 
-    /// How long until the earliest lease deadline kept (zero when it passed).
-    fn next_lease_in(&self) -> Option<Duration> {
-        let due = *self.lease_dues.first()?;
+    /// How long until the earliest deadline kept (zero when it passed).
+    fn next_deadline_in(&self) -> Option<Duration> {
+        let due = *self.deadlines.first()?;
         let now = self.db_now_ms()?;
         Some(Duration::from_millis(u64::try_from(due - now).unwrap_or(0)))
+    }
+
+    /// Keeps a deadline, unless `MAX_DEADLINES` later ones are kept already.
+    fn keep_deadline(&mut self, due_ms: i64) {
+        if self.deadlines.len() >= MAX_DEADLINES {
+            match self.deadlines.last() {
+                Some(&latest) if latest > due_ms => {
+                    self.deadlines.remove(&latest);
+                }
+                _ => return,
+            }
+        }
+        self.deadlines.insert(due_ms);
     }
 
     fn lease_due(&mut self, due_ms: i64, ctx: &mut Context<Self>) {
         if self.term.is_none() {
             return;
         }
-        if self.lease_dues.len() >= MAX_LEASE_DUES {
-            match self.lease_dues.last() {
-                Some(&latest) if latest > due_ms => {
-                    self.lease_dues.remove(&latest);
-                }
-                _ => return,
-            }
-        }
-        self.lease_dues.insert(due_ms);
-        match self.next_lease_in() {
+        self.keep_deadline(due_ms);
+        match self.next_deadline_in() {
             // before the first tick: the tick will know the clock
             None => self.reload(ctx),
             Some(delay) => {
@@ -208,9 +222,10 @@ impl Scheduler {
         self.last_tick = Some(Instant::now());
         crate::metrics::scheduler_tick();
         let node = self.node.clone();
-        if self
-            .last_full
-            .is_none_or(|at| at.elapsed() >= FULL_PASS_EVERY)
+        if std::mem::take(&mut self.full_pass_due)
+            || self
+                .last_full
+                .is_none_or(|at| at.elapsed() >= FULL_PASS_EVERY)
         {
             self.since = None;
         }
@@ -218,6 +233,7 @@ impl Scheduler {
             self.last_full = Some(Instant::now());
         }
         let since = self.since;
+        let full = since.is_none();
         let fut = async move {
             // cron rows first: the tick's next due time then counts where they moved to
             let Some(crons) = fire_due_crons(&node, term).await? else {
@@ -250,7 +266,13 @@ impl Scheduler {
                     let db_ms = tick.db_now.timestamp_millis();
                     act.db_clock = Some((db_ms, Instant::now()));
                     // the tick expired every lease that had passed by its time
-                    act.lease_dues = act.lease_dues.split_off(&(db_ms + 1));
+                    act.deadlines = act.deadlines.split_off(&(db_ms + 1));
+                    // a full pass's next due moment may be a lease no notification announced:
+                    // kept, so a tick in between (which reports no lease) does not forget it
+                    if let Some(secs) = tick.next_due_in.filter(|s| full && *s > 0.0) {
+                        let ms = (secs.min(MAX_SLEEP.as_secs_f64()) * 1000.0).ceil() as i64;
+                        act.keep_deadline(db_ms + ms);
+                    }
                     if tick.fired > 0 {
                         info!(fired = tick.fired, "schedules fired");
                     }
@@ -275,7 +297,7 @@ impl Scheduler {
                         }
                         None => None,
                     };
-                    match (next, act.next_lease_in()) {
+                    match (next, act.next_deadline_in()) {
                         (Some(a), Some(b)) => Some(a.min(b)),
                         (a, b) => a.or(b),
                     }
@@ -385,7 +407,7 @@ impl Handler<SchedulerMsg> for Scheduler {
         match msg {
             SchedulerMsg::Reload => self.reload(ctx),
             SchedulerMsg::Resync => {
-                self.since = None;
+                self.full_pass_due = true;
                 self.reload(ctx);
             }
             SchedulerMsg::LeaseDue(due_ms) => self.lease_due(due_ms, ctx),
@@ -404,8 +426,8 @@ impl Handler<SchedulerMsg> for Scheduler {
                 }
                 self.term = term;
                 // a new term starts with a full pass: deadlines announced before are not known
-                self.since = None;
-                self.lease_dues.clear();
+                self.full_pass_due = true;
+                self.deadlines.clear();
                 if term.is_some() {
                     self.fire(ctx);
                     self.arm_ring(ctx);
