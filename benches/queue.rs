@@ -40,15 +40,7 @@ async fn fresh_db(admin_url: &str, name: &str) -> String {
             .await
             .expect("track_functions");
     }
-    let overlay = std::env::var("QUEUE_BENCH_OVERLAY").unwrap_or_default();
-    let client = connect(&url).await;
-    for file in overlay.split(',').map(str::trim).filter(|f| !f.is_empty()) {
-        let sql = std::fs::read_to_string(file).unwrap_or_else(|e| panic!("{file}: {e}"));
-        client
-            .batch_execute(&sql)
-            .await
-            .unwrap_or_else(|e| panic!("overlay {file}: {e}"));
-    }
+    support::apply_overlay(&url, "QUEUE_BENCH_OVERLAY").await;
     url
 }
 

@@ -18,7 +18,9 @@
 //! processes), never by loop count, so a slow system shows as a growing backlog.
 //! `SOAK_CLEAN` (60s), `SOAK_HELD` (120s), `SOAK_RECOVERY` (40s), `SOAK_WINDOW` (5s) set the
 //! phases; `SOAK_RETENTION` (e.g. `5min`) turns retention on for the group; `DATABASE_URL` is an
-//! admin URL of a server of yours (a fresh `pgtaskd_bench_soak` database is made on it).
+//! admin URL of a server of yours (a fresh `pgtaskd_bench_soak` database is made on it);
+//! `SOAK_OVERLAY=a.sql,b.sql` runs those files in it after it is migrated (A/B of a schema
+//! function with one binary).
 //!
 //! `cargo build --release --bins && cargo bench --bench soak`
 
@@ -290,6 +292,7 @@ async fn main() {
     let window = env_duration("SOAK_WINDOW", Duration::from_secs(5));
     let server = BenchServer::start();
     let url = support::fresh_db(&server.admin_url, "pgtaskd_bench_soak", false).await;
+    support::apply_overlay(&url, "SOAK_OVERLAY").await;
     if std::env::var("SOAK_PROFILE").is_ok() {
         // server time per SQL function, printed at the end (sessions opened from here on)
         connect(&server.admin_url)

@@ -89,6 +89,21 @@ pub async fn fresh_db(admin_url: &str, name: &str, sync_commit_off: bool) -> Str
     url
 }
 
+/// Runs the SQL files named in the environment variable `var` (comma-separated) in the database
+/// at `url`, after it was migrated: one release binary then compares two versions of a schema
+/// function (the database keeps the binary's checksums, so an embedded node accepts it).
+pub async fn apply_overlay(url: &str, var: &str) {
+    let overlay = std::env::var(var).unwrap_or_default();
+    let client = connect(url).await;
+    for file in overlay.split(',').map(str::trim).filter(|f| !f.is_empty()) {
+        let sql = std::fs::read_to_string(file).unwrap_or_else(|e| panic!("{file}: {e}"));
+        client
+            .batch_execute(&sql)
+            .await
+            .unwrap_or_else(|e| panic!("overlay {file}: {e}"));
+    }
+}
+
 pub fn env_usize(key: &str, default: usize) -> usize {
     std::env::var(key)
         .ok()
