@@ -87,15 +87,13 @@ async fn a_failing_command_is_retried_after_its_backoff_then_ends_cf() {
     }
 }
 
-#[tokio::test]
-async fn the_node_expires_a_consumer_lease_and_requeues_it() {
-    let (db, client) = migrated_db().await;
-    let _node = NodeProcess::start(&db.url, 1, &[]);
-    wait_node_ready(&client, 1).await;
+/// Publishes a consumer task with a lease of `lease_secs` and two attempts, and consumes it
+/// (never acked); its id.
+async fn consume_with_lease(client: &tokio_postgres::Client, lease_secs: f64) -> i64 {
     let id: i64 = client
         .query_one(
-            "SELECT long_task.publish('slow', NULL, p_timeout => 0.5, p_max_attempts => 2)",
-            &[],
+            "SELECT long_task.publish('slow', NULL, p_timeout => $1, p_max_attempts => 2)",
+            &[&lease_secs],
         )
         .await
         .expect("publish")
@@ -105,9 +103,13 @@ async fn the_node_expires_a_consumer_lease_and_requeues_it() {
         .await
         .expect("consume");
     assert_eq!(got.len(), 1);
-    // the consumer never acks: the node's Scheduler (timer at the lease deadline) fails the
-    // attempt, which goes back to the queue since one attempt is left
-    let requeued = wait_until(LONG, || async {
+    id
+}
+
+/// Waits until the lease of task `id` has expired and the task is back in the queue (one
+/// attempt was left); panics after `limit` with the task's stall report.
+async fn wait_lease_requeued(client: &tokio_postgres::Client, id: i64, limit: Duration) {
+    let requeued = wait_until(limit, || async {
         client
             .query_one(
                 "SELECT state_id = 'AW' AND error = 'lease expired' FROM long_task.task WHERE id = $1",
@@ -119,9 +121,20 @@ async fn the_node_expires_a_consumer_lease_and_requeues_it() {
     })
     .await;
     if let Err(e) = requeued {
-        let report = common::stall::stall_report(&client, id).await;
-        panic!("the expired lease was re-queued: {e:?}\n{report}");
+        let report = common::stall::stall_report(client, id).await;
+        panic!("the expired lease was not re-queued within {limit:?}: {e:?}\n{report}");
     }
+}
+
+#[tokio::test]
+async fn the_node_expires_a_consumer_lease_and_requeues_it() {
+    let (db, client) = migrated_db().await;
+    let _node = NodeProcess::start(&db.url, 1, &[]);
+    wait_node_ready(&client, 1).await;
+    let id = consume_with_lease(&client, 0.5).await;
+    // the consumer never acks: the node's Scheduler (timer at the lease deadline) fails the
+    // attempt, which goes back to the queue since one attempt is left
+    wait_lease_requeued(&client, id, LONG).await;
     let n: i64 = client
         .query_one(
             "SELECT count(*) FROM long_task.task_run WHERE task_id = $1 AND error = 'lease expired'",
@@ -143,19 +156,7 @@ async fn the_node_expires_a_consumer_lease_and_requeues_it() {
 #[tokio::test]
 async fn a_lease_no_node_heard_of_expires_after_a_tick_in_between() {
     let (db, client) = migrated_db().await;
-    let id: i64 = client
-        .query_one(
-            "SELECT long_task.publish('slow', NULL, p_timeout => 5, p_max_attempts => 2)",
-            &[],
-        )
-        .await
-        .expect("publish")
-        .get(0);
-    let got = client
-        .query("SELECT id FROM long_task.consume(1)", &[])
-        .await
-        .expect("consume");
-    assert_eq!(got.len(), 1);
+    let id = consume_with_lease(&client, 5.0).await;
     let _node = NodeProcess::start(&db.url, 1, &[]);
     wait_coordinator(&client, 0, LONG, |w, _| w == 1).await;
     // the term's full pass has run (or runs now): a tick asked for after it is incremental
@@ -164,21 +165,7 @@ async fn a_lease_no_node_heard_of_expires_after_a_tick_in_between() {
         .execute("SELECT pg_notify(long_task.channel(0), 'sched')", &[])
         .await
         .expect("notify");
-    let requeued = wait_until(Duration::from_secs(20), || async {
-        client
-            .query_one(
-                "SELECT state_id = 'AW' AND error = 'lease expired' FROM long_task.task WHERE id = $1",
-                &[&id],
-            )
-            .await
-            .expect("row")
-            .get::<_, bool>(0)
-    })
-    .await;
-    if let Err(e) = requeued {
-        let report = common::stall::stall_report(&client, id).await;
-        panic!("the lease expired within 20 s: {e:?}\n{report}");
-    }
+    wait_lease_requeued(&client, id, Duration::from_secs(20)).await;
 }
 
 /// The node's `pgtaskd_scheduler_ticks_total`.
