@@ -7,9 +7,9 @@
 //! otherwise have to find the earliest one among every consumed task's index entry): the
 //! Scheduler keeps them, and the next due moment each full pass reports (a lease whose
 //! notification came before this node listened), and ticks when the earliest passes; a tick in
-//! between, which reports no lease, does not make it forget one. With nothing due it sends no query at
-//! all. Notifications are coalesced: a tick at most every `NOTIFIED_TICK_SPACING` covers them all
-//! (a tick due at a deadline is never held back).
+//! between, which reports no lease, does not make it forget one. With nothing due it sends no
+//! query at all. Notifications are coalesced: a tick at most every `NOTIFIED_TICK_SPACING`
+//! covers them all (a tick due at a deadline is never held back).
 //!
 //! Cron schedules (`shed_cron`) are fired here first: PostgreSQL cannot compute cron times, so the
 //! tick reads the due cron rows (`long_task.due_crons`), computes each one's firing and next time
