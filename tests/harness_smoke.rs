@@ -111,3 +111,32 @@ fn start_failure_reports_the_server_log() {
         "error should quote the server log: {text}"
     );
 }
+
+/// A cluster the harness (or `pgtaskd dev`) creates compresses the full-page images in its WAL
+/// when its server was built with lz4 (`pgcluster::wal_compression_setting`), and vacuums every
+/// 15 s.
+#[tokio::test]
+async fn a_new_cluster_compresses_its_wal_and_vacuums_often() {
+    let pc = PrivateCluster::new();
+    let url = pc.database("walcomp").await;
+    let (client, conn) = tokio_postgres::connect(&url, tokio_postgres::NoTls)
+        .await
+        .expect("connect");
+    tokio::spawn(conn);
+    let row = client
+        .query_one(
+            "SELECT setting, 'lz4' = ANY (enumvals) FROM pg_settings WHERE name = 'wal_compression'",
+            &[],
+        )
+        .await
+        .expect("read wal_compression");
+    let (setting, has_lz4): (String, bool) = (row.get(0), row.get(1));
+    let expected = if has_lz4 { "lz4" } else { "off" };
+    assert_eq!(setting, expected, "lz4 available: {has_lz4}");
+    let naptime: String = client
+        .query_one("SHOW autovacuum_naptime", &[])
+        .await
+        .expect("read autovacuum_naptime")
+        .get(0);
+    assert_eq!(naptime, "15s");
+}
