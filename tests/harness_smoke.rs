@@ -118,11 +118,7 @@ fn start_failure_reports_the_server_log() {
 #[tokio::test]
 async fn a_new_cluster_compresses_its_wal_and_vacuums_often() {
     let pc = PrivateCluster::new();
-    let url = pc.database("walcomp").await;
-    let (client, conn) = tokio_postgres::connect(&url, tokio_postgres::NoTls)
-        .await
-        .expect("connect");
-    tokio::spawn(conn);
+    let client = common::connect(&pc.database("walcomp").await).await;
     let row = client
         .query_one(
             "SELECT setting, 'lz4' = ANY (enumvals) FROM pg_settings WHERE name = 'wal_compression'",
